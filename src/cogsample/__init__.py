@@ -1,0 +1,39 @@
+"""cogsample: CogVideoX's sampling stage as composable parts, bit-exact with the SAT reference."""
+
+from .denoiser import Denoiser, DenoiserConfig, Level
+from .guidance import CFG, Conditioning, DynamicCFG, GuidedModel, NoGuidance
+from .noise import GlobalNoise, ReplayNoise, SeededNoise, latent_shape
+from .samplers import SAMPLERS, get_sampler
+from .sampling import SamplingConfig, sample
+from .scalings import EDMScaling, EpsScaling, VideoScaling, VScaling, VScalingEDMNoise
+from .schedules import EDM, Grid, LegacyDDPM, ZeroSNRDDPM
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CFG",
+    "EDM",
+    "SAMPLERS",
+    "Conditioning",
+    "Denoiser",
+    "DenoiserConfig",
+    "DynamicCFG",
+    "EDMScaling",
+    "EpsScaling",
+    "GlobalNoise",
+    "Grid",
+    "GuidedModel",
+    "LegacyDDPM",
+    "Level",
+    "NoGuidance",
+    "ReplayNoise",
+    "SamplingConfig",
+    "SeededNoise",
+    "VScaling",
+    "VScalingEDMNoise",
+    "VideoScaling",
+    "ZeroSNRDDPM",
+    "get_sampler",
+    "latent_shape",
+    "sample",
+]

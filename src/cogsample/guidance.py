@@ -1,0 +1,175 @@
+"""Classifier-free guidance, wrapped around a denoiser so that samplers never see cond/uncond.
+
+With guidance the network runs once on ``2B`` rows: rows ``[0:B]`` unconditional, rows
+``[B:2B]`` conditional (the reference's order), and the guided prediction is
+``u + scale * (c - u)``, evaluated in full even where ``scale == 1`` (as the reference does).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from .denoiser import Denoiser, Level
+
+Tensor = torch.Tensor
+
+__all__ = [
+    "CFG",
+    "Conditioning",
+    "DynamicCFG",
+    "Guidance",
+    "GuidedModel",
+    "NoGuidance",
+    "guidance_scales",
+]
+
+
+class Guidance:
+    """A guidance rule: the CFG scale for each denoiser call, or None for conditional-only."""
+
+    def scale_at(self, step: int, timestep: int | None, num_steps: int) -> float | None:  # pragma: no cover
+        raise NotImplementedError
+
+    def check(self, timesteps: Sequence[int] | None, num_steps: int) -> None:
+        """Raise ``ValueError`` before sampling if this rule cannot run on the given grid."""
+
+
+@dataclass(frozen=True)
+class NoGuidance(Guidance):
+    """Conditional branch only (the reference's ``IdentityGuider``): one row per sample."""
+
+    def scale_at(self, step: int, timestep: int | None, num_steps: int) -> float | None:
+        return None
+
+
+@dataclass(frozen=True)
+class CFG(Guidance):
+    """Constant scale (the reference's ``VanillaCFG``): ``u + scale * (c - u)``."""
+
+    scale: float
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.scale):
+            raise ValueError(f"scale must be a finite number, got {self.scale!r}")
+
+    def scale_at(self, step: int, timestep: int | None, num_steps: int) -> float | None:
+        return self.scale
+
+
+@dataclass(frozen=True)
+class DynamicCFG(Guidance):
+    """CogVideoX's cosine ramp: ``1 + scale * (1 - cos(pi * (k / num_steps) ** exp)) / 2``.
+
+    ``step_index="reference"`` (the default, what SAT configs get) uses the reference's
+    ``k = sampler_steps - timestep`` with the DDPM timestep (999, 979, ...), which makes ``k``
+    negative and the scale jump between 1 and 1 + scale. ``step_index="loop"`` uses the loop
+    counter ``k = i``, the ramp from 1 to 1 + scale that the formula evidently intends.
+    Evaluated in Python float64, exactly as the reference.
+    """
+
+    scale: float
+    exp: float
+    num_steps: int
+    step_index: Literal["reference", "loop"] = "reference"
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.scale):
+            raise ValueError(f"scale must be a finite number, got {self.scale!r}")
+        if not math.isfinite(self.exp):
+            raise ValueError(f"exp must be a finite number, got {self.exp!r}")
+        if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 1:
+            raise ValueError(f"DynamicCFG num_steps must be an integer >= 1, got {self.num_steps!r}")
+        if self.step_index not in ("reference", "loop"):
+            raise ValueError(f"step_index must be 'reference' or 'loop', got {self.step_index!r}")
+
+    def index(self, step: int, timestep: int | None, num_steps: int) -> int:
+        if self.step_index == "loop":
+            return step
+        if timestep is None:
+            raise ValueError(
+                "DynamicCFG(step_index='reference') needs DDPM timesteps (k = num_steps - timestep); "
+                "this grid has none: use step_index='loop'"
+            )
+        return num_steps - timestep
+
+    def scale_at(self, step: int, timestep: int | None, num_steps: int) -> float | None:
+        k = self.index(step, timestep, num_steps)
+        ramp = (k / self.num_steps) ** self.exp
+        if isinstance(ramp, complex):
+            raise ValueError(
+                f"DynamicCFG exp must be an integer when the step index is negative (k={k}), got exp={self.exp!r}"
+            )
+        return 1 + self.scale * (1 - math.cos(math.pi * ramp)) / 2
+
+    def check(self, timesteps: Sequence[int] | None, num_steps: int) -> None:
+        for i in range(num_steps):
+            self.scale_at(i, None if timesteps is None else timesteps[i], num_steps)
+
+
+def guidance_scales(guidance: Guidance, timesteps: Sequence[int] | None, num_steps: int) -> list[float | None]:
+    """The scale applied at each sampler step, computed before any network call."""
+    guidance.check(timesteps, num_steps)
+    return [guidance.scale_at(i, None if timesteps is None else timesteps[i], num_steps) for i in range(num_steps)]
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What the network is conditioned on, per sample.
+
+    ``context``: text embedding ``(B, L, D)``; ``uncond_context``: the unconditional branch's
+    ``(B, L, D)`` (None: zeros, as the reference's ``force_uc_zero_embeddings``);
+    ``image_latents``: I2V latents ``(B, T, C, H, W)`` (frame 0 the image, the rest zeros),
+    concatenated on the channel axis of the network input for both branches;
+    ``ofs``: passed to the network unchanged.
+    """
+
+    context: Tensor
+    uncond_context: Tensor | None = None
+    image_latents: Tensor | None = None
+    ofs: Tensor | None = None
+
+
+class GuidedModel:
+    """``model(x, level) -> x0``: a denoiser, its conditioning and a guidance rule, as samplers see it.
+
+    ``prediction_dtype``: the dtype the raw network prediction is cast to before guidance
+    (the reference's video samplers cast to float32); None keeps it.
+    """
+
+    def __init__(
+        self,
+        denoiser: Denoiser | Callable[..., Tensor],
+        guidance: Guidance,
+        cond: Conditioning,
+        *,
+        num_steps: int,
+        timesteps: Sequence[int] | None = None,
+        prediction_dtype: torch.dtype | None = None,
+    ):
+        self.denoiser = denoiser
+        self.guidance = guidance
+        self.cond = cond
+        self.num_steps = num_steps
+        self.prediction_dtype = prediction_dtype
+        self.step_scales = guidance_scales(guidance, timesteps, num_steps)
+        uncond = cond.uncond_context if cond.uncond_context is not None else torch.zeros_like(cond.context)
+        self._context2 = torch.cat([uncond, cond.context])
+        img = cond.image_latents
+        self._image2 = None if img is None else torch.cat([img, img])
+
+    def __call__(self, x: Tensor, level: Level) -> Tensor:
+        scale = self.step_scales[level.step]
+        c = self.cond
+        if scale is None:
+            out = self.denoiser(x, level, c.context, c.image_latents, c.ofs)
+            return out if self.prediction_dtype is None else out.to(self.prediction_dtype)
+        out = self.denoiser(torch.cat([x, x]), level, self._context2, self._image2, c.ofs)
+        if self.prediction_dtype is not None:
+            out = out.to(self.prediction_dtype)
+        u, cnd = out.chunk(2)
+        return u + scale * (cnd - u)

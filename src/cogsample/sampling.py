@@ -1,0 +1,225 @@
+"""One call from noise to latents: ``sample(network, x, cond, config)``.
+
+:class:`SamplingConfig` names a sampler, a schedule, a denoiser parameterization and a guidance
+rule; any combination that can work does, with no code per combination. Everything a user can
+get wrong is checked here, before the first network call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import guidance as _guidance
+from . import scalings as _scalings
+from . import schedules as _schedules
+from .denoiser import Denoiser, DenoiserConfig, Network
+from .guidance import Conditioning, DynamicCFG, Guidance, GuidedModel
+from .noise import GlobalNoise, NoiseSource
+from .samplers import Callback, SamplerSpec, get_sampler
+from .scalings import Scaling, VideoScaling
+from .schedules import Grid, Schedule, ZeroSNRDDPM
+
+Tensor = torch.Tensor
+
+__all__ = ["COGVIDEOX_5B", "SamplingConfig", "build_model", "check_combination", "sample", "validate_inputs"]
+
+
+def _default_denoiser() -> DenoiserConfig:
+    return DenoiserConfig(VideoScaling(), table=ZeroSNRDDPM(1.0))
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """What to sample with. The defaults are CogVideoX-5B's shipped sampler config:
+    VPSDEDPMPP2M, 50 steps, ZeroSNR DDPM shift 1, VideoScaling with table snapping, DynamicCFG 6/5."""
+
+    sampler: str = "vpsde_dpmpp_2m"
+    steps: int = 50
+    schedule: Schedule = field(default_factory=lambda: ZeroSNRDDPM(1.0))
+    denoiser: DenoiserConfig = field(default_factory=_default_denoiser)
+    guidance: Guidance = field(default_factory=lambda: DynamicCFG(6, 5, 50))
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        spec = get_sampler(self.sampler)
+        object.__setattr__(self, "sampler", spec.name)
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
+        allowed = spec.options()
+        for key in self.options:
+            if key not in allowed:
+                raise ValueError(
+                    f"sampler option {key!r} is not an option of {spec.name!r}; allowed: {sorted(allowed) or 'none'}"
+                )
+        object.__setattr__(self, "options", dict(self.options))
+
+    @property
+    def spec(self) -> SamplerSpec:
+        return get_sampler(self.sampler)
+
+    def grid(self) -> Grid:
+        return self.schedule.grid(self.steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready description that :meth:`from_dict` turns back into an equal config."""
+        d = self.denoiser
+        return {
+            "sampler": self.sampler,
+            "steps": self.steps,
+            "schedule": _typed(self.schedule),
+            "denoiser": {
+                "scaling": _typed(d.scaling),
+                "table": None if d.table is None else _typed(d.table),
+                "num_idx": d.num_idx,
+                "quantize_c_noise": d.quantize_c_noise,
+            },
+            "guidance": _typed(self.guidance),
+            "options": {k: _jsonable(v) for k, v in self.options.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SamplingConfig:
+        d = data["denoiser"]
+        return cls(
+            sampler=data["sampler"],
+            steps=data["steps"],
+            schedule=_untyped(data["schedule"], _schedules, Schedule),
+            denoiser=DenoiserConfig(
+                scaling=_untyped(d["scaling"], _scalings, Scaling),
+                table=None if d["table"] is None else _untyped(d["table"], _schedules, Schedule),
+                num_idx=d["num_idx"],
+                quantize_c_noise=d["quantize_c_noise"],
+            ),
+            guidance=_untyped(data["guidance"], _guidance, Guidance),
+            options=dict(data.get("options", {})),
+        )
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return repr(v)
+    return v
+
+
+def _typed(obj: Any) -> dict[str, Any]:
+    return {"type": type(obj).__name__, **{f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}}
+
+
+def _untyped(data: Mapping[str, Any], module: Any, base: type) -> Any:
+    kind = data.get("type")
+    cls = getattr(module, str(kind), None)
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ValueError(f"unknown {base.__name__} type {kind!r}")
+    kwargs = {k: (float(v) if v in ("inf", "-inf") else v) for k, v in data.items() if k != "type"}
+    return cls(**kwargs)
+
+
+#: CogVideoX-5B / 1.5-5B's shipped sampler (``cogvideox_5b.yaml``).
+COGVIDEOX_5B = SamplingConfig()
+
+
+def check_combination(config: SamplingConfig, grid: Grid) -> None:
+    """Raise ``ValueError`` for a sampler / schedule / scaling / guidance combination that cannot work."""
+    spec, scaling, d = config.spec, config.denoiser.scaling, config.denoiser
+    starts_at_zero_alpha = grid.space == "alpha" and float(grid.values[0]) == 0.0
+    if starts_at_zero_alpha and spec.space == "sigma":
+        raise ValueError(
+            f"sampler {spec.name!r} works in sigma space and cannot start from alpha=0 (infinite sigma), "
+            f"the first level of {type(config.schedule).__name__}: use an alpha-space sampler "
+            "(vpsde_dpmpp_2m, vpode_dpmpp_2m, video_ddim, video_ddpm)"
+        )
+    if starts_at_zero_alpha and scaling.space == "sigma":
+        raise ValueError(
+            f"scaling {type(scaling).__name__} works in sigma space and cannot be evaluated at alpha=0, "
+            f"the first level of {type(config.schedule).__name__}: use VideoScaling"
+        )
+    if scaling.uses_timestep and d.table is None:
+        off_grid = spec.calls_per_step > 1
+        if grid.timesteps is None or off_grid:
+            raise ValueError(
+                f"scaling {type(scaling).__name__} feeds the network a DDPM timestep: with sampler "
+                f"{spec.name!r} and schedule {type(config.schedule).__name__} it needs a denoiser table "
+                "to find one (set DenoiserConfig.table)"
+            )
+    config.guidance.check(grid.timesteps, grid.num_steps)
+
+
+def validate_inputs(x: Tensor, cond: Conditioning) -> None:
+    """Shapes, batch sizes and finiteness of everything sampling consumes."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 5 or not x.is_floating_point():
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"latent x must be a floating tensor of shape (B, T, C, H, W), got {shape}")
+    b = x.shape[0]
+    ctx = cond.context
+    if not isinstance(ctx, torch.Tensor) or ctx.ndim != 3:
+        raise ValueError(f"context must be a tensor of shape (B, L, D), got {getattr(ctx, 'shape', ctx)!r}")
+    if ctx.shape[0] != b:
+        raise ValueError(f"context batch {ctx.shape[0]} does not match latent batch {b}")
+    if cond.uncond_context is not None and tuple(cond.uncond_context.shape) != tuple(ctx.shape):
+        raise ValueError(
+            f"uncond_context must have the context's shape {tuple(ctx.shape)}, got {tuple(cond.uncond_context.shape)}"
+        )
+    img = cond.image_latents
+    if img is not None:
+        if not isinstance(img, torch.Tensor) or img.ndim != 5:
+            raise ValueError(f"image_latents must be a tensor (B, T, C, H, W), got {getattr(img, 'shape', img)!r}")
+        if img.shape[0] != b:
+            raise ValueError(f"image_latents batch {img.shape[0]} does not match latent batch {b}")
+        want = (x.shape[1], x.shape[3], x.shape[4])
+        got = (img.shape[1], img.shape[3], img.shape[4])
+        if got != want:
+            raise ValueError(
+                f"image_latents must be (B, T, C, H, W) with T, H, W = {want} like the latent, got shape "
+                f"{tuple(img.shape)}"
+            )
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("latent x contains NaN or inf: the initial noise must be finite")
+
+
+def sample(
+    network: Network,
+    x: Tensor,
+    cond: Conditioning,
+    config: SamplingConfig | None = None,
+    *,
+    noise: NoiseSource | None = None,
+    callback: Callback = None,
+    image: Tensor | None = None,
+) -> Tensor:
+    """Denoise unit-variance noise ``x (B, T, C, H, W)`` into latents with ``network``.
+
+    ``noise`` supplies the in-loop draws of stochastic samplers (default: torch's global RNG, as
+    the reference); ``image`` is the clean latent an SDEdit sampler edits. Returns latents of x's
+    shape (float32 for the alpha-space samplers).
+    """
+    config = config or SamplingConfig()
+    model, grid = build_model(network, x, cond, config)
+    spec = config.spec
+    extra: dict[str, Any] = {}
+    if "image" in spec.needs:
+        if image is None:
+            raise ValueError(f"sampler {spec.name!r} edits a clean latent: pass image=")
+        extra["image"] = image
+    return spec.fn(model, x, grid, noise or GlobalNoise(), callback=callback, **config.options, **extra)
+
+
+def build_model(network: Network, x: Tensor, cond: Conditioning, config: SamplingConfig) -> tuple[GuidedModel, Grid]:
+    """Validate everything, then wrap ``network`` into the ``model(x, level)`` the sampler calls."""
+    validate_inputs(x, cond)
+    grid = config.grid()
+    check_combination(config, grid)
+    model = GuidedModel(
+        Denoiser(network, config.denoiser, device=x.device),
+        config.guidance,
+        cond,
+        num_steps=grid.num_steps,
+        timesteps=grid.timesteps,
+        prediction_dtype=config.spec.prediction_dtype,
+    )
+    return model, grid

@@ -1,0 +1,113 @@
+"""Schedules and denoiser tables equal the reference's arrays exactly."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import bits_equal
+
+from cogsample.denoiser import Denoiser, DenoiserConfig
+from cogsample.scalings import VideoScaling
+from cogsample.schedules import EDM, Grid, LegacyDDPM, ZeroSNRDDPM, ddpm_substeps
+
+ZSNR = {
+    "zsnr_shift1": ZeroSNRDDPM(1.0),
+    "zsnr_shift3": ZeroSNRDDPM(3.0),
+    "zsnr_shift3_keepstart": ZeroSNRDDPM(3.0, keep_start=True),
+    "zsnr_shift3_postshift": ZeroSNRDDPM(3.0, post_shift=True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ZSNR))
+@pytest.mark.parametrize("n", [10, 50])
+def test_zero_snr_grid_and_timesteps(schedules, name, n):
+    key = f"{name}_n{n}"
+    grid = ZSNR[name].grid(n)
+    assert grid.space == "alpha" and grid.num_steps == n
+    assert bits_equal(grid.values[:-1], schedules[f"{key}/alpha_cumprod_sqrt"])
+    assert grid.values[-1] == 1.0 and grid.values[0] == 0.0
+    # the reference keeps timesteps ascending and pairs alpha[i] with timesteps[-(i+1)]
+    assert list(grid.timesteps) == schedules[f"{key}/timesteps"].flip(0).tolist()
+
+
+@pytest.mark.parametrize("name", sorted(ZSNR))
+def test_zero_snr_table(schedules, name):
+    key = f"{name}_table1000/table"
+    table = ZSNR[name].table(1000)
+    assert bits_equal(table, schedules[key])
+    assert table[999] == 0.0
+
+
+SNAPPED = [
+    ("zsnr_shift1", 10),
+    ("zsnr_shift1", 50),
+    ("zsnr_shift3", 10),
+    ("zsnr_shift3", 50),
+    ("zsnr_shift3_keepstart", 10),
+    ("zsnr_shift3_postshift", 10),
+]
+
+
+@pytest.mark.parametrize("name, n", SNAPPED)
+def test_denoiser_snaps_to_the_recorded_table_entry(schedules, name, n):
+    key = f"{name}_n{n}"
+    den = Denoiser(lambda *a, **k: None, DenoiserConfig(VideoScaling(), table=ZSNR[name]))
+    q, idx = den.snap(ZSNR[name].grid(n).values[:-1])
+    assert bits_equal(idx, schedules[f"{key}/denoiser_quantized_index"])
+    assert bits_equal(q, schedules[f"{key}/denoiser_quantized_alpha"])
+
+
+def test_snapping_picks_a_neighbour_of_the_renormalised_step(schedules):
+    # the sub-sampled grid is renormalised with its own endpoints: step at timestep 99 -> entry 93
+    assert schedules["zsnr_shift1_n10/timesteps"][0] == 99
+    assert schedules["zsnr_shift1_n10/denoiser_quantized_index"][-1] == 93
+
+
+@pytest.mark.parametrize("n", [10, 50])
+def test_legacy_and_edm_sigmas(schedules, n):
+    assert bits_equal(LegacyDDPM().grid(n).values, schedules[f"legacy_n{n}/sigmas"])
+    assert bits_equal(EDM().grid(n).values, schedules[f"edm_default_n{n}/sigmas"])
+
+
+def test_edm_sigma_max_700(schedules):
+    assert bits_equal(EDM(0.002, 700.0, 7.0).grid(10).values, schedules["edm_sigmamax700_n10/sigmas"])
+
+
+def test_ddpm_substeps_are_trailing():
+    assert ddpm_substeps(10).tolist() == [99, 199, 299, 399, 499, 599, 699, 799, 899, 999]
+    assert ddpm_substeps(50)[-1] == 999 and ddpm_substeps(50)[0] == 19
+
+
+def test_full_length_grid_has_every_timestep():
+    g = ZeroSNRDDPM(1.0).grid(1000)
+    assert g.timesteps == tuple(range(999, -1, -1))
+    assert torch.equal(g.values[:-1], ZeroSNRDDPM(1.0).table().flip(0))
+
+
+def test_grid_conversions_meet_at_sigma_equals_sqrt_one_minus_a2_over_a():
+    g = LegacyDDPM().grid(10)
+    a = g.alphas()
+    assert a[-1] == 1.0
+    np.testing.assert_allclose(
+        a[:-1].double().numpy(), (1 / (1 + g.values[:-1].double() ** 2).sqrt()).numpy(), rtol=1e-6
+    )
+    z = ZeroSNRDDPM(1.0).grid(10)
+    assert torch.isinf(z.sigmas()[0]) and z.sigmas()[-1] == 0.0
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: ZeroSNRDDPM(0.0), "shift_scale must be a finite number > 0, got 0.0"),
+        (lambda: ZeroSNRDDPM(-1.0), "shift_scale"),
+        (lambda: ZeroSNRDDPM(float("nan")), "shift_scale"),
+        (lambda: ZeroSNRDDPM(1.0).grid(0), "steps must be an integer >= 1, got 0"),
+        (lambda: ZeroSNRDDPM(1.0).grid(1001), "at most num_timesteps=1000"),
+        (lambda: EDM().grid(-3), "steps must be an integer >= 1, got -3"),
+        (lambda: EDM(sigma_min=1.0, sigma_max=0.5), "sigma_min"),
+        (lambda: LegacyDDPM(linear_start=0.0), "linear_start"),
+        (lambda: Grid("sigma", torch.tensor([1.0])), "at least 2"),
+    ],
+)
+def test_bad_schedule_parameters_are_named(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
