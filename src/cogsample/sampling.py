@@ -97,14 +97,19 @@ class SamplingConfig:
                 quantize_c_noise=d["quantize_c_noise"],
             ),
             guidance=_untyped(data["guidance"], _guidance, Guidance),
-            options=dict(data.get("options", {})),
+            options={k: _from_json(v) for k, v in data.get("options", {}).items()},
         )
 
 
 def _jsonable(v: Any) -> Any:
+    """Non-finite floats as the strings "inf", "-inf", "nan" (strict JSON has no such numbers)."""
     if isinstance(v, float) and not math.isfinite(v):
         return repr(v)
     return v
+
+
+def _from_json(v: Any) -> Any:
+    return float(v) if v in ("inf", "-inf", "nan") else v
 
 
 def _typed(obj: Any) -> dict[str, Any]:
@@ -116,7 +121,7 @@ def _untyped(data: Mapping[str, Any], module: Any, base: type) -> Any:
     cls = getattr(module, str(kind), None)
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise ValueError(f"unknown {base.__name__} type {kind!r}")
-    kwargs = {k: (float(v) if v in ("inf", "-inf") else v) for k, v in data.items() if k != "type"}
+    kwargs = {k: _from_json(v) for k, v in data.items() if k != "type"}
     return cls(**kwargs)
 
 
