@@ -123,3 +123,15 @@ def test_dynamic_cfg_formula():
     g = DynamicCFG(6, 5, 50)
     k = 50 - 979
     assert g.scale_at(1, 979, 50) == 1 + 6 * (1 - math.cos(math.pi * (k / 50) ** 5)) / 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 200), st.floats(0, 20), st.sampled_from([1, 2, 3, 5, 7]))
+def test_dynamic_cfg_stays_between_one_and_one_plus_scale(n, scale, exp):
+    """Both step indices give scales in [1, 1 + scale]; the loop ramp rises monotonically."""
+    grid = ZeroSNRDDPM(1.0).grid(min(n, 1000))
+    ref = guidance_scales(DynamicCFG(scale, exp, n), grid.timesteps, grid.num_steps)
+    loop = guidance_scales(DynamicCFG(scale, exp, n, step_index="loop"), None, grid.num_steps)
+    for s in ref + loop:
+        assert 1 - 1e-12 <= s <= 1 + scale + 1e-12
+    assert loop == sorted(loop) and loop[0] == 1.0

@@ -124,8 +124,45 @@ def _check_ddpm(linear_start: float, linear_end: float, num_timesteps: int) -> N
         raise ValueError(f"num_timesteps must be an integer >= 2, got {num_timesteps!r}")
 
 
+class _DDPMTable(Schedule):
+    """DDPM schedules: a level per training timestep; a sampler gets the trailing sub-steps."""
+
+    num_timesteps: int
+    #: the level appended after the last step (the clean end)
+    terminal: ClassVar[float]
+
+    def _alphas_cumprod(self) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _levels(self, ac: np.ndarray) -> torch.Tensor:  # pragma: no cover - interface
+        """Levels (float32) for the given alphas_cumprod, in ascending timestep order."""
+        raise NotImplementedError
+
+    def grid(self, num_steps: int) -> Grid:
+        """The levels at the trailing DDPM sub-steps, high noise first, then the clean end."""
+        _check_steps(num_steps, self.num_timesteps)
+        ac = self._alphas_cumprod()
+        if num_steps < self.num_timesteps:
+            ts = ddpm_substeps(num_steps, self.num_timesteps)
+            ac = ac[ts]
+        else:
+            ts = np.arange(self.num_timesteps)
+        levels = torch.flip(self._levels(ac), (0,))
+        values = torch.cat([levels, levels.new_full([1], self.terminal)])
+        return Grid(self.space, values, tuple(int(t) for t in ts[::-1]))
+
+    def table(self, num_idx: int = 1000) -> torch.Tensor:
+        """The denoiser's table: entry ``t`` is the level at DDPM timestep ``t``."""
+        if num_idx != self.num_timesteps:
+            raise ValueError(
+                f"num_idx must equal num_timesteps={self.num_timesteps} for a {type(self).__name__} table, "
+                f"got {num_idx!r}"
+            )
+        return self._levels(self._alphas_cumprod())
+
+
 @dataclass(frozen=True)
-class ZeroSNRDDPM(Schedule):
+class ZeroSNRDDPM(_DDPMTable):
     """DDPM with an SNR shift and zero terminal SNR (CogVideoX), in alpha space.
 
     alphas_cumprod from scaled-linear betas, shifted ``ac / (shift + (1 - shift) * ac)``
@@ -142,6 +179,7 @@ class ZeroSNRDDPM(Schedule):
     linear_end: float = 0.0120
     num_timesteps: int = 1000
     space: ClassVar[Space] = "alpha"
+    terminal: ClassVar[float] = 1.0
 
     def __post_init__(self) -> None:
         shift = self.shift_scale
@@ -158,8 +196,8 @@ class ZeroSNRDDPM(Schedule):
             ac = ac / (shift + (1 - shift) * ac)
         return ac
 
-    def _sqrt_renormalised(self, ac: np.ndarray) -> torch.Tensor:
-        """Ascending-timestep alpha of the picked entries, zero-terminal renormalised (float32)."""
+    def _levels(self, ac: np.ndarray) -> torch.Tensor:
+        """sqrt(ac) of the picked entries, zero-terminal renormalised with their own ends (float32)."""
         a = torch.tensor(ac, dtype=torch.float32).sqrt()
         a0, a_t = a[0].clone(), a[-1].clone()
         a = (a - a_t) * (a0 / (a0 - a_t))
@@ -168,65 +206,26 @@ class ZeroSNRDDPM(Schedule):
             a = (a**2 / (shift + (1 - shift) * a**2)) ** 0.5
         return a
 
-    def grid(self, num_steps: int) -> Grid:
-        """alpha_cumprod_sqrt at the trailing DDPM substeps, high noise first, then a final 1.0."""
-        _check_steps(num_steps, self.num_timesteps)
-        ac = self._alphas_cumprod()
-        if num_steps < self.num_timesteps:
-            ts = ddpm_substeps(num_steps, self.num_timesteps)
-            ac = ac[ts]
-        else:
-            ts = np.arange(self.num_timesteps)
-        a = torch.flip(self._sqrt_renormalised(ac), (0,))
-        values = torch.cat([a, a.new_ones([1])])
-        return Grid("alpha", values, tuple(int(t) for t in ts[::-1]))
-
-    def table(self, num_idx: int = 1000) -> torch.Tensor:
-        """The denoiser's table: entry ``t`` is alpha at DDPM timestep ``t`` (entry T-1 is 0)."""
-        if num_idx != self.num_timesteps:
-            raise ValueError(
-                f"num_idx must equal num_timesteps={self.num_timesteps} for a ZeroSNRDDPM table, got {num_idx!r}"
-            )
-        return self._sqrt_renormalised(self._alphas_cumprod())
-
 
 @dataclass(frozen=True)
-class LegacyDDPM(Schedule):
+class LegacyDDPM(_DDPMTable):
     """Stable Diffusion's DDPM schedule in sigma space: ``sigma_t = sqrt((1 - ac_t) / ac_t)``."""
 
     linear_start: float = 0.00085
     linear_end: float = 0.0120
     num_timesteps: int = 1000
     space: ClassVar[Space] = "sigma"
+    terminal: ClassVar[float] = 0.0
 
     def __post_init__(self) -> None:
         _check_ddpm(self.linear_start, self.linear_end, self.num_timesteps)
 
-    def _sigmas(self, ac: np.ndarray) -> torch.Tensor:
+    def _levels(self, ac: np.ndarray) -> torch.Tensor:
+        """sigma = sqrt((1 - ac) / ac): the ratio in float64, the root in float32."""
         return torch.tensor((1 - ac) / ac, dtype=torch.float32) ** 0.5
 
     def _alphas_cumprod(self) -> np.ndarray:
         return np.cumprod(1.0 - _linear_betas(self.linear_start, self.linear_end, self.num_timesteps), axis=0)
-
-    def grid(self, num_steps: int) -> Grid:
-        """Sigmas at the trailing DDPM substeps, high noise first, then a final 0."""
-        _check_steps(num_steps, self.num_timesteps)
-        ac = self._alphas_cumprod()
-        if num_steps < self.num_timesteps:
-            ts = ddpm_substeps(num_steps, self.num_timesteps)
-            ac = ac[ts]
-        else:
-            ts = np.arange(self.num_timesteps)
-        s = torch.flip(self._sigmas(ac), (0,))
-        return Grid("sigma", torch.cat([s, s.new_zeros([1])]), tuple(int(t) for t in ts[::-1]))
-
-    def table(self, num_idx: int = 1000) -> torch.Tensor:
-        """Entry ``t`` is sigma at DDPM timestep ``t`` (ascending)."""
-        if num_idx != self.num_timesteps:
-            raise ValueError(
-                f"num_idx must equal num_timesteps={self.num_timesteps} for a LegacyDDPM table, got {num_idx!r}"
-            )
-        return self._sigmas(self._alphas_cumprod())
 
 
 @dataclass(frozen=True)
