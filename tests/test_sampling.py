@@ -208,3 +208,32 @@ def test_the_sync_guard_catches_a_sync(monkeypatch):
     x, cond = _inputs()
     with pytest.raises(AssertionError, match=r"host-device sync in the sampling loop: Tensor.item"):
         sample(syncing_network, x, cond, SamplingConfig(steps=2))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_no_sync_on_cuda(name):
+    """On a GPU, torch itself refuses any synchronising call once the loop has started."""
+    spec = SAMPLERS[name]
+    schedule = ZeroSNRDDPM(1.0) if spec.space == "alpha" else LegacyDDPM()
+    cfg = SamplingConfig(
+        sampler=name,
+        steps=6,
+        schedule=schedule,
+        denoiser=DenoiserConfig(VideoScaling(), table=schedule),
+        guidance=DynamicCFG(6, 5, 6, step_index="loop"),
+    )
+    x, cond = _inputs(img=True)
+    x, cond = x.cuda(), Conditioning(cond.context.cuda(), image_latents=cond.image_latents.cuda())
+    net = ToyNetwork(0.001, 0.1, 0.05, 0.01)
+
+    def network(*args, **kwargs):
+        torch.cuda.set_sync_debug_mode("error")
+        return net(*args, **kwargs)
+
+    extra = {"image": torch.zeros_like(x)} if "image" in spec.needs else {}
+    try:
+        out = sample(network, x, cond, cfg, noise=SeededNoise([1, 2], generator_device="cuda"), **extra)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(out).all()

@@ -5,6 +5,7 @@ from .guidance import CFG, Conditioning, DynamicCFG, GuidedModel, NoGuidance
 from .noise import GlobalNoise, ReplayNoise, SeededNoise, latent_shape
 from .samplers import SAMPLERS, get_sampler
 from .sampling import SamplingConfig, sample
+from .satconfig import from_sat, load_sat_yaml
 from .scalings import EDMScaling, EpsScaling, VideoScaling, VScaling, VScalingEDMNoise
 from .schedules import EDM, Grid, LegacyDDPM, ZeroSNRDDPM
 
@@ -33,7 +34,9 @@ __all__ = [
     "VScalingEDMNoise",
     "VideoScaling",
     "ZeroSNRDDPM",
+    "from_sat",
     "get_sampler",
     "latent_shape",
+    "load_sat_yaml",
     "sample",
 ]

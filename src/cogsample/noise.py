@@ -110,14 +110,16 @@ class SeededNoise(NoiseSource):
 
 
 class GlobalNoise(NoiseSource):
-    """``torch.randn`` on the global generator, discarded draws included: the reference's stream.
+    """torch's global generators, discarded draws included: the reference's stream.
 
-    After ``torch.manual_seed(s)`` the draws equal the SAT reference's for the same seed, device
-    and shapes (the whole batch is drawn at once, so a sample depends on the batch size).
+    As SAT's engine does, the initial latent is drawn in float32 on the CPU generator and moved to
+    the device, and in-loop draws are ``randn_like`` on the latent's device. After
+    ``torch.manual_seed(s)`` the draws equal the reference's for the same seed, device and shapes
+    (the whole batch is drawn at once, so a sample depends on the batch size).
     """
 
     def initial(self, shape: Sequence[int], dtype: torch.dtype = torch.float32, device=None) -> Tensor:
-        return torch.randn(tuple(shape), dtype=dtype, device=device)
+        return torch.randn(tuple(shape)).to(torch.float32).to(device=device, dtype=dtype)
 
     def draw(self, like: Tensor) -> Tensor:
         return torch.randn_like(like)
