@@ -121,8 +121,9 @@ class NoSync:
             self.monkeypatch.setattr(torch.Tensor, name, forbidden)
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
-def test_no_host_device_sync_inside_the_sampling_loop(name, monkeypatch):
+def _run_armed(name, device, arm):
+    """Every sampler, 6 steps, I2V inputs, DynamicCFG; ``arm()`` runs at every network call, so
+    whatever it forbids is forbidden from the first call on: inside the sampling loop."""
     spec = SAMPLERS[name]
     schedule = ZeroSNRDDPM(1.0) if spec.space == "alpha" else LegacyDDPM()
     cfg = SamplingConfig(
@@ -133,15 +134,20 @@ def test_no_host_device_sync_inside_the_sampling_loop(name, monkeypatch):
         guidance=DynamicCFG(6, 5, 6, step_index="loop"),
     )
     x, cond = _inputs(img=True)
-    guard = NoSync(monkeypatch)
+    x, cond = x.to(device), Conditioning(cond.context.to(device), image_latents=cond.image_latents.to(device))
     net = ToyNetwork(0.001, 0.1, 0.05, 0.01)
 
     def network(*args, **kwargs):
-        guard.arm()  # armed from the first network call on: everything after is "in the loop"
+        arm()
         return net(*args, **kwargs)
 
     extra = {"image": torch.zeros_like(x)} if "image" in spec.needs else {}
-    out = sample(network, x, cond, cfg, noise=SeededNoise([1, 2]), **extra)
+    return sample(network, x, cond, cfg, noise=SeededNoise([1, 2], generator_device=device), **extra)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_no_host_device_sync_inside_the_sampling_loop(name, monkeypatch):
+    out = _run_armed(name, "cpu", NoSync(monkeypatch).arm)
     monkeypatch.undo()
     assert torch.isfinite(out).all()
 
@@ -214,26 +220,8 @@ def test_the_sync_guard_catches_a_sync(monkeypatch):
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_no_sync_on_cuda(name):
     """On a GPU, torch itself refuses any synchronising call once the loop has started."""
-    spec = SAMPLERS[name]
-    schedule = ZeroSNRDDPM(1.0) if spec.space == "alpha" else LegacyDDPM()
-    cfg = SamplingConfig(
-        sampler=name,
-        steps=6,
-        schedule=schedule,
-        denoiser=DenoiserConfig(VideoScaling(), table=schedule),
-        guidance=DynamicCFG(6, 5, 6, step_index="loop"),
-    )
-    x, cond = _inputs(img=True)
-    x, cond = x.cuda(), Conditioning(cond.context.cuda(), image_latents=cond.image_latents.cuda())
-    net = ToyNetwork(0.001, 0.1, 0.05, 0.01)
-
-    def network(*args, **kwargs):
-        torch.cuda.set_sync_debug_mode("error")
-        return net(*args, **kwargs)
-
-    extra = {"image": torch.zeros_like(x)} if "image" in spec.needs else {}
     try:
-        out = sample(network, x, cond, cfg, noise=SeededNoise([1, 2], generator_device="cuda"), **extra)
+        out = _run_armed(name, "cuda", lambda: torch.cuda.set_sync_debug_mode("error"))
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(out).all()
