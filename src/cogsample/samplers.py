@@ -126,10 +126,12 @@ def _edm_loop(
     s_noise: float,
     callback: Callback,
     steps: Sequence[int] | None = None,
+    image: Tensor | None = None,
 ) -> Tensor:
     """Karras et al. (2022) Alg. 2: churn to sigma_hat = sigma (1 + gamma), Euler (or Heun) to sigma'.
 
-    ``x`` is already at the first level; ``steps`` restricts the loop (SDEdit).
+    ``x`` is unit noise. It starts at ``x sqrt(1 + sigma_0^2)``, or, with ``image`` (SDEdit), at
+    ``image + x sigma_i`` on the first of ``steps``, the loop indices to run.
     """
     s, s_host = _sigma_levels(grid, x)
     gammas = _churn_gammas(s_host, s_churn, s_tmin, s_tmax)
@@ -137,7 +139,9 @@ def _edm_loop(
     churn = _per_step((sigma_hat**2 - s[:-1] ** 2) ** 0.5, x)
     dt = _per_step(s[1:] - sigma_hat, x)
     s_b, sh_b = _per_step(s, x), _per_step(sigma_hat, x)
-    for i in range(grid.num_steps) if steps is None else steps:
+    steps = range(grid.num_steps) if steps is None else steps
+    x = _scale_init(x, s) if image is None else image + x * s_b[steps[0]]
+    for i in steps:
         if gammas[i] > 0:
             x = x + noise.draw(x) * s_noise * churn[i]
         denoised = model(x, _sigma_level(sigma_hat, i, i, _timestep(grid, i)))
@@ -167,7 +171,6 @@ def sample_euler(
     callback: Callback = None,
 ) -> Tensor:
     """Euler with EDM churn (reference ``EulerEDMSampler``): x += (sigma' - sigma_hat) (x - D)/sigma_hat."""
-    x = _scale_init(x, _sigma_levels(grid, x)[0])
     return _edm_loop(
         model,
         x,
@@ -196,7 +199,6 @@ def sample_heun(
     callback: Callback = None,
 ) -> Tensor:
     """Heun's 2nd order method with EDM churn (reference ``HeunEDMSampler``); Euler on the step to 0."""
-    x = _scale_init(x, _sigma_levels(grid, x)[0])
     return _edm_loop(
         model,
         x,
@@ -232,9 +234,7 @@ def sample_sdedit_euler(
         raise ValueError(f"edit_ratio must be in [0, 1), got {edit_ratio!r}")
     if tuple(image.shape) != tuple(x.shape):
         raise ValueError(f"image must have the latent's shape {tuple(x.shape)}, got {tuple(image.shape)}")
-    s, _ = _sigma_levels(grid, x)
     steps = [i for i in range(grid.num_steps) if not i / grid.num_steps < edit_ratio]
-    x = image + x * _per_step(s, x)[steps[0]]
     return _edm_loop(
         model,
         x,
@@ -247,6 +247,7 @@ def sample_sdedit_euler(
         s_noise=s_noise,
         callback=callback,
         steps=steps,
+        image=image,
     )
 
 

@@ -7,6 +7,7 @@ rejects any target or parameter it does not know, naming it.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -69,8 +70,6 @@ def _params(block: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 
 def _construct(cls: type, params: Mapping[str, Any], where: str) -> Any:
-    import dataclasses
-
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = set(params) - fields
     if unknown:
@@ -97,9 +96,8 @@ def _guidance(block: Mapping[str, Any] | None, where: str) -> Guidance:
     name = _class_name(block, where, _GUIDERS)
     params = _params(block, where)
     thresh = params.pop("dyn_thresh_config", None)
-    if thresh is not None:
-        tname = _class_name(thresh, f"{where}.dyn_thresh_config", {"NoDynamicThresholding"})
-        del tname
+    if thresh is not None:  # only the plain combination is supported
+        _class_name(thresh, f"{where}.dyn_thresh_config", {"NoDynamicThresholding"})
     allowed = {"IdentityGuider": set(), "VanillaCFG": {"scale"}, "DynamicCFG": {"scale", "exp", "num_steps"}}[name]
     unknown = set(params) - allowed
     missing = allowed - set(params)
