@@ -13,13 +13,26 @@ from cogsample.schedules import EDM, LegacyDDPM, ZeroSNRDDPM
 SHAPE = (1, 4, 16, 16, 16)  # 16384 values
 
 
+class VFromX0:
+    """``model(x, level) -> v`` for the samplers that consume v: v = (a x - x0) / sqrt(1 - a^2)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, x, level):
+        a = level.value.double()
+        x0 = self.model(x, level).double()
+        return ((a * x.double() - x0) / (1 - a * a).sqrt()).to(torch.float32)
+
+
 def _run(name, grid, x, noise=None, model=None, **opts):
     spec = SAMPLERS[name]
     model = model or GaussianModel()
     if "image" in spec.needs:
         opts.setdefault("image", torch.zeros_like(x))
         opts.setdefault("edit_ratio", 0.0)  # from pure noise: an unconditional sample
-    return spec.fn(model, x, grid, noise or SeededNoise([7] * x.shape[0]), **opts), model
+    fn_model = model if spec.consumes == "x0" else VFromX0(model)
+    return spec.fn(fn_model, x, grid, noise or SeededNoise([7] * x.shape[0]), **opts), model
 
 
 def _compatible(name, schedule):

@@ -130,7 +130,8 @@ def _run_armed(name, device, arm):
         sampler=name,
         steps=6,
         schedule=schedule,
-        denoiser=DenoiserConfig(VideoScaling(), table=schedule),
+        # samplers that consume the raw prediction read the grid's own timesteps: no table
+        denoiser=DenoiserConfig(VideoScaling(), table=schedule if spec.consumes == "x0" else None),
         guidance=DynamicCFG(6, 5, 6, step_index="loop"),
     )
     x, cond = _inputs(img=True)

@@ -1,9 +1,11 @@
 """The denoiser: a network wrapped by a scaling, with the reference's table snapping.
 
 ``Denoiser(x, level, context, image_latents, ofs) -> x0`` evaluates
-``c_out * F(cat(c_in * x, image_latents), c_noise, context, ofs) + c_skip * x`` on ``N`` rows.
+``c_out * F(cat(c_in * x, image_latents), c_noise, context, ofs) + c_skip * x`` on ``N`` rows;
+``Denoiser.prediction`` returns the raw ``F(cat(x, image_latents), t, context, ofs)`` itself,
+for samplers that apply the parameterization themselves (diffusers' schedulers).
 Samplers never call it directly: :mod:`cogsample.guidance` wraps it into the callable
-``model(x, level) -> x0`` that every sampler takes.
+``model(x, level)`` that every sampler takes.
 """
 
 from __future__ import annotations
@@ -131,3 +133,24 @@ class Denoiser:
         if image_latents is not None:
             net_in = torch.cat([net_in, image_latents], dim=2)
         return self.network(net_in, c_noise, context, ofs=ofs) * c_out + x * c_skip
+
+    def prediction(
+        self,
+        x: Tensor,
+        level: Level,
+        context: Tensor,
+        image_latents: Tensor | None = None,
+        ofs: Tensor | None = None,
+    ) -> Tensor:
+        """The raw network output ``F(cat(x, image_latents), t, context, ofs)`` at the DDPM
+        timestep ``t = level.timestep``: ``x`` goes in as is (c_in = 1) and no table is consulted,
+        as diffusers' pipelines call the transformer. ``t`` is an integer held in float32 (float64
+        for a float64 ``x``), never in ``x``'s half precision, where 999 would read 1000."""
+        if self.table is not None:
+            raise ValueError("the raw network prediction takes levels as given: use a DenoiserConfig without a table")
+        if level.timestep is None:
+            raise ValueError("the raw network prediction needs the step's DDPM timestep (the grid has none)")
+        n = x.shape[0]
+        t = torch.full((n,), level.timestep, dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
+        net_in = x if image_latents is None else torch.cat([x, image_latents], dim=2)
+        return self.network(net_in, t, context, ofs=ofs)

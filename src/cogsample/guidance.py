@@ -1,8 +1,10 @@
 """Classifier-free guidance, wrapped around a denoiser so that samplers never see cond/uncond.
 
 With guidance the network runs once on ``2B`` rows: rows ``[0:B]`` unconditional, rows
-``[B:2B]`` conditional (the reference's order), and the guided prediction is
+``[B:2B]`` conditional (the reference's order, and diffusers'), and the guided prediction is
 ``u + scale * (c - u)``, evaluated in full even where ``scale == 1`` (as the reference does).
+It is applied to the denoised x0 (``GuidedModel.__call__``, SAT) or to the raw network output
+(``GuidedModel.prediction``, diffusers' v); the two agree up to rounding.
 """
 
 from __future__ import annotations
@@ -111,10 +113,20 @@ class DynamicCFG(Guidance):
             self.scale_at(i, None if timesteps is None else timesteps[i], num_steps)
 
 
-def guidance_scales(guidance: Guidance, timesteps: Sequence[int] | None, num_steps: int) -> list[float | None]:
-    """The scale applied at each sampler step, computed before any network call."""
-    guidance.check(timesteps, num_steps)
-    return [guidance.scale_at(i, None if timesteps is None else timesteps[i], num_steps) for i in range(num_steps)]
+def guidance_scales(
+    guidance: Guidance, timesteps: Sequence[int] | None, num_steps: int, requested_steps: int | None = None
+) -> list[float | None]:
+    """The scale applied at each of ``num_steps`` sampler steps, computed before any network call.
+
+    ``requested_steps``: the step count the formulas see when the grid made a different number
+    (diffusers' 62 steps for 61: its DynamicCFG uses ``61 - t``); default ``num_steps``.
+    """
+    if requested_steps is None:
+        guidance.check(timesteps, num_steps)
+        requested_steps = num_steps
+    return [
+        guidance.scale_at(i, None if timesteps is None else timesteps[i], requested_steps) for i in range(num_steps)
+    ]
 
 
 @dataclass(frozen=True)
@@ -137,8 +149,13 @@ class Conditioning:
 class GuidedModel:
     """``model(x, level) -> x0``: a denoiser, its conditioning and a guidance rule, as samplers see it.
 
-    ``prediction_dtype``: the dtype the raw network prediction is cast to before guidance
-    (the reference's video samplers cast to float32); None keeps it.
+    ``model.prediction(x, level)`` is the same with the raw network output (v for VideoScaling)
+    in place of x0, for samplers that consume it (diffusers' schedulers); ``output="v"`` makes
+    ``model(x, level)`` return that instead of x0 (what ``build_model`` sets for such samplers,
+    so that ``spec.fn(model, ...)`` always gets what it consumes).
+    ``prediction_dtype``: the dtype the denoiser's output is cast to before guidance (float32 for
+    the reference's video samplers and for diffusers' ``noise_pred.float()``); None keeps it.
+    ``requested_steps``: see :func:`guidance_scales`.
     """
 
     def __init__(
@@ -150,25 +167,41 @@ class GuidedModel:
         num_steps: int,
         timesteps: Sequence[int] | None = None,
         prediction_dtype: torch.dtype | None = None,
+        requested_steps: int | None = None,
+        output: Literal["x0", "v"] = "x0",
     ):
+        if output not in ("x0", "v"):
+            raise ValueError(f"output must be 'x0' or 'v', got {output!r}")
+        self.output = output
         self.denoiser = denoiser
         self.guidance = guidance
         self.cond = cond
         self.num_steps = num_steps
         self.prediction_dtype = prediction_dtype
-        self.step_scales = guidance_scales(guidance, timesteps, num_steps)
+        self.step_scales = guidance_scales(guidance, timesteps, num_steps, requested_steps)
         uncond = cond.uncond_context if cond.uncond_context is not None else torch.zeros_like(cond.context)
         self._context2 = torch.cat([uncond, cond.context])
         img = cond.image_latents
         self._image2 = None if img is None else torch.cat([img, img])
 
     def __call__(self, x: Tensor, level: Level) -> Tensor:
+        """The guided x0 prediction at ``level`` (the raw prediction with ``output="v"``)."""
+        if self.output == "v":
+            return self.prediction(x, level)
+        return self._guided(self.denoiser, x, level)
+
+    def prediction(self, x: Tensor, level: Level) -> Tensor:
+        """The guided raw network output at ``level``: ``u + scale (c - u)`` on the network's
+        own output (``Denoiser.prediction``), as diffusers' pipelines guide ``noise_pred``."""
+        return self._guided(self.denoiser.prediction, x, level)
+
+    def _guided(self, fn: Callable[..., Tensor], x: Tensor, level: Level) -> Tensor:
         scale = self.step_scales[level.step]
         c = self.cond
         if scale is None:
-            out = self.denoiser(x, level, c.context, c.image_latents, c.ofs)
+            out = fn(x, level, c.context, c.image_latents, c.ofs)
             return out if self.prediction_dtype is None else out.to(self.prediction_dtype)
-        out = self.denoiser(torch.cat([x, x]), level, self._context2, self._image2, c.ofs)
+        out = fn(torch.cat([x, x]), level, self._context2, self._image2, c.ofs)
         if self.prediction_dtype is not None:
             out = out.to(self.prediction_dtype)
         u, cnd = out.chunk(2)

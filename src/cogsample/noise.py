@@ -3,7 +3,8 @@
 A noise source gives the initial latent and every draw a stochastic sampler makes. Samplers call
 ``draw(like)`` for each draw they use and ``discard(like)`` where the reference draws a value and
 throws it away, so a source can reproduce the reference's random stream exactly (``GlobalNoise``,
-``ReplayNoise``) or skip the wasted work (``SeededNoise``).
+``ReplayNoise``, and ``DiffusersNoise`` for diffusers' pipelines) or skip the wasted work
+(``SeededNoise``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ Tensor = torch.Tensor
 
 __all__ = [
     "LATENT_CHANNELS",
+    "DiffusersNoise",
     "GlobalNoise",
     "NoiseSource",
     "ReplayNoise",
@@ -161,3 +163,57 @@ class ReplayNoise(NoiseSource):
     @property
     def exhausted(self) -> bool:
         return self.position == len(self.draws)
+
+
+class DiffusersNoise(NoiseSource):
+    """diffusers' ``randn_tensor`` on the pipeline's ``generator``: its initial latent and every
+    in-loop draw, so that a sampler consumes the generator exactly as the pipeline does.
+
+    ``generator``: one ``torch.Generator`` (the whole batch in one draw), a list of one per
+    sample (each sample its own draw of shape ``(1, ...)``, concatenated), or None (torch's
+    global generator). Draws are made in the requested dtype on the generator's device when it
+    is a CPU generator (else on the target device) and moved to the target device. Discarded
+    draws are drawn: diffusers' DPM scheduler draws noise it does not use. The generators are
+    the caller's and advance as they are used.
+    """
+
+    def __init__(self, generator: torch.Generator | Sequence[torch.Generator] | None = None):
+        if isinstance(generator, Sequence):
+            generator = list(generator)
+            if not generator:
+                raise ValueError("generator must be a torch.Generator, a non-empty list of them, or None")
+            if len(generator) == 1:
+                generator = generator[0]
+        self.generator = generator
+
+    @classmethod
+    def from_seed(cls, seed: int, device: torch.device | str = "cpu") -> DiffusersNoise:
+        """``torch.Generator(device).manual_seed(seed)``, as a diffusers user would pass it."""
+        return cls(torch.Generator(device).manual_seed(seed))
+
+    def _randn(self, shape: Sequence[int], dtype: torch.dtype, device) -> Tensor:
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        g = self.generator
+        rand_device = device
+        if g is not None:
+            gen_type = (g[0] if isinstance(g, list) else g).device.type
+            if gen_type != device.type:
+                if gen_type != "cpu":
+                    raise ValueError(f"cannot draw a {device.type} tensor from a {gen_type} generator")
+                rand_device = torch.device("cpu")
+        shape = tuple(shape)
+        if isinstance(g, list):
+            if len(g) != shape[0]:
+                raise ValueError(f"a list of {len(g)} generators for a batch of {shape[0]}: give one per sample")
+            rows = [torch.randn((1, *shape[1:]), generator=gi, device=rand_device, dtype=dtype) for gi in g]
+            return torch.cat(rows, dim=0).to(device)
+        return torch.randn(shape, generator=g, device=rand_device, dtype=dtype).to(device)
+
+    def initial(self, shape: Sequence[int], dtype: torch.dtype = torch.float32, device=None) -> Tensor:
+        return self._randn(shape, dtype, device)
+
+    def draw(self, like: Tensor) -> Tensor:
+        return self._randn(like.shape, like.dtype, like.device)
+
+    def discard(self, like: Tensor) -> None:
+        self._randn(like.shape, like.dtype, like.device)

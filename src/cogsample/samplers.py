@@ -3,6 +3,8 @@
 Every sampler takes
 
 * ``model(x, level) -> x0``: a denoiser (guidance already inside, see :mod:`cogsample.guidance`);
+  the samplers that replicate diffusers' schedulers take ``model(x, level) -> v`` instead, the
+  guided raw network output (``SamplerSpec.consumes == "v"``);
 * ``x``: unit-variance noise ``(B, T, C, H, W)``; sigma-space samplers scale it to
   ``sqrt(1 + sigma_0^2)`` themselves, as the reference does;
 * ``grid``: a :class:`~cogsample.schedules.Grid` in either space (converted when needed);
@@ -28,7 +30,7 @@ import torch
 
 from .denoiser import Level
 from .noise import NoiseSource
-from .schedules import Grid, Space
+from .schedules import DDPMSteps, Grid, Space
 
 Tensor = torch.Tensor
 Model = Callable[[Tensor, Level], Tensor]
@@ -41,6 +43,8 @@ __all__ = [
     "get_sampler",
     "lms_coefficients",
     "sample_ddim",
+    "sample_diffusers_ddim",
+    "sample_diffusers_dpm",
     "sample_dpmpp_2m",
     "sample_dpmpp_2m_sde",
     "sample_dpmpp_2s_ancestral",
@@ -620,6 +624,99 @@ def sample_vpode_dpmpp_2m(
 
 
 # ----------------------------------------------------------------------------------------------
+# diffusers' CogVideoX schedulers (v prediction in, alpha space)
+#
+# Each step's scalars are 0-d CPU tensors in the schedule's dtype (float64), computed one step at
+# a time with the scheduler's own expressions before the loop: the same operands as diffusers'
+# ``alphas_cumprod[t]`` arithmetic, so they round identically, and the loop never syncs.
+
+
+def _x0_from_v(steps: DDPMSteps) -> list[tuple[Tensor, Tensor]]:
+    """x0 = sqrt(ac) x - sqrt(1 - ac) v, per step."""
+    ac = steps.alphas_cumprod
+    return [(ac[i] ** 0.5, (1 - ac[i]) ** 0.5) for i in range(len(steps.to_final))]
+
+
+def _log_snr(ac: Tensor) -> Tensor:
+    """lambda = log sqrt(ac / (1 - ac)), as diffusers writes it."""
+    return ((ac / (1 - ac)) ** 0.5).log()
+
+
+@torch.no_grad()
+def sample_diffusers_dpm(
+    model: Model, x: Tensor, grid: Grid, noise: NoiseSource, *, callback: Callback = None
+) -> Tensor:
+    """diffusers' ``CogVideoXDPMScheduler`` loop (SDE DPM-Solver++(2M), v prediction):
+    x' = sqrt((1-ac')/(1-ac)) e^-h x - expm1(-2h) sqrt(ac') D_i + sqrt(1-ac') sqrt(1-e^-2h) z,
+    D = sqrt(ac) x - sqrt(1-ac) v; D_i = (1 + 1/2r) D - (1/2r) D_prev except on the first step and
+    on steps to the final level (first order). Every step draws z first; a second-order step
+    discards it and draws again. ``model`` returns the guided v; latents keep x's dtype."""
+    steps = grid.ddpm_steps()
+    a = _alpha_levels(grid, x)
+    to_x0 = _x0_from_v(steps)
+    ac, ac_next = steps.alphas_cumprod, steps.alphas_cumprod_next
+    coef = []
+    for i in range(grid.num_steps):
+        lam, lam_next = _log_snr(ac[i]), _log_snr(ac_next[i])
+        h = lam_next - lam
+        m1 = ((1 - ac_next[i]) / (1 - ac[i])) ** 0.5 * (-h).exp()
+        m2 = (-2 * h).expm1() * ac_next[i] ** 0.5
+        mn = (1 - ac_next[i]) ** 0.5 * (1 - (-2 * h).exp()) ** 0.5
+        first_order = i == 0 or steps.to_final[i]
+        if first_order:
+            m3 = m4 = None
+        else:
+            r = (lam - _log_snr(ac[i - 1])) / h
+            m3, m4 = 1 + 1 / (2 * r), 1 / (2 * r)
+        coef.append((m1, m2, mn, m3, m4))
+    dtype = x.dtype
+    x = x * 1.0  # the pipeline's latents * init_noise_sigma
+    old = None
+    for i in range(grid.num_steps):
+        v = model(x, _alpha_level(a, i, _timestep(grid, i)))
+        c_x, c_v = to_x0[i]
+        denoised = c_x * x - c_v * v
+        m1, m2, mn, m3, m4 = coef[i]
+        if m3 is None:
+            x_next = m1 * x - m2 * denoised + mn * noise.draw(x)
+        else:
+            noise.discard(x)
+            d = m3 * denoised - m4 * old
+            x_next = m1 * x - m2 * d + mn * noise.draw(x)
+        x = x_next.to(dtype)
+        old = denoised
+        _emit(callback, i, x, denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_diffusers_ddim(
+    model: Model, x: Tensor, grid: Grid, noise: NoiseSource, *, callback: Callback = None
+) -> Tensor:
+    """diffusers' ``CogVideoXDDIMScheduler`` loop (deterministic DDIM, v prediction):
+    x' = sqrt((1-ac')/(1-ac)) x + (sqrt(ac') - sqrt(ac) sqrt((1-ac')/(1-ac))) D,
+    D = sqrt(ac) x - sqrt(1-ac) v. ``model`` returns the guided v; latents keep x's dtype."""
+    steps = grid.ddpm_steps()
+    a = _alpha_levels(grid, x)
+    to_x0 = _x0_from_v(steps)
+    ac, ac_next = steps.alphas_cumprod, steps.alphas_cumprod_next
+    coef = []
+    for i in range(grid.num_steps):
+        a_t = ((1 - ac_next[i]) / (1 - ac[i])) ** 0.5
+        coef.append((a_t, ac_next[i] ** 0.5 - ac[i] ** 0.5 * a_t))
+    dtype = x.dtype
+    x = x * 1.0  # the pipeline's latents * init_noise_sigma
+    for i in range(grid.num_steps):
+        v = model(x, _alpha_level(a, i, _timestep(grid, i)))
+        c_x, c_v = to_x0[i]
+        denoised = c_x * x - c_v * v
+        a_t, b_t = coef[i]
+        x = (a_t * x + b_t * denoised).to(dtype)
+        _emit(callback, i, x, denoised)
+    return x
+
+
+# ----------------------------------------------------------------------------------------------
 # registry
 
 
@@ -628,8 +725,10 @@ class SamplerSpec:
     """A sampler function and what callers must know about it.
 
     ``space``: the coordinates it integrates in; ``prediction_dtype``: the dtype it casts network
-    predictions to before guidance (float32 for the reference's video samplers);
-    ``reference``: the SAT class names it reproduces; ``needs``: extra inputs (``image`` for SDEdit).
+    predictions to before guidance (float32 for the reference's video samplers and diffusers');
+    ``reference``: the SAT sampler or diffusers scheduler class names it reproduces; ``needs``:
+    extra inputs (``image`` for SDEdit); ``consumes``: what its ``model`` returns, the denoised
+    ``"x0"`` or the guided raw network output ``"v"`` (diffusers' schedulers).
     """
 
     name: str
@@ -641,6 +740,7 @@ class SamplerSpec:
     prediction_dtype: torch.dtype | None = None
     needs: tuple[str, ...] = ()
     summary: str = field(default="", compare=False)
+    consumes: Literal["x0", "v"] = "x0"
 
     def options(self) -> dict[str, Any]:
         """The sampler's tunable options and their defaults, from its signature."""
@@ -719,16 +819,39 @@ SAMPLERS: dict[str, SamplerSpec] = {
             "DPM-Solver++(2M) in alpha space",
             prediction_dtype=_F32,
         ),
+        _spec(
+            "diffusers_dpm",
+            sample_diffusers_dpm,
+            "alpha",
+            True,
+            ["CogVideoXDPMScheduler"],
+            "diffusers' CogVideoXDPMScheduler loop (SDE DPM-Solver++(2M) on v), bit-exact",
+            prediction_dtype=_F32,
+            consumes="v",
+        ),
+        _spec(
+            "diffusers_ddim",
+            sample_diffusers_ddim,
+            "alpha",
+            False,
+            ["CogVideoXDDIMScheduler"],
+            "diffusers' CogVideoXDDIMScheduler loop (DDIM on v), bit-exact",
+            prediction_dtype=_F32,
+            consumes="v",
+        ),
     ]
 }
 
-#: SAT class name -> cogsample sampler name.
+#: SAT sampler / diffusers scheduler class name -> cogsample sampler name.
 REFERENCE_NAMES: dict[str, str] = {ref: s.name for s in SAMPLERS.values() for ref in s.reference}
 
 
 def get_sampler(name: str) -> SamplerSpec:
-    """The sampler called ``name`` (a cogsample name or a SAT class name)."""
+    """The sampler called ``name`` (a cogsample name, a SAT sampler or a diffusers scheduler class name)."""
     spec = SAMPLERS.get(name) or SAMPLERS.get(REFERENCE_NAMES.get(name, ""))
     if spec is None:
-        raise ValueError(f"sampler must be one of {sorted(SAMPLERS)} (or a SAT class name), got {name!r}")
+        raise ValueError(
+            f"sampler must be one of {sorted(SAMPLERS)} (or a SAT sampler / diffusers scheduler class name), "
+            f"got {name!r}"
+        )
     return spec

@@ -19,7 +19,7 @@ from . import guidance as _guidance
 from . import scalings as _scalings
 from . import schedules as _schedules
 from .denoiser import Denoiser, DenoiserConfig, Network
-from .guidance import Conditioning, DynamicCFG, Guidance, GuidedModel
+from .guidance import Conditioning, DynamicCFG, Guidance, GuidedModel, guidance_scales
 from .noise import GlobalNoise, NoiseSource
 from .samplers import Callback, SamplerSpec, get_sampler
 from .scalings import Scaling, VideoScaling
@@ -144,7 +144,9 @@ def check_combination(config: SamplingConfig, grid: Grid) -> None:
             f"scaling {type(scaling).__name__} works in sigma space and cannot be evaluated at alpha=0, "
             f"the first level of {type(config.schedule).__name__}: use VideoScaling"
         )
-    if scaling.uses_timestep and d.table is None:
+    if spec.consumes != "x0":
+        _check_raw_prediction(config, grid)
+    elif scaling.uses_timestep and d.table is None:
         off_grid = spec.calls_per_step > 1
         if grid.timesteps is None or off_grid:
             raise ValueError(
@@ -152,7 +154,28 @@ def check_combination(config: SamplingConfig, grid: Grid) -> None:
                 f"{spec.name!r} and schedule {type(config.schedule).__name__} it needs a denoiser table "
                 "to find one (set DenoiserConfig.table)"
             )
-    config.guidance.check(grid.timesteps, grid.num_steps)
+    guidance_scales(config.guidance, grid.timesteps, grid.num_steps, grid.requested_steps)
+
+
+def _check_raw_prediction(config: SamplingConfig, grid: Grid) -> None:
+    """A sampler that consumes the raw network output (v) needs the network to see x itself
+    (c_in = 1) and the grid's own timesteps: VideoScaling, no table, a schedule with timesteps."""
+    spec, d = config.spec, config.denoiser
+    if not isinstance(d.scaling, VideoScaling):
+        raise ValueError(
+            f"sampler {spec.name!r} consumes the network's raw {spec.consumes} prediction, which needs a scaling "
+            f"with c_in = 1 and v output (VideoScaling), got scaling {type(d.scaling).__name__}"
+        )
+    if d.table is not None:
+        raise ValueError(
+            f"sampler {spec.name!r} consumes the network's raw {spec.consumes} prediction at the grid's own levels "
+            f"and timesteps: set DenoiserConfig.table=None, got table={d.table!r}"
+        )
+    if grid.timesteps is None:
+        raise ValueError(
+            f"sampler {spec.name!r} feeds the network the grid's DDPM timesteps, and schedule "
+            f"{type(config.schedule).__name__} has none: use a DDPM schedule (DiffusersDDPM, ZeroSNRDDPM)"
+        )
 
 
 def validate_inputs(x: Tensor, cond: Conditioning) -> None:
@@ -200,8 +223,9 @@ def sample(
     """Denoise unit-variance noise ``x (B, T, C, H, W)`` into latents with ``network``.
 
     ``noise`` supplies the in-loop draws of stochastic samplers (default: torch's global RNG, as
-    the reference); ``image`` is the clean latent an SDEdit sampler edits. Returns latents of x's
-    shape (float32 for the alpha-space samplers).
+    the reference; :class:`~cogsample.noise.DiffusersNoise` for diffusers' generator stream);
+    ``image`` is the clean latent an SDEdit sampler edits. Returns latents of x's shape (float32
+    for the SAT alpha-space samplers, x's dtype for diffusers').
     """
     config = config or SamplingConfig()
     model, grid = build_model(network, x, cond, config)
@@ -215,7 +239,8 @@ def sample(
 
 
 def build_model(network: Network, x: Tensor, cond: Conditioning, config: SamplingConfig) -> tuple[GuidedModel, Grid]:
-    """Validate everything, then wrap ``network`` into the ``model(x, level)`` the sampler calls."""
+    """Validate everything, then wrap ``network`` into the ``model(x, level)`` the sampler calls:
+    x0, or the guided raw network output for samplers that consume it (``spec.consumes``)."""
     validate_inputs(x, cond)
     grid = config.grid()
     check_combination(config, grid)
@@ -226,5 +251,7 @@ def build_model(network: Network, x: Tensor, cond: Conditioning, config: Samplin
         num_steps=grid.num_steps,
         timesteps=grid.timesteps,
         prediction_dtype=config.spec.prediction_dtype,
+        requested_steps=grid.requested_steps,
+        output=config.spec.consumes,
     )
     return model, grid

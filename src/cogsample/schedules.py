@@ -13,9 +13,12 @@ are built in float64 with NumPy and cast to float32 exactly where the reference 
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -24,6 +27,9 @@ Space = Literal["alpha", "sigma"]
 
 __all__ = [
     "EDM",
+    "DDPMSteps",
+    "DiffusersDDPM",
+    "DiffusersGridWarning",
     "Grid",
     "LegacyDDPM",
     "Schedule",
@@ -56,17 +62,47 @@ def ddpm_substeps(num_steps: int, num_timesteps: int = 1000) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class DDPMSteps:
+    """Per-step ``alphas_cumprod`` exactly as a DDPM scheduler reads them from its table.
+
+    Step ``i`` goes from ``alphas_cumprod[i]`` to ``alphas_cumprod_next[i]`` (1-D tensors in the
+    schedule's own dtype, float64 for diffusers' scaled-linear table); ``to_final[i]`` says the
+    target is the scheduler's final value (diffusers' ``prev_timestep < 0``) rather than a table
+    entry, where diffusers' DPM scheduler takes a first-order step.
+    """
+
+    alphas_cumprod: torch.Tensor
+    alphas_cumprod_next: torch.Tensor
+    to_final: tuple[bool, ...]
+
+    def __post_init__(self) -> None:
+        n = len(self.to_final)
+        if self.alphas_cumprod.shape != (n,) or self.alphas_cumprod_next.shape != (n,):
+            raise ValueError(
+                f"DDPMSteps needs 1-D alphas_cumprod and alphas_cumprod_next of one entry per step ({n}), got "
+                f"{tuple(self.alphas_cumprod.shape)} and {tuple(self.alphas_cumprod_next.shape)}"
+            )
+
+
+@dataclass(frozen=True)
 class Grid:
     """The noise levels a sampler steps through, from high noise to low noise.
 
     ``values`` is a float32 CPU tensor of ``num_steps + 1`` entries in ``space``: step ``i`` goes
-    from ``values[i]`` to ``values[i + 1]``; the last entry is the clean end (alpha 1, sigma 0).
-    ``timesteps[i]`` is the DDPM index of step ``i`` (999 first) when the schedule has one.
+    from ``values[i]`` to ``values[i + 1]``; the last entry is the clean end (alpha 1, sigma 0), or
+    where the schedule's last step really ends. ``timesteps[i]`` is the DDPM index of step ``i``
+    (999 first) when the schedule has one. ``ddpm``: the schedule's own per-step scalars, for
+    samplers that replicate a scheduler's arithmetic (:class:`DiffusersDDPM`); None derives them
+    from ``values`` (see :meth:`ddpm_steps`). ``requested_steps``: the step count the schedule was
+    asked for when it made a different number (diffusers' trailing spacing makes 62 steps for
+    61); step-count formulas such as DynamicCFG's ``num_steps - timestep`` use it.
     """
 
     space: Space
     values: torch.Tensor
     timesteps: tuple[int, ...] | None = None
+    ddpm: DDPMSteps | None = None
+    requested_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.values.ndim != 1 or self.values.numel() < 2:
@@ -76,6 +112,10 @@ class Grid:
         if self.timesteps is not None and len(self.timesteps) != self.num_steps:
             raise ValueError(
                 f"Grid timesteps must have one entry per step ({self.num_steps}), got {len(self.timesteps)}"
+            )
+        if self.ddpm is not None and len(self.ddpm.to_final) != self.num_steps:
+            raise ValueError(
+                f"Grid ddpm must have one entry per step ({self.num_steps}), got {len(self.ddpm.to_final)}"
             )
 
     @property
@@ -89,6 +129,15 @@ class Grid:
     def sigmas(self) -> torch.Tensor:
         """The grid as sigma (float32); exact when the grid is natively sigma."""
         return self.values if self.space == "sigma" else alpha_to_sigma(self.values)
+
+    def ddpm_steps(self) -> DDPMSteps:
+        """``ddpm`` if the schedule gave it, else ``alphas_cumprod = alpha^2`` (float64) of
+        ``values``: step ``i`` from level ``i`` to level ``i + 1``, the last to the final level."""
+        if self.ddpm is not None:
+            return self.ddpm
+        ac = self.alphas().double() ** 2
+        n = self.num_steps
+        return DDPMSteps(ac[:-1], ac[1:], tuple(i == n - 1 for i in range(n)))
 
 
 class Schedule:
@@ -262,3 +311,195 @@ class EDM(Schedule):
         """num_idx Karras sigmas, ascending."""
         _check_steps(num_idx)
         return torch.flip(self._sigmas(num_idx), (0,))
+
+
+class DiffusersGridWarning(UserWarning):
+    """diffusers' timestep grid for the requested step count is broken, and is reproduced as is:
+    it does not end at the clean sample, or it has a different number of steps than asked."""
+
+
+BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
+TimestepSpacing = Literal["linspace", "leading", "trailing"]
+_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+_SPACINGS = ("linspace", "leading", "trailing")
+
+
+def _cosine_betas(num_timesteps: int, max_beta: float = 0.999) -> torch.Tensor:
+    """Glide's cosine schedule: beta_i = min(1 - f((i+1)/T) / f(i/T), max_beta),
+    f(t) = cos((t + 0.008) / 1.008 * pi / 2)^2, in Python floats, stored as float32."""
+
+    def f(t: float) -> float:
+        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    betas = [min(1 - f((i + 1) / num_timesteps) / f(i / num_timesteps), max_beta) for i in range(num_timesteps)]
+    return torch.tensor(betas, dtype=torch.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def _diffusers_alphas_cumprod(s: DiffusersDDPM) -> torch.Tensor:
+    """The scheduler's ``alphas_cumprod`` (shared: callers must not modify it)."""
+    n = s.num_train_timesteps
+    if s.beta_schedule == "linear":
+        betas = torch.linspace(s.beta_start, s.beta_end, n, dtype=torch.float32)
+    elif s.beta_schedule == "scaled_linear":
+        betas = torch.linspace(s.beta_start**0.5, s.beta_end**0.5, n, dtype=torch.float64) ** 2
+    else:
+        betas = _cosine_betas(n)
+    ac = torch.cumprod(1.0 - betas, dim=0)
+    ac = ac / (s.shift_scale + (1 - s.shift_scale) * ac)
+    if s.rescale_betas_zero_snr:
+        a = ac.sqrt()
+        a0, a_t = a[0].clone(), a[-1].clone()
+        a = (a - a_t) * (a0 / (a0 - a_t))
+        ac = a**2
+    return ac
+
+
+@dataclass(frozen=True)
+class DiffusersDDPM(Schedule):
+    """diffusers' CogVideoX schedulers (``CogVideoXDDIMScheduler``, ``CogVideoXDPMScheduler``):
+    their table and ``set_timesteps`` grid, with their float64 scalars, in alpha space.
+
+    Table: ``ac = cumprod(1 - beta)`` (float64 for ``scaled_linear``, float32 otherwise), SNR
+    shift ``ac / (shift + (1 - shift) ac)``, then, with ``rescale_betas_zero_snr``, the whole
+    ``num_train_timesteps`` table renormalised ``sqrt(ac) -> (sqrt(ac) - a_T) a_0 / (a_0 - a_T)``
+    (so ``ac[T-1] = 0``) before any timestep is picked, and no snapping. Step ``i`` runs the
+    network at timestep ``t_i`` (level ``ac[t_i]``) and moves to ``ac[t_i - T // n]``, or to the
+    final value (1 with ``set_alpha_to_one``, else ``ac[0]``) once that index is negative.
+
+    As in diffusers, the move target is often not the next step's level (trailing spacing, any
+    ``n`` not dividing 1000), and some step counts are broken outright: the grid ends at
+    timestep 0 instead of the clean end (7, 11, ...), or has ``n + 1`` steps, the last at
+    timestep -1, read as ``ac[-1] = 0`` (61, 103, ...). Those are reproduced with a
+    :class:`DiffusersGridWarning`. The defaults are CogVideoX-5B's ``scheduler_config.json``;
+    :meth:`from_diffusers_config` reads any such file.
+    """
+
+    shift_scale: float = 1.0
+    rescale_betas_zero_snr: bool = True
+    timestep_spacing: TimestepSpacing = "trailing"
+    beta_start: float = 0.00085
+    beta_end: float = 0.0120
+    beta_schedule: BetaSchedule = "scaled_linear"
+    steps_offset: int = 0
+    set_alpha_to_one: bool = True
+    num_train_timesteps: int = 1000
+    space: ClassVar[Space] = "alpha"
+
+    def __post_init__(self) -> None:
+        shift = self.shift_scale
+        if isinstance(shift, bool) or not (isinstance(shift, (int, float)) and math.isfinite(shift)) or shift <= 0:
+            raise ValueError(f"shift_scale must be a finite number > 0, got {self.shift_scale!r}")
+        if self.beta_schedule not in _BETA_SCHEDULES:
+            raise ValueError(f"beta_schedule must be one of {list(_BETA_SCHEDULES)}, got {self.beta_schedule!r}")
+        if self.timestep_spacing not in _SPACINGS:
+            raise ValueError(f"timestep_spacing must be one of {list(_SPACINGS)}, got {self.timestep_spacing!r}")
+        _check_ddpm(self.beta_start, self.beta_end, self.num_train_timesteps)
+        if isinstance(self.steps_offset, bool) or not isinstance(self.steps_offset, int) or self.steps_offset < 0:
+            raise ValueError(f"steps_offset must be an integer >= 0, got {self.steps_offset!r}")
+        for name in ("rescale_betas_zero_snr", "set_alpha_to_one"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_diffusers_config(cls, config: Mapping[str, Any]) -> DiffusersDDPM:
+        """The schedule of a diffusers ``scheduler_config.json`` (a dict). Missing keys take the
+        diffusers classes' own defaults (shift 3, no rescale, leading spacing); keys that do not
+        change the schedule (``prediction_type``, ``clip_sample``, ...) are ignored here."""
+        if config.get("trained_betas") is not None:
+            raise ValueError("trained_betas is not supported: give beta_start, beta_end and beta_schedule")
+        return cls(
+            shift_scale=float(config.get("snr_shift_scale", 3.0)),
+            rescale_betas_zero_snr=bool(config.get("rescale_betas_zero_snr", False)),
+            timestep_spacing=config.get("timestep_spacing", "leading"),
+            beta_start=float(config.get("beta_start", 0.00085)),
+            beta_end=float(config.get("beta_end", 0.0120)),
+            beta_schedule=config.get("beta_schedule", "scaled_linear"),
+            steps_offset=int(config.get("steps_offset", 0)),
+            set_alpha_to_one=bool(config.get("set_alpha_to_one", True)),
+            num_train_timesteps=int(config.get("num_train_timesteps", 1000)),
+        )
+
+    def alphas_cumprod(self) -> torch.Tensor:
+        """The scheduler's ``alphas_cumprod`` table, in its own dtype."""
+        return _diffusers_alphas_cumprod(self).clone()
+
+    def timesteps(self, num_steps: int) -> np.ndarray:
+        """``set_timesteps(num_steps)``'s int64 timesteps, high noise first (may hold -1, and
+        ``num_steps + 1`` entries, for trailing spacing)."""
+        _check_steps(num_steps, self.num_train_timesteps)
+        total = self.num_train_timesteps
+        if self.timestep_spacing == "linspace":
+            return np.linspace(0, total - 1, num_steps).round()[::-1].copy().astype(np.int64)
+        if self.timestep_spacing == "leading":
+            ratio = total // num_steps
+            return (np.arange(0, num_steps) * ratio).round()[::-1].copy().astype(np.int64) + self.steps_offset
+        ratio = total / num_steps
+        return np.round(np.arange(total, 0, -ratio)).astype(np.int64) - 1
+
+    def grid(self, num_steps: int) -> Grid:
+        """diffusers' steps for ``num_steps``: ``values`` the float32 alphas at the timesteps then
+        the last step's target, ``ddpm`` the exact per-step ``alphas_cumprod``. Warns
+        (:class:`DiffusersGridWarning`) when diffusers' grid is broken for this step count."""
+        ts = [int(t) for t in self.timesteps(num_steps)]
+        total = self.num_train_timesteps
+        if max(ts) >= total:
+            raise ValueError(
+                f"{self.timestep_spacing} spacing with steps_offset={self.steps_offset} reaches timestep {max(ts)}, "
+                f"beyond the table's {total} entries (diffusers fails there too)"
+            )
+        ac = _diffusers_alphas_cumprod(self)
+        final = torch.tensor(1.0) if self.set_alpha_to_one else ac[0]
+        jump = total // num_steps
+        prev = [t - jump for t in ts]
+        ac_t = torch.stack([ac[t] for t in ts])  # negative t wraps, as diffusers' indexing does
+        ac_next = torch.stack([ac[p] if p >= 0 else final.to(ac.dtype) for p in prev])
+        steps = DDPMSteps(ac_t, ac_next, tuple(p < 0 for p in prev))
+        values = torch.cat([ac_t, ac_next[-1:]]).sqrt().to(torch.float32)
+        self._warn_if_broken(num_steps, ts, prev, ac_next)
+        return Grid(
+            "alpha",
+            values,
+            tuple(ts),
+            ddpm=steps,
+            requested_steps=num_steps if len(ts) != num_steps else None,
+        )
+
+    def _warn_if_broken(self, num_steps: int, ts: list[int], prev: list[int], ac_next: torch.Tensor) -> None:
+        problems = []
+        if len(ts) != num_steps:
+            problems.append(f"it makes {len(ts)} steps, not the {num_steps} asked for")
+        early = [i for i in range(len(ts) - 1) if prev[i] < 0]
+        if early:
+            problems.append(
+                f"step {early[0] + 1} already goes to the clean end, yet {len(ts) - early[0] - 1} more step(s) follow"
+            )
+        ac = _diffusers_alphas_cumprod(self)
+        for i, t in enumerate(ts):
+            if t < 0:
+                problems.append(
+                    f"step {i + 1} runs the network at timestep {t} and reads alphas_cumprod[{t}] = "
+                    f"{float(ac[t]):.6g} (timestep {t % self.num_train_timesteps}'s level)"
+                )
+        if prev[-1] >= 0:
+            problems.append(
+                f"it does not end clean: the last step goes to timestep {prev[-1]} "
+                f"(alphas_cumprod {float(ac_next[-1]):.6g}), not to the clean end, and the DPM scheduler "
+                "adds noise on that step"
+            )
+        if problems:
+            warnings.warn(
+                f"diffusers' {self.timestep_spacing} timesteps for {num_steps} steps are broken and are reproduced "
+                f"as diffusers runs them: {'; '.join(problems)}",
+                DiffusersGridWarning,
+                stacklevel=3,
+            )
+
+    def table(self, num_idx: int = 1000) -> torch.Tensor:
+        """``sqrt(alphas_cumprod)`` as float32, entry ``t`` the level at timestep ``t``."""
+        if num_idx != self.num_train_timesteps:
+            raise ValueError(
+                f"num_idx must equal num_train_timesteps={self.num_train_timesteps} for a DiffusersDDPM table, "
+                f"got {num_idx!r}"
+            )
+        return _diffusers_alphas_cumprod(self).sqrt().to(torch.float32)
