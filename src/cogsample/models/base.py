@@ -1,0 +1,104 @@
+"""What the pipeline needs of a model: a network in the core's protocol, a text encoder, a VAE.
+
+A :class:`VideoModel` bundles the three parts of a text-to-video (or image-to-video) model so
+that :mod:`cogsample.pipeline` can run ``encode prompt -> sample -> decode`` on any of them: the
+built-in exact model (:mod:`cogsample.models.builtin`) and a diffusers-format CogVideoX folder
+(:mod:`cogsample.models.cogvideox`) alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..denoiser import Network
+
+Tensor = torch.Tensor
+
+__all__ = ["CallableNetwork", "ModelInfo", "VideoModel"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Static facts about a model, known before any weight is touched.
+
+    ``i2v``: the network takes image latents on the channel axis (``in_channels = 2 * 16``);
+    ``uses_ofs``: it also takes CogVideoX 1.5 I2V's ``ofs`` input; ``patch_size_t``: temporal
+    patch size (1.5), the latent frame count the network sees must be a multiple of it;
+    ``max_text_len``: prompt tokens (226 for the released models);
+    ``frames``, ``height``, ``width``: the model's native sample size (the CLI's defaults);
+    ``scheduler``: the folder's ``scheduler/scheduler_config.json`` (None for the built-in model).
+    """
+
+    name: str
+    i2v: bool = False
+    uses_ofs: bool = False
+    patch_size_t: int | None = None
+    latent_channels: int = 16
+    max_text_len: int = 226
+    frames: int = 49
+    height: int = 480
+    width: int = 720
+    scheduler: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class VideoModel:
+    """Interface the pipeline drives. Shapes: latents ``(B, T, 16, H/8, W/8)``, video ``(B, F, 3, H, W)``.
+
+    * ``network(x, t, context, ofs=None)``: the core's :class:`~cogsample.denoiser.Network`,
+      v-prediction (the CogVideoX parameterization, :class:`~cogsample.scalings.VideoScaling`);
+    * ``encode_prompts(prompts) -> (B, L, D)``; ``release_text_encoder()`` frees it;
+    * ``encode_image(images (B, 3, H, W) in [-1, 1]) -> (B, 1, 16, H/8, W/8)``, already multiplied
+      by the VAE's scaling factor (I2V models only);
+    * ``latents_for_vae(latents) -> Tensor``: exactly what the VAE decoder is handed;
+      ``decode(latents) -> (B, F, 3, H, W)`` float in [0, 1];
+    * ``check_size(frames, height, width)``: ``ValueError`` naming the parameter for a size the
+      model cannot take, before any work.
+    """
+
+    info: ModelInfo
+    network: Network
+    dtype: torch.dtype = torch.float32
+    device: torch.device = torch.device("cpu")
+
+    def encode_prompts(self, prompts: Sequence[str]) -> Tensor:
+        raise NotImplementedError
+
+    def release_text_encoder(self) -> None:
+        """Free the text encoder's memory (called once all prompts are encoded)."""
+
+    def encode_image(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``generator``: where a stochastic VAE posterior is sampled from (None: torch's global one)."""
+        raise NotImplementedError
+
+    def latents_for_vae(self, latents: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def decode(self, latents: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def check_size(self, frames: int, height: int, width: int) -> None:
+        """Raise ``ValueError`` for a size this model cannot generate."""
+
+
+class CallableNetwork:
+    """Any callable ``f(x, t, context, ofs=None) -> (N, T, 16, H, W)`` as a :class:`Network`,
+    checked on every call for the protocol's shapes (for users bringing their own network)."""
+
+    def __init__(self, fn: Callable[..., Tensor], out_channels: int = 16):
+        if not callable(fn):
+            raise TypeError(f"network must be callable, got {type(fn).__name__}")
+        self.fn = fn
+        self.out_channels = out_channels
+
+    def __call__(self, x: Tensor, t: Tensor, context: Tensor, ofs: Tensor | None = None) -> Tensor:
+        out = self.fn(x, t, context, ofs=ofs)
+        want = (x.shape[0], x.shape[1], self.out_channels, x.shape[3], x.shape[4])
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"network returned {got}; the protocol needs (N, T, {self.out_channels}, H, W) = {want}")
+        return out

@@ -1,0 +1,700 @@
+"""A diffusers-format CogVideoX folder (2B, 5B, 5B-I2V, 1.5-5B, 1.5-5B-I2V) as a :class:`VideoModel`.
+
+:func:`load_cogvideox` checks the folder's layout from its JSON files before touching a weight,
+then loads the five parts with ``local_files_only=True`` (nothing here ever reaches the Hub).
+:class:`CogVideoXTransformerNetwork` adapts diffusers' ``CogVideoXTransformer3DModel`` to the
+core's :class:`~cogsample.denoiser.Network` protocol so that every sampler of :mod:`cogsample`
+can drive it; the transformer sees exactly the inputs the diffusers pipelines give it.
+
+Layouts: latents ``(B, T, 16, H/8, W/8)`` (frames before channels, as diffusers and SAT both
+use for the transformer); the VAE takes ``(B, 16, T, H/8, W/8)``; videos ``(B, F, 3, H, W)``.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .base import ModelInfo, VideoModel
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from PIL import Image
+
+Tensor = torch.Tensor
+
+__all__ = [
+    "PIPELINE_CLASSES",
+    "CogVideoXModel",
+    "CogVideoXTransformerNetwork",
+    "check_size_for",
+    "i2v_size",
+    "image_to_tensor",
+    "inspect_folder",
+    "load_cogvideox",
+    "resize_image_for_i2v",
+    "validate_cogvideox_folder",
+]
+
+logger = logging.getLogger(__name__)
+
+#: model_index.json ``_class_name`` values this loader accepts.
+PIPELINE_CLASSES = ("CogVideoXPipeline", "CogVideoXImageToVideoPipeline")
+PARTS = ("text_encoder", "tokenizer", "transformer", "vae", "scheduler")
+TRANSFORMER_CLASS = "CogVideoXTransformer3DModel"
+VAE_CLASS = "AutoencoderKLCogVideoX"
+TEMPORAL_COMPRESSION = 4
+#: The value diffusers' I2V pipeline feeds CogVideoX 1.5 I2V's ``ofs`` input (SAT uses the same).
+DEFAULT_OFS = 2.0
+#: Native size (height, width) of the released 1.5 models. Their transformer config's
+#: sample_height/width (300) is the size of the rotary table, not a generation size (2400 px).
+NATIVE_15 = (768, 1360)
+
+
+# --------------------------------------------------------------------------- the network adapter
+
+
+def _crop_region(grid_h: int, grid_w: int, base_w: int, base_h: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Where a ``grid_h x grid_w`` token grid lands when fitted, aspect kept, into the
+    ``base_h x base_w`` grid the 1.0 models were trained on: ``((top, left), (bottom, right))``.
+
+    Uses Python's ``round`` (half to even) like the diffusers pipeline, so the rotary
+    coordinates are the same floats.
+    """
+    if grid_h / grid_w > base_h / base_w:
+        fit_h, fit_w = base_h, round(base_h / grid_h * grid_w)
+    else:
+        fit_w, fit_h = base_w, round(base_w / grid_w * grid_h)
+    top = round((base_h - fit_h) / 2.0)
+    left = round((base_w - fit_w) / 2.0)
+    return (top, left), (top + fit_h, left + fit_w)
+
+
+class CogVideoXTransformerNetwork:
+    """``net(x (N, T, Cin, H, W), t (N,), context (N, L, D), ofs=None) -> (N, T, 16, H, W)``.
+
+    Calls diffusers' ``CogVideoXTransformer3DModel`` the way ``CogVideoXPipeline`` /
+    ``CogVideoXImageToVideoPipeline`` do:
+
+    * ``hidden_states=x`` (diffusers' layout is also frames before channels) and
+      ``encoder_hidden_states=context``, both cast to the transformer's dtype and device, where
+      the pipelines keep them; the output stays in the transformer's dtype (the core casts);
+    * ``timestep``: the pipelines pass the scheduler's int64 timestep expanded to the batch; the
+      core passes a float tensor holding that integer, which goes in as float32 (see
+      :meth:`timestep`: the same embedding, bit for bit). Note: a timestep above 256 held in
+      bfloat16 is already rounded (999 -> 1000) before it gets here; keep ``x`` in float32 (the
+      alpha-space samplers do) for exact timesteps;
+    * ``image_rotary_emb``: as the pipelines' ``_prepare_rotary_positional_embeddings`` (1.0:
+      linspace grid cropped into the training grid; 1.5: slice of the ``sample_height x
+      sample_width`` table over ``ceil(T / patch_size_t)`` frames), cached per (T, H, W, device);
+    * ``ofs`` (1.5 I2V, ``ofs_embed_dim`` set): passed through; when None, a ``(1,)`` tensor of
+      2.0 in the input's dtype, what the I2V pipeline passes;
+    * temporal patches (1.5, ``patch_size_t``): the transformer needs ``T % patch_size_t == 0``.
+      The pipelines make the *sampled* latent longer and drop the extra leading frames after
+      sampling; a plain caller may hand any ``T``, so the adapter prepends copies of frame 0
+      (noise and image channels alike: I2V image latents become ``[image, image, 0, ...]``, the
+      layout the 1.5 pipeline's ``prepare_latents`` builds for an odd latent count), runs the
+      padded input and drops the same leading frames of the output: the result always has the
+      input's ``T``. A caller that pads itself (as the pipelines do) hands an even ``T``.
+    """
+
+    def __init__(self, transformer: torch.nn.Module, *, vae_scale_factor_spatial: int = 8):
+        config = getattr(transformer, "config", None)
+        if config is None or not hasattr(config, "patch_size_t") or not hasattr(config, "in_channels"):
+            raise TypeError(f"expected a {TRANSFORMER_CLASS}, got {type(transformer).__name__}")
+        self.transformer = transformer
+        self.config = config
+        self.vae_scale_factor_spatial = int(vae_scale_factor_spatial)
+        self.in_channels = int(config.in_channels)
+        self.out_channels = int(config.out_channels or config.in_channels)
+        self.patch_size = int(config.patch_size)
+        self.patch_size_t = None if config.patch_size_t is None else int(config.patch_size_t)
+        self.uses_rotary = bool(config.use_rotary_positional_embeddings)
+        self.learned_positions = bool(config.use_learned_positional_embeddings)
+        # 2B-style models add sin-cos positions over [text tokens, video tokens]: the text must be
+        # exactly max_text_seq_length long for the two to line up.
+        self.fixed_text_len = not self.uses_rotary or self.learned_positions
+        self.uses_ofs = bool(getattr(config, "ofs_embed_dim", None))
+        self._rotary: dict[tuple[int, int, int, str], tuple[Tensor, Tensor]] = {}
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.transformer.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    def padding(self, frames: int) -> int:
+        """Leading frames added to a ``frames``-long latent so the transformer can take it."""
+        return 0 if self.patch_size_t is None else -frames % self.patch_size_t
+
+    def rotary(self, frames: int, height: int, width: int, device: torch.device | str) -> tuple[Tensor, Tensor] | None:
+        """The pipelines' ``image_rotary_emb`` (float32 cos, sin) for ``frames`` latent frames of
+        ``height x width`` latents (already padded to the temporal patch), or None without rotary."""
+        if not self.uses_rotary:
+            return None
+        device = torch.device(device)
+        key = (frames, height, width, str(device))
+        if key not in self._rotary:
+            from diffusers.models.embeddings import get_3d_rotary_pos_embed
+
+            c, p, s = self.config, self.patch_size, self.vae_scale_factor_spatial
+            # The pipelines work from pixel sizes: grid = pixels // (vae factor * patch).
+            grid_h, grid_w = (height * s) // (s * p), (width * s) // (s * p)
+            base_h, base_w = c.sample_height // p, c.sample_width // p
+            if self.patch_size_t is None:
+                self._rotary[key] = get_3d_rotary_pos_embed(
+                    embed_dim=c.attention_head_dim,
+                    crops_coords=_crop_region(grid_h, grid_w, base_w, base_h),
+                    grid_size=(grid_h, grid_w),
+                    temporal_size=frames,
+                    device=device,
+                )
+            else:
+                self._rotary[key] = get_3d_rotary_pos_embed(
+                    embed_dim=c.attention_head_dim,
+                    crops_coords=None,
+                    grid_size=(grid_h, grid_w),
+                    temporal_size=-(-frames // self.patch_size_t),
+                    grid_type="slice",
+                    max_size=(base_h, base_w),
+                    device=device,
+                )
+        return self._rotary[key]
+
+    def _check(self, x: Tensor, t: Tensor, context: Tensor) -> None:
+        if not isinstance(x, torch.Tensor) or x.ndim != 5 or x.shape[2] != self.in_channels:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            what = " (16 noise + 16 image-latent channels)" if self.in_channels == 2 * self.out_channels else ""
+            raise ValueError(
+                f"x must be (N, T, Cin, H, W) with Cin = {self.in_channels}, the transformer's in_channels{what}; "
+                f"got {got}"
+            )
+        n, _, _, h, w = x.shape
+        c, p = self.config, self.patch_size
+        if h % p or w % p:
+            raise ValueError(f"latent height and width must be multiples of the patch size {p}, got {h} x {w}")
+        if self.learned_positions and (h, w) != (c.sample_height, c.sample_width):
+            raise ValueError(
+                f"this transformer has learned positional embeddings for {c.sample_height} x {c.sample_width} "
+                f"latents ({c.sample_height * 8} x {c.sample_width * 8} px) only; got {h} x {w}"
+            )
+        if not isinstance(context, torch.Tensor) or context.ndim != 3 or context.shape[0] != n:
+            got = tuple(context.shape) if isinstance(context, torch.Tensor) else type(context).__name__
+            raise ValueError(f"context must be (N, L, D) with N = {n} like x, got {got}")
+        if context.shape[2] != c.text_embed_dim:
+            raise ValueError(f"context width {context.shape[2]} != the transformer's text_embed_dim {c.text_embed_dim}")
+        if self.fixed_text_len and context.shape[1] != c.max_text_seq_length:
+            raise ValueError(
+                f"this transformer's positional embeddings need exactly {c.max_text_seq_length} text tokens, "
+                f"got {context.shape[1]}"
+            )
+        if t.numel() not in (1, n):
+            raise ValueError(f"t must hold 1 or N = {n} values, got shape {tuple(t.shape)}")
+
+    def timestep(self, t: Tensor | float, n: int) -> Tensor:
+        """``t`` as an ``(n,)`` float32 tensor on the transformer's device.
+
+        The pipelines pass the scheduler's int64 timestep; the transformer's only use of it is
+        ``get_timestep_embedding``, whose first step is ``timesteps.float()``. float32 holds every
+        integer timestep exactly, so the embedding is bit-identical, fractional values (sigma
+        scalings' ``c_noise``) still work, and no device sync is needed to tell the two apart.
+        """
+        t = torch.as_tensor(t, device=self.device).reshape(-1).to(torch.float32)
+        return t.expand(n) if t.numel() == 1 else t
+
+    def __call__(self, x: Tensor, t: Tensor, context: Tensor, ofs: Tensor | None = None) -> Tensor:
+        """Transformer output ``(N, T, out_channels, H, W)`` in the transformer's dtype."""
+        t = torch.as_tensor(t)
+        self._check(x, t, context)
+        n, frames, _, h, w = x.shape
+        dtype, device = self.dtype, self.device
+        x = x.to(device=device, dtype=dtype)
+        context = context.to(device=device, dtype=dtype)
+        pad = self.padding(frames)
+        if pad:
+            x = torch.cat([x[:, :1].expand(-1, pad, -1, -1, -1), x], dim=1)
+        if ofs is None and self.uses_ofs:
+            ofs = x.new_full((1,), DEFAULT_OFS)
+        elif ofs is not None:
+            ofs = torch.as_tensor(ofs, device=device).reshape(-1)
+        with torch.no_grad():
+            out = self.transformer(
+                hidden_states=x,
+                encoder_hidden_states=context,
+                timestep=self.timestep(t, n),
+                ofs=ofs,
+                image_rotary_emb=self.rotary(frames + pad, h, w, device),
+                return_dict=False,
+            )[0]
+        return out[:, pad:] if pad else out
+
+
+# --------------------------------------------------------------------------- folder checks
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"missing {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read {path}: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object")
+    return data
+
+
+def validate_cogvideox_folder(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Check a diffusers CogVideoX folder's layout without loading weights.
+
+    Returns its configs: ``{"model_index", "transformer", "vae", "scheduler"}``. Raises
+    ``FileNotFoundError`` for a missing folder, file or part (naming it and the path) and
+    ``ValueError`` for a folder of another model.
+    """
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"CogVideoX folder not found: {root}")
+    index_path = root / "model_index.json"
+    if not index_path.is_file():
+        raise FileNotFoundError(f"not a diffusers model folder: {root} has no model_index.json")
+    index = _read_json(index_path)
+    name = index.get("_class_name")
+    if name not in PIPELINE_CLASSES:
+        raise ValueError(
+            f"not a CogVideoX folder: model_index.json names {name!r} ({index_path}); "
+            f"expected one of {', '.join(PIPELINE_CLASSES)}"
+        )
+    missing = [part for part in PARTS if not (root / part).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"CogVideoX folder {root} is missing {', '.join(p + '/' for p in missing)}")
+    configs: dict[str, dict[str, Any]] = {"model_index": index}
+    for part, file, cls in (
+        ("transformer", "config.json", TRANSFORMER_CLASS),
+        ("vae", "config.json", VAE_CLASS),
+        ("scheduler", "scheduler_config.json", None),
+    ):
+        config = _read_json(root / part / file)
+        if cls is not None and config.get("_class_name") != cls:
+            raise ValueError(
+                f"{root / part / file}: the {part} is a {config.get('_class_name')!r}, not a {cls} "
+                "(not a CogVideoX folder)"
+            )
+        configs[part] = config
+    return configs
+
+
+def _info(root: Path, configs: dict[str, dict[str, Any]]) -> ModelInfo:
+    tc, vc = configs["transformer"], configs["vae"]
+    in_ch, out_ch = int(tc.get("in_channels", 16)), int(tc.get("out_channels") or tc.get("in_channels", 16))
+    pipeline = configs["model_index"]["_class_name"]
+    p_t = tc.get("patch_size_t")
+    spatial = 2 ** (len(vc.get("block_out_channels", (0, 0, 0, 0))) - 1)
+    max_h, max_w = int(tc.get("sample_height", 60)) * spatial, int(tc.get("sample_width", 90)) * spatial
+    frames = int(tc.get("sample_frames", 49))
+    if p_t is None:
+        height, width = max_h, max_w
+    else:
+        height, width = min(NATIVE_15[0], max_h), min(NATIVE_15[1], max_w)
+    return ModelInfo(
+        name=root.resolve().name,
+        i2v=in_ch == 2 * out_ch or pipeline == "CogVideoXImageToVideoPipeline",
+        uses_ofs=bool(tc.get("ofs_embed_dim")),
+        patch_size_t=None if p_t is None else int(p_t),
+        latent_channels=out_ch,
+        max_text_len=int(tc.get("max_text_seq_length", 226)),
+        frames=frames,
+        height=height,
+        width=width,
+        scheduler=dict(configs["scheduler"]),
+        extra={
+            "path": str(root),
+            "pipeline": pipeline,
+            "patch_size": int(tc.get("patch_size", 2)),
+            "vae_scale_factor_spatial": spatial,
+            "vae_scaling_factor": float(vc.get("scaling_factor", 1.15258426)),
+            "invert_scale_latents": bool(vc.get("invert_scale_latents", False)),
+            "rotary": bool(tc.get("use_rotary_positional_embeddings", False)),
+            "learned_positional_embeddings": bool(tc.get("use_learned_positional_embeddings", False)),
+            "max_height": max_h,
+            "max_width": max_w,
+            # Frame rate of the released models' videos: 8 for 1.0, 16 for 1.5.
+            "fps": 8 if p_t is None else 16,
+            "transformer_config": dict(tc),
+        },
+    )
+
+
+def inspect_folder(path: str | Path) -> ModelInfo:
+    """The :class:`ModelInfo` of a CogVideoX folder, from its JSON files only (no weights)."""
+    root = Path(path).expanduser()
+    return _info(root, validate_cogvideox_folder(root))
+
+
+# --------------------------------------------------------------------------- I2V images
+
+
+def _nearest_multiple_of_16(n: float) -> float:
+    lower = (n // 16) * 16
+    upper = lower + 16
+    # Ties go up, like the reference's helper.
+    return lower if abs(n - lower) < abs(n - upper) else upper
+
+
+def i2v_size(image_height: int, image_width: int, short_side: int = 768) -> tuple[int, int]:
+    """CogVideoX 1.5 I2V's generation size ``(height, width)`` for an image of ``image_height x
+    image_width`` px (the SAT reference's rule): the short side becomes ``short_side`` px (96
+    latents), the long side the multiple of 16 nearest to keeping the aspect ratio (ties round
+    up); a square image gives a ``short_side`` square."""
+    if short_side % 16 or short_side < 16:
+        raise ValueError(f"short_side must be a positive multiple of 16, got {short_side}")
+    if image_width < 1 or image_height < 1:
+        raise ValueError(f"image size must be positive, got {image_height} x {image_width} (height x width)")
+    s = short_side // 8
+    if image_height < image_width:
+        h, w = s, int(_nearest_multiple_of_16(image_width / image_height * s * 8)) // 8
+    else:
+        w, h = s, int(_nearest_multiple_of_16(image_height / image_width * s * 8)) // 8
+    return h * 8, w * 8
+
+
+def resize_image_for_i2v(
+    image: Image.Image, height: int | None = None, width: int | None = None, *, short_side: int = 768
+) -> Image.Image:
+    """Resize an RGB image for image-to-video.
+
+    * ``height`` and ``width`` given (CogVideoX 1.0 I2V, fixed 480 x 720; or any chosen size):
+      scale to cover the target with the aspect ratio kept (bicubic), then crop the centre, as
+      the SAT reference's ``resize_for_rectangle_crop(..., "center")`` (which resizes the tensor
+      with torchvision; PIL's bicubic may differ from it by a grey level);
+    * neither (CogVideoX 1.5 I2V): :func:`i2v_size`'s size, resized without crop with
+      Lanczos (the reference's ``TT.Resize(..., interpolation=1)``).
+    """
+    from PIL import Image as PILImage
+
+    image = image.convert("RGB")
+    img_w, img_h = image.size
+    if (height is None) != (width is None):
+        raise ValueError("give both height and width (resize and centre-crop) or neither (the 1.5 I2V rule)")
+    if height is None or width is None:
+        h, w = i2v_size(img_h, img_w, short_side)
+        return image.resize((w, h), PILImage.Resampling.LANCZOS)
+    if height < 1 or width < 1:
+        raise ValueError(f"height and width must be positive, got {height} x {width}")
+    # max(): float rounding must not leave the covering size a pixel short of the crop.
+    if img_w / img_h > width / height:
+        size = (max(int(img_w * height / img_h), width), height)
+    else:
+        size = (width, max(int(img_h * width / img_w), height))
+    image = image.resize(size, PILImage.Resampling.BICUBIC)
+    top, left = (size[1] - height) // 2, (size[0] - width) // 2
+    return image.crop((left, top, left + width, top + height))
+
+
+def image_to_tensor(image: Image.Image) -> Tensor:
+    """``(1, 3, H, W)`` float32 in [-1, 1] from an RGB image (uint8 / 255 * 2 - 1, as diffusers'
+    ``VideoProcessor.preprocess`` and the reference's ``ToTensor() * 2 - 1``)."""
+    import numpy as np
+
+    array = np.asarray(image.convert("RGB")).astype(np.float32) / 255.0
+    return 2.0 * torch.from_numpy(array).permute(2, 0, 1)[None] - 1.0
+
+
+# --------------------------------------------------------------------------- sizes
+
+
+def check_size_for(info: ModelInfo, frames: int, height: int, width: int) -> None:
+    """``ValueError`` naming the parameter for a size the model of ``info`` cannot generate.
+
+    All: ``frames = 4k + 1``; height and width multiples of 16 (8x VAE times 2x2 patches).
+    5B-I2V (learned positional embeddings): only the native size and frame count. 1.5: height
+    and width within the rotary table (``sample_height x sample_width`` patches, 2400 px); the
+    latent frame count may be odd (padded, see :class:`CogVideoXTransformerNetwork`).
+    """
+    extra = info.extra
+    for name, v in (("frames", frames), ("height", height), ("width", width)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if (frames - 1) % TEMPORAL_COMPRESSION:
+        lo = frames - (frames - 1) % TEMPORAL_COMPRESSION
+        raise ValueError(
+            f"frames must be of the form 4k+1 (the VAE compresses time 4x), got {frames}; nearest: {lo} or {lo + 4}"
+        )
+    multiple = extra.get("vae_scale_factor_spatial", 8) * extra.get("patch_size", 2)
+    for name, v in (("height", height), ("width", width)):
+        if v % multiple:
+            lo = v - v % multiple
+            raise ValueError(
+                f"{name} must be a multiple of {multiple} (VAE x patch size), got {v}; "
+                f"nearest: {max(lo, multiple)} or {lo + multiple}"
+            )
+    if extra.get("learned_positional_embeddings"):
+        native = {"frames": info.frames, "height": info.height, "width": info.width}
+        for name, v in (("frames", frames), ("height", height), ("width", width)):
+            if v != native[name]:
+                raise ValueError(
+                    f"{name} must be {native[name]} for {info.name}: its learned positional embeddings cover "
+                    f"{info.frames} frames at {info.height} x {info.width} only, got {v}"
+                )
+    if info.patch_size_t is not None:
+        for name, v, top in (("height", height, extra.get("max_height")), ("width", width, extra.get("max_width"))):
+            if top is not None and v > top:
+                raise ValueError(f"{name} must be at most {top} for {info.name} (its rotary table), got {v}")
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class CogVideoXModel(VideoModel):
+    """A loaded CogVideoX folder. Parts: ``tokenizer``, ``text_encoder`` (None once released),
+    ``transformer``, ``vae``; ``network`` is the transformer's :class:`CogVideoXTransformerNetwork`.
+
+    ``tiling``/``slicing``: :meth:`decode`'s defaults for the VAE's tiled and per-sample decoding
+    (diffusers only tiles frames larger than its tile, half the VAE's sample size: 240 x 360 px
+    for the released VAE, so small videos decode untiled either way). ``image_scaling``:
+    ``"diffusers"`` or ``"sat"``, see :meth:`encode_image`.
+    """
+
+    def __init__(
+        self,
+        info: ModelInfo,
+        *,
+        tokenizer: Any,
+        text_encoder: torch.nn.Module,
+        transformer: torch.nn.Module,
+        vae: torch.nn.Module,
+        dtype: torch.dtype,
+        device: torch.device,
+        tiling: bool = True,
+        slicing: bool = True,
+        image_scaling: str = "diffusers",
+    ):
+        if image_scaling not in ("diffusers", "sat"):
+            raise ValueError(f"image_scaling must be 'diffusers' or 'sat', got {image_scaling!r}")
+        self.info = info
+        self.tokenizer = tokenizer
+        self.text_encoder: torch.nn.Module | None = text_encoder
+        self.transformer = transformer
+        self.vae = vae
+        self.dtype = dtype
+        self.device = device
+        self.tiling = tiling
+        self.slicing = slicing
+        self.image_scaling = image_scaling
+        self.network = CogVideoXTransformerNetwork(
+            transformer, vae_scale_factor_spatial=info.extra["vae_scale_factor_spatial"]
+        )
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    # -- text
+
+    def encode_prompts(self, prompts: Sequence[str] | str) -> Tensor:
+        """T5 embeddings ``(B, max_text_len, D)`` in the model's dtype, as diffusers'
+        ``_get_t5_prompt_embeds``: padded to ``max_text_len`` tokens, truncated (with a warning
+        naming what was cut) when longer, ``</s>`` appended."""
+        if self.text_encoder is None:
+            raise RuntimeError("the text encoder was released (release_text_encoder()); encode prompts before that")
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f"prompts must be a non-empty sequence of strings, got {prompts!r}")
+        length = self.info.max_text_len
+        ids = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=length,
+            truncation=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+        ).input_ids
+        full = self.tokenizer(prompts, padding="longest", return_tensors="pt").input_ids
+        if full.shape[-1] >= ids.shape[-1] and not torch.equal(ids, full):
+            # As diffusers: the last kept position holds </s>, so the cut starts one token earlier.
+            cut = self.tokenizer.batch_decode(full[:, length - 1 : -1])
+            logger.warning("prompt truncated to %d tokens; removed: %s", length, cut)
+        with torch.no_grad():
+            embeds = self.text_encoder(ids.to(self.device))[0]
+        return embeds.to(dtype=self.text_encoder.dtype, device=self.device)
+
+    def release_text_encoder(self) -> None:
+        """Drop the text encoder (about 9 GB for the released T5-XXL); encode_prompts then raises."""
+        if self.text_encoder is None:
+            return
+        self.text_encoder = None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # -- images (I2V)
+
+    def i2v_image(self, image: Image.Image, height: int | None = None, width: int | None = None) -> Tensor:
+        """An image ready for :meth:`encode_image`: ``(1, 3, H, W)`` float32 in [-1, 1].
+
+        Size: ``height x width`` when given (resize and centre-crop); else the 1.0 I2V model's
+        native size, or for 1.5 the short-side-768 rule (:func:`i2v_size`).
+        """
+        if height is None and width is None and self.info.patch_size_t is None:
+            height, width = self.info.height, self.info.width
+        return image_to_tensor(resize_image_for_i2v(image, height, width))
+
+    def encode_image(
+        self,
+        images: Tensor,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        *,
+        sample: bool = True,
+    ) -> Tensor:
+        """Image latents ``(B, 1, 16, H/8, W/8)`` in the model's dtype, from ``images (B, 3, H, W)``
+        in [-1, 1], as the diffusers I2V pipeline's ``prepare_latents``.
+
+        Each image is encoded alone (``vae.encode`` of ``(1, 3, 1, H, W)``) and its posterior is
+        *sampled*, ``latent_dist.sample(generator)`` with the one generator shared by all images in
+        turn or ``generator[i]`` for image ``i`` (the pipeline uses its own ``generator`` here,
+        before drawing the initial noise from it); ``sample=False`` takes the mean instead. Then
+        the VAE's scaling: times ``scaling_factor``, or, for VAEs with ``invert_scale_latents``
+        (1.5), divided by it as diffusers does. With ``image_scaling="sat"`` a 1.5 image latent is
+        left unscaled instead, as SAT's ``sample_video.py`` (encode times scale, then / scale).
+        """
+        if not self.info.i2v:
+            raise ValueError(f"{self.info.name} is a text-to-video model: it takes no image")
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+            got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"images must be (B, 3, H, W) in [-1, 1], got {got}")
+        multiple = self.info.extra["vae_scale_factor_spatial"] * self.info.extra["patch_size"]
+        if images.shape[2] % multiple or images.shape[3] % multiple:
+            raise ValueError(f"image height and width must be multiples of {multiple}, got {tuple(images.shape[2:])}")
+        if images.is_floating_point() and images.numel() and (images.min() < -1.001 or images.max() > 1.001):
+            raise ValueError(
+                f"images must be in [-1, 1], got values in [{float(images.min()):.3g}, {float(images.max()):.3g}]"
+            )
+        b = images.shape[0]
+        if isinstance(generator, Sequence) and len(generator) != b:
+            raise ValueError(f"{len(generator)} generators for {b} images")
+        images = images.to(device=self.device, dtype=self.dtype)
+        latents = []
+        with torch.no_grad():
+            for i in range(b):
+                dist = self.vae.encode(images[i : i + 1].unsqueeze(2)).latent_dist
+                g = generator[i] if isinstance(generator, Sequence) else generator
+                latents.append(dist.sample(g) if sample else dist.mode())
+        z = torch.cat(latents).to(self.dtype).permute(0, 2, 1, 3, 4)
+        if not self.vae.config.get("invert_scale_latents", False):
+            return self.scaling_factor * z
+        if self.image_scaling == "sat":
+            return z
+        # diffusers' 1.5 quirk: the image latent is divided by the scaling factor.
+        return 1 / self.scaling_factor * z
+
+    # -- decoding
+
+    def latents_for_vae(self, latents: Tensor) -> Tensor:
+        """``(B, 16, T, H/8, W/8)`` in the VAE's dtype, ``latents (B, T, 16, H/8, W/8)`` divided by
+        the scaling factor: exactly what diffusers' ``decode_latents`` hands ``vae.decode``.
+
+        Takes the *un-padded* latents: a 1.5 pipeline that sampled extra leading frames (to make
+        T a multiple of ``patch_size_t``) drops them first, as diffusers does before decoding.
+        """
+        if not isinstance(latents, torch.Tensor) or latents.ndim != 5 or latents.shape[2] != self.info.latent_channels:
+            got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+            raise ValueError(f"latents must be (B, T, {self.info.latent_channels}, H/8, W/8), got {got}")
+        vae_dtype = next(self.vae.parameters()).dtype
+        z = latents.to(device=self.device, dtype=vae_dtype).permute(0, 2, 1, 3, 4)
+        # Python-float reciprocal times the tensor, the same arithmetic as diffusers.
+        return 1 / self.scaling_factor * z
+
+    def decode(self, latents: Tensor, *, tiling: bool | None = None, slicing: bool | None = None) -> Tensor:
+        """Video ``(B, F, 3, H, W)`` float32 in [0, 1], ``F = 4 (T - 1) + 1`` for odd ``T`` (diffusers'
+        VAE decodes frame 0 with the first pair, then pairs: an even ``T`` gives ``4 T``): ``vae.decode`` of
+        :meth:`latents_for_vae`, then ``(x * 0.5 + 0.5).clamp(0, 1)`` in the VAE's dtype (diffusers'
+        ``postprocess_video(output_type="pt")``), then float32. ``tiling``/``slicing``: None for the
+        model's defaults."""
+        z = self.latents_for_vae(latents)
+        vae = self.vae
+        # The flags live on the shared VAE module: set both on every call.
+        if self.tiling if tiling is None else tiling:
+            vae.enable_tiling()
+        else:
+            vae.disable_tiling()
+        if self.slicing if slicing is None else slicing:
+            vae.enable_slicing()
+        else:
+            vae.disable_slicing()
+        with torch.no_grad():
+            frames = vae.decode(z).sample
+        video = (frames * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 1, 3, 4)
+        return video.float()
+
+    # -- sizes
+
+    def check_size(self, frames: int, height: int, width: int) -> None:
+        """``ValueError`` naming the parameter for a size this model cannot generate
+        (:func:`check_size_for`)."""
+        check_size_for(self.info, frames, height, width)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _default_dtype(device: torch.device) -> torch.dtype:
+    # Half precision where the hardware is built for it; float32 on the CPU, where bfloat16
+    # matmuls are slow and float16 ones are not supported everywhere.
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def load_cogvideox(
+    path: str | Path,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+    tiling: bool = True,
+    slicing: bool = True,
+    image_scaling: str = "diffusers",
+) -> CogVideoXModel:
+    """Load a diffusers-format CogVideoX folder from local disk (never the Hub).
+
+    The layout is validated first (:func:`validate_cogvideox_folder`). ``dtype``: all parts'
+    dtype (float32, float16 or bfloat16; default bfloat16 on CUDA, float32 elsewhere).
+    """
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    root = Path(path).expanduser()
+    configs = validate_cogvideox_folder(root)
+    info = _info(root, configs)
+    device = torch.device(device)
+    dtype = dtype or _default_dtype(device)
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
+    # diffusers' low-memory loading needs accelerate; without it, say so instead of letting it warn.
+    low_mem = {} if importlib.util.find_spec("accelerate") else {"low_cpu_mem_usage": False}
+    tokenizer = AutoTokenizer.from_pretrained(str(root / "tokenizer"), local_files_only=True)
+    text_encoder = T5EncoderModel.from_pretrained(str(root / "text_encoder"), local_files_only=True, dtype=dtype)
+    transformer = CogVideoXTransformer3DModel.from_pretrained(
+        str(root / "transformer"), local_files_only=True, torch_dtype=dtype, **low_mem
+    )
+    vae = AutoencoderKLCogVideoX.from_pretrained(str(root / "vae"), local_files_only=True, torch_dtype=dtype, **low_mem)
+    for module in (text_encoder, transformer, vae):
+        module.to(device).eval().requires_grad_(False)
+    return CogVideoXModel(
+        info,
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        transformer=transformer,
+        vae=vae,
+        dtype=dtype,
+        device=device,
+        tiling=tiling,
+        slicing=slicing,
+        image_scaling=image_scaling,
+    )

@@ -1,0 +1,182 @@
+"""Tiny random-weight CogVideoX folders in diffusers format, built offline in about a second.
+
+``build_tiny_folder(path, kind)`` writes what ``CogVideoXPipeline.save_pretrained`` writes for a
+real checkpoint (``model_index.json``, ``text_encoder/``, ``tokenizer/``, ``transformer/``,
+``vae/``, ``scheduler/``), with every part shrunk but structurally faithful to the released
+configs:
+
+* ``"t2v"``: CogVideoX-5B style (3D rotary embeddings, ``CogVideoXDPMScheduler``, SNR shift 1);
+* ``"t2v-2b"``: CogVideoX-2B style (sin-cos positional embeddings, no rotary, DDIM, SNR shift 3);
+* ``"i2v"``: CogVideoX-5B-I2V (``in_channels`` 32, rotary and learned positional embeddings,
+  so only the native size works);
+* ``"t2v-1.5"``: CogVideoX1.5-5B (``patch_size_t`` 2, no patch bias, slice rotary grid,
+  VAE ``invert_scale_latents``);
+* ``"i2v-1.5"``: CogVideoX1.5-5B-I2V (as t2v-1.5 with ``in_channels`` 32 and ``ofs_embed_dim``).
+
+Sizes: transformer 1 layer of 2 heads x 16 dims (the rotary embedding splits the head dim into
+``dim/4 + 3 dim/8 + 3 dim/8`` halves, so 16 is the smallest head that works), text width 32,
+16 prompt tokens; VAE with 4 blocks (8x spatial) and ``temporal_compression_ratio`` 4, exactly the
+released compression; a 1-layer T5 encoder with a 40-token Unigram vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["KINDS", "NATIVE", "TEXT_LEN", "build_tiny_folder"]
+
+KINDS = ("t2v", "t2v-2b", "i2v", "t2v-1.5", "i2v-1.5")
+
+#: Prompt tokens of the tiny models (the transformer's ``max_text_seq_length``).
+TEXT_LEN = 16
+#: Native latent sample size (H, W) of the 1.0-style tiny transformers: 32 x 48 px, 9 frames.
+NATIVE = {"latent_height": 4, "latent_width": 6, "frames": 9}
+
+_WORDS = (
+    "a cat dog runs on the grass under blue sky in slow motion red car drives through city at night "
+    "beautiful ocean waves"
+).split()
+
+
+def _tokenizer() -> Any:
+    from transformers import T5Tokenizer
+
+    # T5's layout: pad 0, eos 1, unk 2, then SentencePiece pieces ("▁" marks a word start).
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    vocab += [("▁" + w, -1.0 - 0.01 * i) for i, w in enumerate(_WORDS)]
+    vocab += [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz"]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
+
+
+def _text_encoder(vocab_size: int) -> Any:
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        vocab_size=vocab_size,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=1,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=16,
+        feed_forward_proj="gated-gelu",  # T5 v1.1, as the released CogVideoX text encoder
+        dropout_rate=0.0,
+        is_encoder_decoder=False,
+        use_cache=False,
+    )
+    return T5EncoderModel(config).eval()
+
+
+def _transformer(kind: str) -> Any:
+    from diffusers import CogVideoXTransformer3DModel
+
+    is_15 = kind.endswith("1.5")
+    i2v = kind.startswith("i2v")
+    kwargs: dict[str, Any] = dict(
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=32 if i2v else 16,
+        out_channels=16,
+        time_embed_dim=16,
+        text_embed_dim=32,
+        num_layers=1,
+        max_text_seq_length=TEXT_LEN,
+        temporal_compression_ratio=4,
+    )
+    if is_15:
+        # 1.5: sample_height/width are the slice-rotary table size (300 for the released models).
+        kwargs.update(
+            patch_size=2,
+            patch_size_t=2,
+            patch_bias=False,
+            sample_height=16,
+            sample_width=16,
+            sample_frames=13,
+            use_rotary_positional_embeddings=True,
+            use_learned_positional_embeddings=False,
+            ofs_embed_dim=16 if i2v else None,  # must equal time_embed_dim: the two are summed
+        )
+    else:
+        kwargs.update(
+            patch_size=2,
+            sample_height=NATIVE["latent_height"],
+            sample_width=NATIVE["latent_width"],
+            sample_frames=NATIVE["frames"],
+            use_rotary_positional_embeddings=kind != "t2v-2b",
+            use_learned_positional_embeddings=kind == "i2v",
+        )
+    return CogVideoXTransformer3DModel(**kwargs).eval()
+
+
+def _vae(kind: str) -> Any:
+    from diffusers import AutoencoderKLCogVideoX
+
+    blocks = 4  # 2 ** (4 - 1) = 8x spatial compression; time: temporal_compression_ratio
+    return AutoencoderKLCogVideoX(
+        down_block_types=("CogVideoXDownBlock3D",) * blocks,
+        up_block_types=("CogVideoXUpBlock3D",) * blocks,
+        block_out_channels=(8, 8, 16, 16),
+        latent_channels=16,
+        layers_per_block=1,
+        norm_num_groups=4,
+        temporal_compression_ratio=4,
+        # Tiling splits frames larger than half these (48 x 80 px, 6 x 10 latents), so 32 x 48 px
+        # videos decode whole and 64 x 96 px ones in tiles. diffusers' tile arithmetic only adds
+        # up (tiles of 8 x overlap px) for some sizes: 6 and 10 latents work, like the real 30 x 45.
+        sample_height=96,
+        sample_width=160,
+        scaling_factor=0.7 if kind != "t2v-2b" else 1.15258426,
+        invert_scale_latents=kind.endswith("1.5"),
+    ).eval()
+
+
+def _scheduler(kind: str) -> Any:
+    from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
+
+    # The released scheduler_config.json values: 5B / 1.5 use SNR shift 1.0, 2B uses 3.0.
+    config = dict(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=True,
+        steps_offset=0,
+        prediction_type="v_prediction",
+        rescale_betas_zero_snr=True,
+        timestep_spacing="trailing",
+        snr_shift_scale=3.0 if kind == "t2v-2b" else 1.0,
+    )
+    cls = CogVideoXDDIMScheduler if kind == "t2v-2b" else CogVideoXDPMScheduler
+    return cls(**config)
+
+
+def build_tiny_folder(path: str | Path, kind: str = "t2v", seed: int = 0) -> Path:
+    """Write a tiny random-weight diffusers CogVideoX folder of ``kind`` (see :data:`KINDS`) at ``path``.
+
+    Weights are float32 and depend only on ``seed``. Returns ``Path(path)``.
+    """
+    from diffusers import CogVideoXImageToVideoPipeline, CogVideoXPipeline
+
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    path = Path(path)
+    torch.manual_seed(seed)
+    tokenizer = _tokenizer()
+    parts = dict(
+        tokenizer=tokenizer,
+        text_encoder=_text_encoder(len(tokenizer)),
+        vae=_vae(kind),
+        transformer=_transformer(kind),
+        scheduler=_scheduler(kind),
+    )
+    cls = CogVideoXImageToVideoPipeline if kind.startswith("i2v") else CogVideoXPipeline
+    cls(**parts).save_pretrained(str(path))
+    # A record of what was built, for test messages (ignored by the loader).
+    (path / "tiny_kind.json").write_text(json.dumps({"kind": kind, "seed": seed}))
+    return path
