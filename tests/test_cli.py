@@ -20,3 +20,49 @@ def test_module_entry_point_and_usage_errors():
     assert ok.returncode == 0 and "golden" in ok.stdout
     bad = subprocess.run([sys.executable, "-m", "cogsample", "golden"], capture_output=True, text=True)
     assert bad.returncode == 2 and "DIR" in bad.stderr
+
+
+SMALL = ["--frames", "9", "--height", "64", "--width", "96", "--steps", "6"]
+
+
+def test_generate_plain_log_lines_when_not_a_terminal(tmp_path, capsys):
+    rc = main(["generate", "--prompt", "a red ball bouncing", "--out", str(tmp_path), *SMALL])
+    assert rc == 0
+    cap = capsys.readouterr()
+    assert cap.out.strip().endswith(".mp4") and len(cap.out.strip().splitlines()) == 1
+    lines = [ln for ln in cap.err.splitlines() if ln.startswith("video 1/1 step")]
+    assert lines[-1].startswith("video 1/1 step 6/6 t=") and "step/s" in lines[-1] and "eta" in lines[-1]
+    assert "vpsde_dpmpp_2m, 6 steps, DynamicCFG, profile sat, uncond zero" in cap.err
+
+
+def test_generate_quiet_prints_only_paths(tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# a comment\na red ball bouncing\n\na yellow square rotating\n")
+    rc = main(["generate", "--prompts-file", str(prompts), "--out", str(tmp_path / "o"), "--quiet", *SMALL])
+    cap = capsys.readouterr()
+    assert rc == 0 and cap.err == ""
+    paths = cap.out.split()
+    assert [p.rsplit("/", 1)[1] for p in paths] == ["a-red-ball-bouncing-s42.mp4", "a-yellow-square-rotating-s43.mp4"]
+
+
+def test_generate_progress_bar_on_a_terminal(capsys):
+    import io
+
+    from cogsample.cli import Progress
+    from cogsample.pipeline import StepEvent
+
+    stream = io.StringIO()
+    bar = Progress(stream, bar=True)
+    for i in range(4):
+        bar(StepEvent(0, 1, i, 4, 999 - 250 * i, 1.0, 0.1 * (i + 1)))
+    text = stream.getvalue()
+    assert "4/4" in text and "t=249" in text
+
+
+def test_generate_errors_exit_2_with_the_reason(tmp_path, capsys):
+    rc = main(["generate", "--prompt", "x", "--frames", "10", "--out", str(tmp_path)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "cogsample generate: error: frames must be of the form 4k+1" in err and "nearest: 9 or 13" in err
+    rc = main(["generate", "--prompt", "x", "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path)])
+    assert rc == 2 and "nowhere" in capsys.readouterr().err

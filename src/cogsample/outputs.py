@@ -1,0 +1,174 @@
+"""Writing a generated video: ``NAME.mp4``, ``NAME.latents.safetensors``, ``NAME.json``, ``NAME.png``.
+
+Every file is written under a temporary name in the destination directory and renamed into
+place (``os.replace`` is atomic on one filesystem), so a crash or a full disk never leaves a
+half-written output, and an existing file of the user's is never overwritten:
+:func:`free_stem` picks a name none of the outputs uses yet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+Tensor = torch.Tensor
+
+__all__ = [
+    "SUFFIXES",
+    "atomic_path",
+    "check_writable",
+    "contact_sheet",
+    "free_stem",
+    "slug",
+    "to_uint8",
+    "write_contact_sheet",
+    "write_json",
+    "write_latents",
+    "write_mp4",
+]
+
+#: The files one video produces, by role.
+SUFFIXES = {"video": ".mp4", "latents": ".latents.safetensors", "meta": ".json", "sheet": ".png"}
+
+
+def slug(text: str, max_len: int = 48) -> str:
+    """A file-name-safe lower-case stem of ``text`` (``"A red ball!"`` -> ``"a-red-ball"``)."""
+    s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return (s[:max_len].rstrip("-")) or "video"
+
+
+def free_stem(directory: Path, stem: str, taken: set[str] | None = None) -> str:
+    """``stem``, or ``stem-2``, ``stem-3``, ...: the first for which no output file exists yet."""
+    taken = taken or set()
+    candidate, n = stem, 1
+    while candidate in taken or any((directory / f"{candidate}{suf}").exists() for suf in SUFFIXES.values()):
+        n += 1
+        candidate = f"{stem}-{n}"
+    return candidate
+
+
+def check_writable(directory: str | Path) -> Path:
+    """Create ``directory`` if needed and prove a file can be written there; ``ValueError`` if not."""
+    path = Path(directory)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".cogsample-probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"out directory {str(path)!r} is not writable: {e.strerror or e}") from e
+    return path
+
+
+@contextmanager
+def atomic_path(dest: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``dest``; on success rename it to ``dest``, on error delete it."""
+    dest = Path(dest)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part" + dest.suffix, dir=dest.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the user's usual mode
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def to_uint8(video: Tensor) -> np.ndarray:
+    """``(F, 3, H, W)`` float in [0, 1] -> ``(F, H, W, 3)`` uint8, rounding to nearest."""
+    v = video.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
+    return v.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+def write_mp4(dest: Path, frames: np.ndarray, fps: int, crf: int = 17) -> None:
+    """H.264 (yuv420p, so every player takes it) via PyAV. ``frames``: ``(F, H, W, 3)`` uint8."""
+    import av
+
+    _, h, w, _ = frames.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"H.264 needs an even frame size, got {w}x{h}")
+    with atomic_path(dest) as tmp:
+        with av.open(str(tmp), mode="w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=fps)
+            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+            stream.options = {"crf": str(crf), "preset": "medium"}
+            for frame in frames:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+
+
+def contact_sheet(frames: np.ndarray, columns: int = 8, max_frames: int = 16, gap: int = 2) -> np.ndarray:
+    """Up to ``max_frames`` evenly spaced frames (first and last included) tiled ``columns`` wide."""
+    f, h, w, _ = frames.shape
+    n = min(f, max_frames)
+    picks = np.unique(np.round(np.linspace(0, f - 1, n)).astype(int))
+    cols = min(columns, len(picks))
+    rows = -(-len(picks) // cols)
+    sheet = np.full((rows * h + (rows - 1) * gap, cols * w + (cols - 1) * gap, 3), 255, dtype=np.uint8)
+    for k, idx in enumerate(picks):
+        r, c = divmod(k, cols)
+        sheet[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = frames[idx]
+    return sheet
+
+
+def write_contact_sheet(dest: Path, frames: np.ndarray, **kw: Any) -> None:
+    from PIL import Image
+
+    with atomic_path(dest) as tmp:
+        Image.fromarray(contact_sheet(frames, **kw)).save(tmp, format="PNG")
+
+
+def write_latents(dest: Path, tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    # clone: two keys may view one buffer (latents_for_vae can be the latents themselves)
+    data = {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}
+    with atomic_path(dest) as tmp:
+        save_file(data, str(tmp), metadata=dict(metadata or {}))
+
+
+def write_json(dest: Path, data: Mapping[str, Any]) -> None:
+    with atomic_path(dest) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, torch.dtype):
+        return str(obj).removeprefix("torch.")
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def write_all(writers: Sequence[tuple[Path, Callable[[Path], None]]]) -> None:
+    """Run each ``writer(dest)``; if one fails, remove the files this call already wrote."""
+    done: list[Path] = []
+    try:
+        for dest, writer in writers:
+            writer(dest)
+            done.append(dest)
+    except BaseException:
+        for p in done:
+            p.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,166 @@
+"""The real loading and generation path on tiny random-weight CogVideoX folders, and the
+``diffusers`` profile against diffusers' own pipelines, bit for bit."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from cogsample import pipeline
+from cogsample.pipeline import GenerateOptions, plan
+
+pytest.importorskip("diffusers")
+
+SIZE = {"frames": 9, "height": 32, "width": 48}
+
+
+def _opts(folder, tmp_path, **kw) -> GenerateOptions:
+    base = {"prompts": ("a cat playing a piano",), "model": str(folder), "out": str(tmp_path / "out"), "steps": 4}
+    base.update(SIZE)
+    base.update(kw)
+    return GenerateOptions(**base)
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory) -> str:
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("img") / "first.png"
+    Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("kind", "sampler", "guidance"),
+    [
+        ("t2v", "vpsde_dpmpp_2m", "dynamic"),
+        ("t2v", "video_ddim", "cfg"),
+        ("t2v-2b", "vpode_dpmpp_2m", "none"),
+        ("i2v", "vpsde_dpmpp_2m", "dynamic"),
+        ("i2v", "video_ddpm", "cfg"),
+        ("t2v-1.5", "vpsde_dpmpp_2m", "dynamic"),
+        ("i2v-1.5", "video_ddim", "dynamic"),
+        ("i2v-1.5", "vpode_dpmpp_2m", "none"),
+    ],
+)
+def test_generate_on_a_tiny_folder(tiny_folders, tmp_path, image_file, kind, sampler, guidance):
+    i2v = kind.startswith("i2v")
+    opts = _opts(tiny_folders[kind], tmp_path, sampler=sampler, guidance=guidance, image=image_file if i2v else None)
+    p = plan(opts)
+    (res,) = pipeline.run_plan(p)
+    lat = load_file(str(res.files["latents"]))
+    t = 3 + p.pad_frames
+    assert lat["latents"].shape == (1, t, 16, 4, 6)
+    # what the VAE decodes: un-padded, channels first, divided by the VAE's scaling factor
+    assert lat["latents_for_vae"].shape == (1, 16, 3, 4, 6)
+    assert p.pad_frames == (1 if "1.5" in kind else 0)
+    assert res.video.shape == (9, 3, 32, 48) and torch.isfinite(res.video).all()
+    meta = json.loads(res.files["meta"].read_text())
+    assert meta["model"]["i2v"] == i2v and meta["model"]["uses_ofs"] == (kind == "i2v-1.5")
+    assert meta["sampling"]["sampler"] == sampler
+    # the folder's scheduler config gives the sat profile its shift: 3.0 for 2B, 1.0 for 5B and 1.5
+    shift = meta["sampling"]["schedule"]["shift_scale"]
+    assert shift == (3.0 if kind == "t2v-2b" else 1.0)
+
+
+def test_t2v_with_an_image_and_i2v_without_fail_before_loading(tiny_folders, tmp_path, image_file, monkeypatch):
+    monkeypatch.setattr(pipeline, "load_model", lambda _p: pytest.fail("loaded"))
+    with pytest.raises(ValueError, match=r"--image given, but model .* is text-to-video"):
+        plan(_opts(tiny_folders["t2v"], tmp_path, image=image_file))
+    with pytest.raises(ValueError, match="is image-to-video: give --image"):
+        plan(_opts(tiny_folders["i2v"], tmp_path))
+    with pytest.raises(ValueError, match="frames must be 9"):  # learned positions: native size only
+        plan(_opts(tiny_folders["i2v"], tmp_path, image=image_file, frames=13))
+
+
+@pytest.mark.parametrize("part", ["transformer", "vae", "tokenizer"])
+def test_a_folder_missing_a_part_is_named(tiny_folders, tmp_path, part, monkeypatch):
+    monkeypatch.setattr(pipeline, "load_model", lambda _p: pytest.fail("loaded"))
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_folders["t2v"], broken)
+    shutil.rmtree(broken / part)
+    with pytest.raises(ValueError, match=part):
+        plan(_opts(broken, tmp_path))
+
+
+def test_a_folder_of_another_model_is_refused(tiny_folders, tmp_path):
+    other = tmp_path / "sd"
+    shutil.copytree(tiny_folders["t2v"], other)
+    index = json.loads((other / "model_index.json").read_text())
+    index["_class_name"] = "StableDiffusionPipeline"
+    (other / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=r"not a CogVideoX folder.*StableDiffusionPipeline"):
+        plan(_opts(other, tmp_path))
+
+
+# ----------------------------------------------------------------------------------------------
+# the diffusers profile equals diffusers' own pipeline
+
+
+def _diffusers_pipe(folder, i2v: bool):
+    from diffusers import CogVideoXImageToVideoPipeline, CogVideoXPipeline
+
+    cls = CogVideoXImageToVideoPipeline if i2v else CogVideoXPipeline
+    pipe = cls.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize(
+    ("kind", "steps", "scale", "dynamic", "negative"),
+    [
+        ("t2v", 5, 6.0, True, ""),
+        ("t2v", 4, 3.0, False, "blurry, low quality"),
+        ("t2v-2b", 5, 6.0, True, ""),
+        ("t2v-1.5", 4, 6.0, True, ""),
+        ("i2v", 4, 6.0, True, ""),
+        ("i2v-1.5", 5, 6.0, True, "ugly"),
+    ],
+)
+def test_diffusers_profile_equals_diffusers_pipeline(
+    tiny_folders, tmp_path, image_file, kind, steps, scale, dynamic, negative
+):
+    i2v = kind.startswith("i2v")
+    folder = tiny_folders[kind]
+    prompt = "a cat playing a piano"
+    pipe = _diffusers_pipe(folder, i2v)
+    kw = {}
+    if i2v:
+        kw["image"] = Image.open(image_file).convert("RGB")
+    want = pipe(
+        prompt=prompt,
+        negative_prompt=negative,
+        num_frames=SIZE["frames"],
+        height=SIZE["height"],
+        width=SIZE["width"],
+        num_inference_steps=steps,
+        guidance_scale=scale,
+        use_dynamic_cfg=dynamic,
+        generator=torch.Generator().manual_seed(7),
+        output_type="latent",
+        max_sequence_length=16,
+        **kw,
+    ).frames
+    opts = _opts(
+        folder,
+        tmp_path,
+        prompts=(prompt,),
+        profile="diffusers",
+        negative_prompt=negative,
+        steps=steps,
+        scale=scale,
+        guidance="dynamic" if dynamic else "cfg",
+        seed=7,
+        image=image_file if i2v else None,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (res,) = pipeline.generate(opts)
+    assert res.latents.shape == want.shape
+    assert torch.equal(res.latents, want), (res.latents - want).abs().max()

@@ -1,0 +1,181 @@
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from cogsample import pipeline
+from cogsample.guidance import Conditioning
+from cogsample.noise import GlobalNoise
+from cogsample.pipeline import GenerateOptions, plan, run_plan
+from cogsample.sampling import SamplingConfig, sample
+
+SMALL = {"frames": 9, "height": 64, "width": 96, "steps": 8}
+
+
+def _opts(tmp_path, **kw) -> GenerateOptions:
+    base = {"prompts": ("a red ball bouncing on a blue background",), "out": str(tmp_path / "out"), **SMALL}
+    base.update(kw)
+    return GenerateOptions(**base)
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Planning must never load a model."""
+
+    def boom(_plan):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(pipeline, "load_model", boom)
+
+
+def test_generate_writes_the_four_files(tmp_path):
+    (res,) = pipeline.generate(_opts(tmp_path))
+    out = tmp_path / "out"
+    stem = "a-red-ball-bouncing-on-a-blue-background-s42"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{stem}{s}" for s in (".mp4", ".latents.safetensors", ".json", ".png")
+    )
+    lat = load_file(str(out / f"{stem}.latents.safetensors"))
+    assert lat["latents"].shape == (1, 3, 16, 8, 12)
+    assert torch.equal(lat["latents"], res.latents)
+    meta = json.loads((out / f"{stem}.json").read_text())
+    assert meta["prompt"] == res.prompt and meta["seed"] == 42 and meta["profile"] == "sat"
+    assert meta["uncond"] == "zero" and meta["negative_prompt"] is None
+    assert SamplingConfig.from_dict(meta["sampling"]) == plan(_opts(tmp_path)).sampling
+    assert meta["versions"]["torch"] == torch.__version__.split("+")[0] or meta["versions"]["torch"]
+    assert set(meta["timings_s"]) >= {"encode_s", "sample_s", "decode_s"}
+    assert res.video.shape == (9, 3, 64, 96)
+    png = np.asarray(Image.open(out / f"{stem}.png"))
+    assert png.shape[2] == 3 and png.shape[1] > 96
+
+
+def test_sat_profile_is_the_core_sample_call(tmp_path):
+    """The pipeline adds nothing to sampling: the same latents as ``sample()`` with torch's global
+    stream seeded as the reference seeds it, and the zero uncond embedding."""
+    from cogsample.models.builtin import BuiltinModel
+
+    p = plan(_opts(tmp_path))
+    model = BuiltinModel()
+    (res,) = run_plan(p, model=model)
+    torch.manual_seed(42)
+    noise = GlobalNoise()
+    x = noise.initial(p.shape)
+    ctx = model.encode_prompts([p.options.prompts[0]])
+    want = sample(model.network, x, Conditioning(ctx), p.sampling, noise=noise)
+    assert torch.equal(res.latents, want)
+
+
+def test_same_seed_same_video_and_names_never_collide(tmp_path):
+    (a,) = pipeline.generate(_opts(tmp_path))
+    (b,) = pipeline.generate(_opts(tmp_path))
+    assert torch.equal(a.latents, b.latents)
+    assert a.files["video"] != b.files["video"] and b.files["video"].name.endswith("-s42-2.mp4")
+    assert a.files["video"].exists()
+
+
+def test_json_command_reproduces_the_video(tmp_path):
+    from cogsample.cli import build_parser
+
+    a, _ = pipeline.generate(_opts(tmp_path, prompts=("a yellow square rotating", "a green triangle"), seed=3))
+    a2 = pipeline.generate(_opts(tmp_path, prompts=("a green triangle",), seed=4))[0]
+    meta = json.loads(a.files["meta"].read_text())
+    assert meta["seed"] == 3
+    args = build_parser().parse_args([*meta["command"][1:], "--out", str(tmp_path / "again"), "--quiet"])
+    assert args.func(args) == 0
+    again = load_file(str(next((tmp_path / "again").glob("*.safetensors"))))
+    assert torch.equal(again["latents"], a.latents)
+    # video k of a batch is the single video with seed + k
+    second = load_file(str(next((tmp_path / "out").glob("a-green-triangle-s4.latents.safetensors"))))
+    assert torch.equal(second["latents"], a2.latents)
+
+
+def test_failure_while_saving_leaves_nothing(tmp_path, monkeypatch):
+    from cogsample import outputs
+
+    def broken(*_a, **_k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(outputs, "write_contact_sheet", broken)
+    with pytest.raises(OSError, match="disk full"):
+        pipeline.generate(_opts(tmp_path))
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_i2v_builtin_starts_from_the_image(tmp_path):
+    from cogsample.models.builtin import CLIPS
+
+    clip = CLIPS[1]
+    first = clip.render(1, 64, 96)[0]  # (3, H, W) in [0, 1]
+    img = tmp_path / "first.png"
+    Image.fromarray((first.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(img)
+    (res,) = pipeline.generate(_opts(tmp_path, model="builtin-i2v", image=str(img), prompts=(clip.caption,), steps=20))
+    err = (res.video[0] - first).abs().mean()
+    assert err < 0.05
+
+
+def test_diffusers_profile_runs_on_builtin(tmp_path):
+    (res,) = pipeline.generate(_opts(tmp_path, profile="diffusers"))
+    meta = json.loads(res.files["meta"].read_text())
+    assert meta["uncond"] == "negative-prompt" and meta["negative_prompt"] == ""
+    assert meta["sampling"]["sampler"].startswith("diffusers")
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"prompts": ()}, "no prompt"),
+        ({"prompts": ("  ",)}, "prompt 1 is empty"),
+        ({"frames": 10}, "frames must be of the form 4k\\+1.*got 10; nearest: 9 or 13"),
+        ({"height": 70}, "height must be a multiple of 16.*got 70"),
+        ({"width": 0}, "width must be an integer >= 16"),
+        ({"steps": 0}, "steps must be an integer >= 1, got 0"),
+        ({"sampler": "nope"}, "nope"),
+        ({"sampler": "sdedit_euler"}, "sdedit_euler"),
+        ({"sampler": "euler"}, "sigma space.*alpha=0"),
+        ({"guidance": "strong"}, "guidance must be one of none, cfg, dynamic; got 'strong'"),
+        ({"profile": "comfy"}, "profile must be one of sat, diffusers; got 'comfy'"),
+        ({"uncond": "zero", "negative_prompt": "blurry"}, "--negative-prompt with --uncond zero"),
+        ({"dtype": "float16"}, "dtype 'float16' on the CPU"),
+        ({"dtype": "int8"}, "dtype must be one of"),
+        ({"device": "tpu:x"}, "device 'tpu:x'"),
+        ({"seed": -1}, "seed must be an integer"),
+        ({"image": "x.png"}, "--image given, but model 'builtin' is text-to-video"),
+        ({"model": "builtin-i2v"}, "image-to-video: give --image"),
+        ({"model": "builtin-i2v", "image": "missing.png"}, "image 'missing.png' does not exist"),
+        ({"sampler_config": "missing.yaml"}, "missing.yaml"),
+        ({"sampler_config": "x.yaml", "profile": "diffusers"}, "goes with --profile sat"),
+        ({"scale": float("nan")}, "scale must be a finite number"),
+    ],
+)
+def test_bad_requests_fail_before_any_work(tmp_path, no_loading, change, match):
+    with pytest.raises(ValueError, match=match):
+        plan(_opts(tmp_path, **change))
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_unreadable_image_and_unwritable_out(tmp_path, no_loading):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="cannot be read as an image"):
+        plan(_opts(tmp_path, model="builtin-i2v", image=str(bad)))
+    blocker = tmp_path / "file"
+    blocker.write_text("mine")
+    with pytest.raises(ValueError, match=r"out directory .* is not writable"):
+        plan(_opts(tmp_path, out=str(blocker)))
+    with pytest.raises(ValueError, match="out directory"):
+        plan(_opts(tmp_path, out=str(blocker / "sub")))
+    assert blocker.read_text() == "mine"
+
+
+def test_sat_yaml_with_overrides(tmp_path):
+    from pathlib import Path
+
+    yaml = Path(__file__).resolve().parents[1].parent / "shared" / "sat-configs" / "cogvideox_5b.yaml"
+    p = plan(_opts(tmp_path, sampler_config=str(yaml), steps=12))
+    assert p.sampling.steps == 12 and p.sampling.sampler == "vpsde_dpmpp_2m"
+    p2 = plan(_opts(tmp_path, sampler_config=str(yaml), sampler="video_ddim", guidance="cfg", scale=3.0))
+    assert p2.sampling.sampler == "video_ddim" and dataclasses.asdict(p2.sampling.guidance) == {"scale": 3.0}
