@@ -2,12 +2,14 @@
 
 from .denoiser import Denoiser, DenoiserConfig, Level
 from .guidance import CFG, Conditioning, DynamicCFG, GuidedModel, NoGuidance
-from .noise import GlobalNoise, ReplayNoise, SeededNoise, latent_shape
+from .models.base import CallableNetwork
+from .noise import DiffusersNoise, GlobalNoise, ReplayNoise, SeededNoise, latent_shape
+from .profiles import diffusers_sampling, sat_sampling
 from .samplers import SAMPLERS, get_sampler
 from .sampling import SamplingConfig, sample
 from .satconfig import from_sat, load_sat_yaml
 from .scalings import EDMScaling, EpsScaling, VideoScaling, VScaling, VScalingEDMNoise
-from .schedules import EDM, Grid, LegacyDDPM, ZeroSNRDDPM
+from .schedules import EDM, DiffusersDDPM, Grid, LegacyDDPM, ZeroSNRDDPM
 
 __version__ = "0.1.0"
 
@@ -15,9 +17,12 @@ __all__ = [
     "CFG",
     "EDM",
     "SAMPLERS",
+    "CallableNetwork",
     "Conditioning",
     "Denoiser",
     "DenoiserConfig",
+    "DiffusersDDPM",
+    "DiffusersNoise",
     "DynamicCFG",
     "EDMScaling",
     "EpsScaling",
@@ -34,9 +39,11 @@ __all__ = [
     "VScalingEDMNoise",
     "VideoScaling",
     "ZeroSNRDDPM",
+    "diffusers_sampling",
     "from_sat",
     "get_sampler",
     "latent_shape",
     "load_sat_yaml",
     "sample",
+    "sat_sampling",
 ]
