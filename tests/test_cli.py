@@ -66,3 +66,11 @@ def test_generate_errors_exit_2_with_the_reason(tmp_path, capsys):
     assert "cogsample generate: error: frames must be of the form 4k+1" in err and "nearest: 9 or 13" in err
     rc = main(["generate", "--prompt", "x", "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path)])
     assert rc == 2 and "nowhere" in capsys.readouterr().err
+
+
+def test_generate_says_when_it_reproduces_a_broken_diffusers_grid(tmp_path):
+    args = ["generate", "--prompt", "a red ball", "--profile", "diffusers", "--out", str(tmp_path), *SMALL[:-1], "7"]
+    run = subprocess.run([sys.executable, "-m", "cogsample", *args], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "cogsample generate: warning (DiffusersGridWarning)" in run.stderr
+    assert "7 steps" in run.stderr and "does not end clean" in run.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,7 +37,7 @@ class Progress:
         self._video = -1
 
     def __call__(self, ev) -> None:
-        level = f"t={ev.timestep}" if ev.timestep is not None else f"sigma={ev.sigma:.3g}"
+        level = f"sigma={ev.sigma:.3g}" if ev.timestep is None else f"t={ev.timestep} sigma={ev.sigma:.3g}"
         if self.bar:
             from tqdm import tqdm
 
@@ -88,6 +89,8 @@ def _generate(args: argparse.Namespace) -> int:
     from .pipeline import GenerateOptions, plan, run_plan
 
     log = (lambda _m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    # a warning is a message to the user here, not a source location
+    warnings.formatwarning = lambda msg, cat, *_a, **_k: f"cogsample generate: warning ({cat.__name__}): {msg}\n"
     try:
         opts = GenerateOptions(
             prompts=_read_prompts(args),

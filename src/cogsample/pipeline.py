@@ -310,8 +310,6 @@ def plan(opts: GenerateOptions) -> Plan:
     device = _resolve_device(opts.device)
     builtin = _is_builtin(opts.model)
     dtype = _resolve_dtype(opts.dtype, device, builtin)
-    if dtype != torch.float32 and device.type == "cpu":
-        raise ValueError(f"dtype {opts.dtype!r} on the CPU: use float32 there (half precision is for GPUs)")
     info = inspect_model(opts.model)
 
     if opts.image is not None and not info.i2v:

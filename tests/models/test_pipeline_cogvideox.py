@@ -69,6 +69,16 @@ def test_generate_on_a_tiny_folder(tiny_folders, tmp_path, image_file, kind, sam
     assert shift == (3.0 if kind == "t2v-2b" else 1.0)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_runs_end_to_end(tiny_folders, tmp_path, dtype):
+    p = plan(_opts(tiny_folders["t2v-1.5"], tmp_path, dtype=dtype))
+    assert p.dtype == getattr(torch, dtype)
+    (res,) = pipeline.run_plan(p)
+    assert res.latents.dtype == torch.float32  # the SAT samplers keep their state in float32
+    assert torch.isfinite(res.video).all() and res.video.shape == (9, 3, 32, 48)
+    assert json.loads(res.files["meta"].read_text())["dtype"] == dtype
+
+
 def test_t2v_with_an_image_and_i2v_without_fail_before_loading(tiny_folders, tmp_path, image_file, monkeypatch):
     monkeypatch.setattr(pipeline, "load_model", lambda _p: pytest.fail("loaded"))
     with pytest.raises(ValueError, match=r"--image given, but model .* is text-to-video"):
