@@ -16,24 +16,7 @@ import torch
 from cogsample import Conditioning, sample
 from cogsample.golden import ToyNetwork
 from cogsample.noise import DiffusersNoise
-from cogsample.profiles import diffusers_sampling, sat_sampling
-
-#: CogVideoX-5B's scheduler_config.json
-CONFIG = {
-    "_class_name": "CogVideoXDPMScheduler",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "prediction_type": "v_prediction",
-    "rescale_betas_zero_snr": True,
-    "sample_max_value": 1.0,
-    "set_alpha_to_one": True,
-    "snr_shift_scale": 1.0,
-    "steps_offset": 0,
-    "timestep_spacing": "trailing",
-}
+from cogsample.profiles import COGVIDEOX_5B_SCHEDULER, diffusers_sampling, sat_sampling
 
 
 def main() -> None:
@@ -45,7 +28,7 @@ def main() -> None:
     for sat_name, dif_name in (("vpsde_dpmpp_2m", "dpm"), ("video_ddim", "ddim")):
         for steps in (10, 20, 25, 30, 50):
             sat_cfg = sat_sampling(steps=steps, sampler=sat_name)
-            dif_cfg = diffusers_sampling(CONFIG, steps=steps, scheduler=dif_name)
+            dif_cfg = diffusers_sampling(COGVIDEOX_5B_SCHEDULER, steps=steps, scheduler=dif_name)
             a = sample(net, x, cond, sat_cfg, noise=DiffusersNoise(torch.Generator().manual_seed(1)))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

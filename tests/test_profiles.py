@@ -35,31 +35,14 @@ from diffusers.utils.torch_utils import randn_tensor
 from cogsample.denoiser import DenoiserConfig
 from cogsample.guidance import CFG, Conditioning, DynamicCFG, NoGuidance
 from cogsample.noise import DiffusersNoise, SeededNoise
-from cogsample.profiles import diffusers_sampling, sat_sampling
+from cogsample.profiles import COGVIDEOX_5B_SCHEDULER, diffusers_sampling, sat_sampling
 from cogsample.samplers import SAMPLERS, get_sampler
 from cogsample.sampling import COGVIDEOX_5B, SamplingConfig, build_model, sample
 from cogsample.scalings import EDMScaling, VideoScaling
 from cogsample.schedules import EDM, DiffusersDDPM, DiffusersGridWarning
 
 #: a CogVideoX-5B-style ``scheduler/scheduler_config.json`` (2B: snr_shift_scale 3.0)
-CONFIG_5B = {
-    "_class_name": "CogVideoXDDIMScheduler",
-    "_diffusers_version": "0.31.0.dev0",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "clip_sample_range": 1.0,
-    "num_train_timesteps": 1000,
-    "prediction_type": "v_prediction",
-    "rescale_betas_zero_snr": True,
-    "sample_max_value": 1.0,
-    "set_alpha_to_one": True,
-    "snr_shift_scale": 1.0,
-    "steps_offset": 0,
-    "timestep_spacing": "trailing",
-    "trained_betas": None,
-}
+CONFIG_5B = {**COGVIDEOX_5B_SCHEDULER, "_class_name": "CogVideoXDDIMScheduler"}
 CONFIG_2B = {**CONFIG_5B, "snr_shift_scale": 3.0}
 SCHEDULERS = {"dpm": CogVideoXDPMScheduler, "ddim": CogVideoXDDIMScheduler}
 VARIANTS = {

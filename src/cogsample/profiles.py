@@ -38,6 +38,26 @@ DIFFUSERS_SAMPLERS: dict[str, str] = {
     "CogVideoXDDIMScheduler": "diffusers_ddim",
 }
 
+#: CogVideoX-5B's (and 1.5's) diffusers ``scheduler/scheduler_config.json``; 2B's differs only in
+#: ``snr_shift_scale`` (3.0) and ``_class_name`` (CogVideoXDDIMScheduler).
+COGVIDEOX_5B_SCHEDULER: dict[str, object] = {
+    "_class_name": "CogVideoXDPMScheduler",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "clip_sample_range": 1.0,
+    "num_train_timesteps": 1000,
+    "prediction_type": "v_prediction",
+    "rescale_betas_zero_snr": True,
+    "sample_max_value": 1.0,
+    "set_alpha_to_one": True,
+    "snr_shift_scale": 1.0,
+    "steps_offset": 0,
+    "timestep_spacing": "trailing",
+    "trained_betas": None,
+}
+
 #: diffusers' DynamicCFG exponent (``** 5.0`` in the pipelines)
 DYNAMIC_CFG_EXP = 5.0
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from ..noise import LATENT_CHANNELS, SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION, latent_shape
+from ..profiles import COGVIDEOX_5B_SCHEDULER
 from ..schedules import Schedule, ZeroSNRDDPM
 from .base import ModelInfo, VideoModel
 
@@ -62,23 +63,7 @@ NATIVE_FRAMES, NATIVE_HEIGHT, NATIVE_WIDTH = 49, 240, 368
 
 #: CogVideoX-5B's diffusers ``scheduler/scheduler_config.json``: the built-in model is trained
 #: (exactly) on the SAT ZeroSNR DDPM table with shift 1, which this config describes.
-SCHEDULER_CONFIG: dict[str, object] = {
-    "_class_name": "CogVideoXDPMScheduler",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "clip_sample_range": 1.0,
-    "num_train_timesteps": 1000,
-    "prediction_type": "v_prediction",
-    "rescale_betas_zero_snr": True,
-    "sample_max_value": 1.0,
-    "set_alpha_to_one": True,
-    "snr_shift_scale": 1.0,
-    "steps_offset": 0,
-    "timestep_spacing": "trailing",
-    "trained_betas": None,
-}
+SCHEDULER_CONFIG: dict[str, object] = COGVIDEOX_5B_SCHEDULER
 
 # ----------------------------------------------------------------------------------------------
 # the clip library
