@@ -262,18 +262,6 @@ def _load_image(path: str) -> Any:
         raise ValueError(f"image {path!r} cannot be read as an image: {e}") from e
 
 
-def _resize_cover(image: Any, height: int, width: int) -> Any:
-    """Scale to cover ``height x width`` keeping the aspect ratio, then centre-crop (nothing distorts)."""
-    from PIL import Image
-
-    w, h = image.size
-    s = max(width / w, height / h)
-    nw, nh = max(width, round(w * s)), max(height, round(h * s))
-    im = image.resize((nw, nh), Image.Resampling.BICUBIC)
-    left, top = (nw - width) // 2, (nh - height) // 2
-    return im.crop((left, top, left + width, top + height))
-
-
 def _prepare_image(image: Any, opts: GenerateOptions, info: ModelInfo, height: int, width: int, from_image: bool):
     """The I2V first frame at ``height x width``, as each profile prepares it."""
     if opts.profile == "diffusers":
@@ -281,8 +269,6 @@ def _prepare_image(image: Any, opts: GenerateOptions, info: ModelInfo, height: i
 
         # diffusers' own preprocessing (a plain resize to the size), so the profile sees its pixels
         return VideoProcessor(vae_scale_factor=8).preprocess(image, height=height, width=width)
-    if _is_builtin(opts.model):
-        return _resize_cover(image, height, width)
     from .models.cogvideox import resize_image_for_i2v
 
     # the reference: 1.5 scales the short side to 768 px; otherwise cover-resize and centre-crop
@@ -407,11 +393,9 @@ def _image_tensor(image: Any, device: torch.device, dtype: torch.dtype) -> Tenso
     """PIL image -> (1, 3, H, W) in [-1, 1] (or diffusers' already preprocessed tensor)."""
     if isinstance(image, torch.Tensor):
         return image.to(device=device, dtype=dtype)
-    import numpy as np
+    from .models.cogvideox import image_to_tensor
 
-    # uint8 / 255 * 2 - 1, operation for operation as diffusers and the reference
-    arr = torch.from_numpy(np.asarray(image).astype(np.float32) / 255.0)
-    return (2.0 * arr.permute(2, 0, 1)[None] - 1.0).to(device=device, dtype=dtype)
+    return image_to_tensor(image).to(device=device, dtype=dtype)
 
 
 def _image_latents(model: VideoModel, img: Tensor, noise: NoiseSource, frames: int) -> Tensor:
@@ -527,23 +511,14 @@ def _progress_callback(
     """The sampler callback that reports a :class:`StepEvent` (levels read from the host-side grid)."""
     if progress is None:
         return None
-    levels = [
-        (grid.timesteps[i] if grid.timesteps is not None else None, _sigma(grid, i)) for i in range(grid.num_steps)
-    ]
+    sigmas = grid.sigmas().tolist()  # host-side grid: no device read in the loop
+    levels = [(grid.timesteps[i] if grid.timesteps is not None else None, sigmas[i]) for i in range(grid.num_steps)]
 
     def callback(i: int, _x: Tensor, _denoised: Tensor) -> None:
         t, sigma = levels[i]
         progress(StepEvent(video, videos, i, grid.num_steps, t, sigma, time.perf_counter() - start))
 
     return callback
-
-
-def _sigma(grid: Any, i: int) -> float:
-    s = float(grid.sigmas()[i]) if grid.space == "sigma" else None
-    if s is None:
-        a = float(grid.values[i])
-        s = math.inf if a == 0 else math.sqrt(max(1 - a * a, 0.0)) / a
-    return s
 
 
 def _metadata(p: Plan, prompt: str, seed: int, files: dict[str, Path], latents: Tensor, timings: dict) -> dict:
