@@ -8,7 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cogsample.denoiser import Level
-from cogsample.guidance import CFG, Conditioning, DynamicCFG, GuidedModel, NoGuidance, guidance_scales
+from cogsample.guidance import (
+    CFG,
+    Conditioning,
+    DynamicCFG,
+    GuidanceInterval,
+    GuidedModel,
+    NoGuidance,
+    guidance_scales,
+)
 from cogsample.schedules import ZeroSNRDDPM
 
 
@@ -135,3 +143,44 @@ def test_dynamic_cfg_stays_between_one_and_one_plus_scale(n, scale, exp):
     for s in ref + loop:
         assert 1 - 1e-12 <= s <= 1 + scale + 1e-12
     assert loop == sorted(loop) and loop[0] == 1.0
+
+
+def test_guidance_interval_is_conditional_only_outside():
+    inner = DynamicCFG(6, 5, 10, step_index="loop")
+    scales = guidance_scales(GuidanceInterval(inner, 0.3, 0.8), None, 10)
+    full = guidance_scales(inner, None, 10)
+    assert scales == [None, None, None, *full[3:8], None, None]
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"start": -0.1}, "start"),
+        ({"end": 1.5}, "end"),
+        ({"start": 0.5, "end": 0.5}, "start must be < end"),
+        ({"guidance": "cfg"}, "guidance must be"),
+    ],
+)
+def test_bad_guidance_interval(kw, match):
+    args = {"guidance": CFG(3.0), **kw}
+    with pytest.raises(ValueError, match=match):
+        GuidanceInterval(**args)
+
+
+def test_skip_unit_scale_runs_conditional_rows_only_where_the_scale_is_exactly_one():
+    grid = ZeroSNRDDPM(1.0).grid(22)
+    guidance = DynamicCFG(6, 5, 22)  # the reference's index hits 1.0 exactly at step 6
+    ctx = torch.ones(2, 3, 4)
+    x = torch.zeros(2, 1, 16, 2, 2)
+    rows = []
+    for skip in (False, True):
+        rec = RowRecorder()
+        model = GuidedModel(
+            rec, guidance, Conditioning(ctx), num_steps=22, timesteps=grid.timesteps, skip_unit_scale=skip
+        )
+        for i in range(22):
+            model(x, Level(torch.ones(1), "alpha", i, grid.timesteps[i]))
+        rows.append([seen[0].shape[0] for seen in rec.seen])
+        assert model.forwards == sum(r // 2 for r in rows[-1])
+    assert rows[0] == [4] * 22
+    assert rows[1] == [4] * 6 + [2] + [4] * 15

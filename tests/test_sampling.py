@@ -16,10 +16,12 @@ from cogsample import (
     DenoiserConfig,
     DynamicCFG,
     EDMScaling,
+    GuidanceInterval,
     LegacyDDPM,
     NoGuidance,
     SamplingConfig,
     SeededNoise,
+    SpacedDDPM,
     VideoScaling,
     VScaling,
     ZeroSNRDDPM,
@@ -177,6 +179,15 @@ def test_config_round_trips_through_json():
             denoiser=DenoiserConfig(VScaling(), table=LegacyDDPM(), quantize_c_noise=True),
         ),
     ]
+    cfgs.append(
+        SamplingConfig(
+            sampler="vpsde_dpmpp_2m",
+            steps=12,
+            schedule=SpacedDDPM(ZeroSNRDDPM(3.0), "logsnr", t_max=998),
+            guidance=GuidanceInterval(DynamicCFG(6, 5, 12, step_index="loop"), 0.4, 1.0),
+            skip_unit_cfg=True,
+        )
+    )
     for cfg in cfgs:
         assert SamplingConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 

@@ -1,5 +1,7 @@
 """Schedules and denoiser tables equal the reference's arrays exactly."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,7 @@ from conftest import bits_equal
 
 from cogsample.denoiser import Denoiser, DenoiserConfig
 from cogsample.scalings import VideoScaling
-from cogsample.schedules import EDM, Grid, LegacyDDPM, ZeroSNRDDPM, ddpm_substeps
+from cogsample.schedules import EDM, Grid, LegacyDDPM, SpacedDDPM, ZeroSNRDDPM, ddpm_substeps
 
 ZSNR = {
     "zsnr_shift1": ZeroSNRDDPM(1.0),
@@ -111,3 +113,57 @@ def test_grid_conversions_meet_at_sigma_equals_sqrt_one_minus_a2_over_a():
 def test_bad_schedule_parameters_are_named(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+@pytest.mark.parametrize("spacing", ["uniform", "power", "logsnr"])
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 15, 50, 999, 1000])
+def test_spaced_ddpm_timesteps_run_from_the_top_to_t_min_strictly_decreasing(spacing, n):
+    ts = SpacedDDPM(spacing=spacing).timesteps(n)
+    assert len(ts) == n and ts[0] == 999
+    assert all(a > b for a, b in itertools.pairwise(ts))
+    if n > 1:
+        assert ts[-1] == 0
+
+
+def test_spaced_ddpm_levels_are_the_base_table_entries_then_the_clean_end():
+    base = ZeroSNRDDPM(1.0)
+    s = SpacedDDPM(base, "power", 2.0)
+    grid = s.grid(10)
+    assert grid.space == "alpha" and grid.timesteps == tuple(s.timesteps(10))
+    assert torch.equal(grid.values[:-1], base.table(1000)[list(grid.timesteps)]) and grid.values[-1] == 1.0
+    assert grid.values[0] == 0.0
+    legacy = SpacedDDPM(LegacyDDPM(), "uniform").grid(5)
+    assert legacy.space == "sigma" and legacy.values[-1] == 0.0
+
+
+def test_spaced_ddpm_spacings():
+    assert SpacedDDPM(spacing="uniform").timesteps(4) == [999, 666, 333, 0]
+    assert SpacedDDPM(spacing="power", rho=2.0).timesteps(5) == [999, 562, 250, 62, 0]
+    # logsnr: after the zero-SNR level, equal steps of log(alpha/sigma) between t=998 and t=0
+    base = ZeroSNRDDPM(1.0).table(1000).double()
+    lam = (base / (1 - base**2).sqrt()).log()
+    ts = SpacedDDPM(spacing="logsnr").timesteps(12)
+    steps = [float(lam[b] - lam[a]) for a, b in itertools.pairwise(ts[1:])]
+    assert ts[:2] == [999, 998] and max(steps) - min(steps) < 0.1 * (sum(steps) / len(steps))
+    assert SpacedDDPM(spacing="logsnr", t_max=998, t_min=5).timesteps(6)[::5] == [998, 5]
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"spacing": "karras"}, "spacing"),
+        ({"rho": 0}, "rho"),
+        ({"t_min": 999}, "t_min"),
+        ({"t_max": 1000}, "t_max"),
+        ({"t_max": 10, "t_min": 10}, "t_min"),
+        ({"base": EDM()}, "base"),
+    ],
+)
+def test_spaced_ddpm_rejects_bad_parameters(kw, match):
+    with pytest.raises(ValueError, match=match):
+        SpacedDDPM(**kw)
+
+
+def test_spaced_ddpm_rejects_more_steps_than_timesteps():
+    with pytest.raises(ValueError, match="steps"):
+        SpacedDDPM(t_min=900).grid(101)

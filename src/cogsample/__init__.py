@@ -1,7 +1,7 @@
 """cogsample: CogVideoX's sampling stage as composable parts, bit-exact with the SAT reference."""
 
 from .denoiser import Denoiser, DenoiserConfig, Level
-from .guidance import CFG, Conditioning, DynamicCFG, GuidedModel, NoGuidance
+from .guidance import CFG, Conditioning, DynamicCFG, GuidanceInterval, GuidedModel, NoGuidance
 from .models.base import CallableNetwork
 from .noise import DiffusersNoise, GlobalNoise, ReplayNoise, SeededNoise, latent_shape
 from .profiles import diffusers_sampling, sat_sampling
@@ -9,7 +9,7 @@ from .samplers import SAMPLERS, get_sampler
 from .sampling import SamplingConfig, sample
 from .satconfig import from_sat, load_sat_yaml
 from .scalings import EDMScaling, EpsScaling, VideoScaling, VScaling, VScalingEDMNoise
-from .schedules import EDM, DiffusersDDPM, Grid, LegacyDDPM, ZeroSNRDDPM
+from .schedules import EDM, DiffusersDDPM, Grid, LegacyDDPM, SpacedDDPM, ZeroSNRDDPM
 
 __version__ = "0.1.0"
 
@@ -28,6 +28,7 @@ __all__ = [
     "EpsScaling",
     "GlobalNoise",
     "Grid",
+    "GuidanceInterval",
     "GuidedModel",
     "LegacyDDPM",
     "Level",
@@ -35,6 +36,7 @@ __all__ = [
     "ReplayNoise",
     "SamplingConfig",
     "SeededNoise",
+    "SpacedDDPM",
     "VScaling",
     "VScalingEDMNoise",
     "VideoScaling",

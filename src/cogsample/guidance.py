@@ -2,7 +2,8 @@
 
 With guidance the network runs once on ``2B`` rows: rows ``[0:B]`` unconditional, rows
 ``[B:2B]`` conditional (the reference's order, and diffusers'), and the guided prediction is
-``u + scale * (c - u)``, evaluated in full even where ``scale == 1`` (as the reference does).
+``u + scale * (c - u)``, evaluated in full even where ``scale == 1`` (as the reference does; with
+``skip_unit_scale`` such steps run the conditional rows only, half the network work).
 It is applied to the denoised x0 (``GuidedModel.__call__``, SAT) or to the raw network output
 (``GuidedModel.prediction``, diffusers' v); the two agree up to rounding.
 """
@@ -25,6 +26,7 @@ __all__ = [
     "Conditioning",
     "DynamicCFG",
     "Guidance",
+    "GuidanceInterval",
     "GuidedModel",
     "NoGuidance",
     "guidance_scales",
@@ -113,6 +115,36 @@ class DynamicCFG(Guidance):
             self.scale_at(i, None if timesteps is None else timesteps[i], num_steps)
 
 
+@dataclass(frozen=True)
+class GuidanceInterval(Guidance):
+    """``guidance`` on the steps with ``start <= i / num_steps < end``, conditional only elsewhere:
+    outside the interval no unconditional forward runs (CFG truncation / limited-interval guidance).
+    ``start``/``end`` are fractions of the step count, so the interval keeps its place on the
+    trajectory whatever the number of steps."""
+
+    guidance: Guidance
+    start: float = 0.0
+    end: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.guidance, Guidance) or isinstance(self.guidance, GuidanceInterval):
+            raise ValueError(f"guidance must be a (non-interval) Guidance, got {self.guidance!r}")
+        for name in ("start", "end"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                raise ValueError(f"guidance interval {name} must be a number in [0, 1], got {v!r}")
+        if not self.start < self.end:
+            raise ValueError(f"guidance interval start must be < end, got start={self.start!r}, end={self.end!r}")
+
+    def scale_at(self, step: int, timestep: int | None, num_steps: int) -> float | None:
+        if not self.start <= step / num_steps < self.end:
+            return None
+        return self.guidance.scale_at(step, timestep, num_steps)
+
+    def check(self, timesteps: Sequence[int] | None, num_steps: int) -> None:
+        self.guidance.check(timesteps, num_steps)
+
+
 def guidance_scales(
     guidance: Guidance, timesteps: Sequence[int] | None, num_steps: int, requested_steps: int | None = None
 ) -> list[float | None]:
@@ -155,7 +187,9 @@ class GuidedModel:
     so that ``spec.fn(model, ...)`` always gets what it consumes).
     ``prediction_dtype``: the dtype the denoiser's output is cast to before guidance (float32 for
     the reference's video samplers and for diffusers' ``noise_pred.float()``); None keeps it.
-    ``requested_steps``: see :func:`guidance_scales`.
+    ``requested_steps``: see :func:`guidance_scales`. ``skip_unit_scale``: run the conditional rows
+    alone on steps whose scale is exactly 1, where ``u + 1 (c - u)`` is ``c`` up to one rounding
+    (off by default: the reference evaluates the full batch).
     """
 
     def __init__(
@@ -169,6 +203,7 @@ class GuidedModel:
         prediction_dtype: torch.dtype | None = None,
         requested_steps: int | None = None,
         output: Literal["x0", "v"] = "x0",
+        skip_unit_scale: bool = False,
     ):
         if output not in ("x0", "v"):
             raise ValueError(f"output must be 'x0' or 'v', got {output!r}")
@@ -178,11 +213,14 @@ class GuidedModel:
         self.cond = cond
         self.num_steps = num_steps
         self.prediction_dtype = prediction_dtype
-        self.step_scales = guidance_scales(guidance, timesteps, num_steps, requested_steps)
+        scales = guidance_scales(guidance, timesteps, num_steps, requested_steps)
+        self.step_scales = [None if skip_unit_scale and s == 1.0 else s for s in scales]
         uncond = cond.uncond_context if cond.uncond_context is not None else torch.zeros_like(cond.context)
         self._context2 = torch.cat([uncond, cond.context])
         img = cond.image_latents
         self._image2 = None if img is None else torch.cat([img, img])
+        #: network evaluations per sample so far: 2 for a guided call, 1 for a conditional-only one
+        self.forwards = 0
 
     def __call__(self, x: Tensor, level: Level) -> Tensor:
         """The guided x0 prediction at ``level`` (the raw prediction with ``output="v"``)."""
@@ -199,8 +237,10 @@ class GuidedModel:
         scale = self.step_scales[level.step]
         c = self.cond
         if scale is None:
+            self.forwards += 1
             out = fn(x, level, c.context, c.image_latents, c.ofs)
             return out if self.prediction_dtype is None else out.to(self.prediction_dtype)
+        self.forwards += 2
         out = fn(torch.cat([x, x]), level, self._context2, self._image2, c.ofs)
         if self.prediction_dtype is not None:
             out = out.to(self.prediction_dtype)

@@ -45,6 +45,8 @@ class SamplingConfig:
     denoiser: DenoiserConfig = field(default_factory=_default_denoiser)
     guidance: Guidance = field(default_factory=lambda: DynamicCFG(6, 5, 50))
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: run only the conditional rows on steps whose guidance scale is exactly 1 (see GuidedModel)
+    skip_unit_cfg: bool = False
 
     def __post_init__(self) -> None:
         spec = get_sampler(self.sampler)
@@ -58,6 +60,8 @@ class SamplingConfig:
                     f"sampler option {key!r} is not an option of {spec.name!r}; allowed: {sorted(allowed) or 'none'}"
                 )
         object.__setattr__(self, "options", dict(self.options))
+        if not isinstance(self.skip_unit_cfg, bool):
+            raise ValueError(f"skip_unit_cfg must be a bool, got {self.skip_unit_cfg!r}")
 
     @property
     def spec(self) -> SamplerSpec:
@@ -81,6 +85,7 @@ class SamplingConfig:
             },
             "guidance": _typed(self.guidance),
             "options": {k: _jsonable(v) for k, v in self.options.items()},
+            "skip_unit_cfg": self.skip_unit_cfg,
         }
 
     @classmethod
@@ -98,6 +103,7 @@ class SamplingConfig:
             ),
             guidance=_untyped(data["guidance"], _guidance, Guidance),
             options={k: _from_json(v) for k, v in data.get("options", {}).items()},
+            skip_unit_cfg=bool(data.get("skip_unit_cfg", False)),
         )
 
 
@@ -113,7 +119,12 @@ def _from_json(v: Any) -> Any:
 
 
 def _typed(obj: Any) -> dict[str, Any]:
-    return {"type": type(obj).__name__, **{f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}}
+    """A dataclass as ``{"type": name, field: value, ...}``, nested dataclasses typed the same way."""
+
+    def value(v: Any) -> Any:
+        return _typed(v) if dataclasses.is_dataclass(v) and not isinstance(v, type) else _jsonable(v)
+
+    return {"type": type(obj).__name__, **{f.name: value(getattr(obj, f.name)) for f in dataclasses.fields(obj)}}
 
 
 def _untyped(data: Mapping[str, Any], module: Any, base: type) -> Any:
@@ -121,8 +132,16 @@ def _untyped(data: Mapping[str, Any], module: Any, base: type) -> Any:
     cls = getattr(module, str(kind), None)
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise ValueError(f"unknown {base.__name__} type {kind!r}")
-    kwargs = {k: _from_json(v) for k, v in data.items() if k != "type"}
+    kwargs = {k: _nested(v) if isinstance(v, Mapping) else _from_json(v) for k, v in data.items() if k != "type"}
     return cls(**kwargs)
+
+
+def _nested(data: Mapping[str, Any]) -> Any:
+    """A typed dict inside another (a SpacedDDPM's base, a GuidanceInterval's guidance)."""
+    for module, base in ((_schedules, Schedule), (_guidance, Guidance), (_scalings, Scaling)):
+        if isinstance(getattr(module, str(data.get("type")), None), type):
+            return _untyped(data, module, base)
+    raise ValueError(f"unknown nested type {data.get('type')!r}")
 
 
 #: CogVideoX-5B / 1.5-5B's shipped sampler (``cogvideox_5b.yaml``).
@@ -253,5 +272,6 @@ def build_model(network: Network, x: Tensor, cond: Conditioning, config: Samplin
         prediction_dtype=config.spec.prediction_dtype,
         requested_steps=grid.requested_steps,
         output=config.spec.consumes,
+        skip_unit_scale=config.skip_unit_cfg,
     )
     return model, grid

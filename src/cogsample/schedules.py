@@ -33,6 +33,7 @@ __all__ = [
     "Grid",
     "LegacyDDPM",
     "Schedule",
+    "SpacedDDPM",
     "ZeroSNRDDPM",
     "alpha_to_sigma",
     "ddpm_substeps",
@@ -311,6 +312,111 @@ class EDM(Schedule):
         """num_idx Karras sigmas, ascending."""
         _check_steps(num_idx)
         return torch.flip(self._sigmas(num_idx), (0,))
+
+
+Spacing = Literal["uniform", "power", "logsnr"]
+_SPACED = ("uniform", "power", "logsnr")
+
+
+@dataclass(frozen=True)
+class SpacedDDPM(Schedule):
+    """A DDPM table walked at chosen timesteps that end at ``t_min`` (0: the table's lowest noise).
+
+    With ``u_i = i / (n - 1)``: ``"uniform"`` puts step ``i`` at ``t_max - u_i (t_max - t_min)``,
+    ``"power"`` at ``t_min + (t_max - t_min) (1 - u_i)^rho`` (``rho > 1``: dense at low noise, with
+    smoothly shrinking steps), ``"logsnr"`` at equal steps of ``lambda = log(alpha / sigma)`` from
+    ``lambda(t_max)`` to ``lambda(t_min)`` (from ``t_max - 1`` after a first step at ``t_max`` when
+    that is the zero-SNR level), each rounded to the nearest timestep; the timesteps are integers
+    kept strictly decreasing. ``t_max`` defaults
+    to the table's last timestep (alpha 0 for zero terminal SNR: sigma-space samplers need a lower
+    one, e.g. ``T - 2``, to start from a finite sigma). The levels are the ``base`` table's own
+    entries (``base.table()[t]``, exactly what a network trained on that table sees at ``t``), then
+    the clean end. The reference's trailing grid instead stops at ``t = T/n - 1`` and renormalises
+    the picked levels; this schedule is not a reference one and is meant for fewer, better steps.
+    """
+
+    base: ZeroSNRDDPM | LegacyDDPM = ZeroSNRDDPM(1.0)
+    spacing: Spacing = "power"
+    rho: float = 2.0
+    t_min: int = 0
+    t_max: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.base, (ZeroSNRDDPM, LegacyDDPM)):
+            raise ValueError(f"base must be a ZeroSNRDDPM or LegacyDDPM table, got {self.base!r}")
+        if self.spacing not in _SPACED:
+            raise ValueError(f"spacing must be one of {list(_SPACED)}, got {self.spacing!r}")
+        if isinstance(self.rho, bool) or not isinstance(self.rho, (int, float)) or not 0 < self.rho < 100:
+            raise ValueError(f"rho must be a number in (0, 100), got {self.rho!r}")
+        last, t_max = self.base.num_timesteps - 1, self.t_max
+        if t_max is not None and (isinstance(t_max, bool) or not isinstance(t_max, int) or not 0 < t_max <= last):
+            raise ValueError(f"t_max must be an integer in (0, {last}] or None, got {t_max!r}")
+        top = self.top
+        if isinstance(self.t_min, bool) or not isinstance(self.t_min, int) or not 0 <= self.t_min < top:
+            raise ValueError(f"t_min must be an integer in [0, t_max={top}), got {self.t_min!r}")
+
+    @property
+    def top(self) -> int:
+        """The first step's timestep: ``t_max``, or the table's last."""
+        return self.base.num_timesteps - 1 if self.t_max is None else self.t_max
+
+    @property
+    def space(self) -> Space:  # type: ignore[override]
+        return self.base.space
+
+    def timesteps(self, num_steps: int) -> list[int]:
+        """The ``num_steps`` integer timesteps, high noise first, from ``t_max`` down to ``t_min``."""
+        top = self.top
+        _check_steps(num_steps, top - self.t_min + 1)
+        if num_steps == 1:
+            return [top]
+        u = np.arange(num_steps, dtype=np.float64) / (num_steps - 1)
+        span = top - self.t_min
+        if self.spacing == "logsnr":
+            ts = self._logsnr_timesteps(num_steps)
+        else:
+            pos = top - u * span if self.spacing == "uniform" else self.t_min + span * (1 - u) ** self.rho
+            ts = [int(v) for v in np.rint(pos)]
+        ts[0], ts[-1] = top, self.t_min
+        # where rounding merges steps, move them apart: each into the window a strictly decreasing
+        # integer sequence from top to t_min allows, then below its predecessor
+        ts = [min(max(t, self.t_min + num_steps - 1 - i), top - i) for i, t in enumerate(ts)]
+        for i in range(1, num_steps):
+            ts[i] = min(ts[i], ts[i - 1] - 1)
+        return ts
+
+    def _logsnr_timesteps(self, num_steps: int) -> list[int]:
+        table = self.base.table(self.base.num_timesteps).double()
+        if self.space == "alpha":
+            lam = (table / (1 - table**2).clamp_min(0).sqrt()).log()
+        else:
+            lam = -table.log()
+        lam = lam.numpy()
+        top, lo = self.top, self.t_min
+        head = []
+        if not np.isfinite(lam[top]):
+            head, top, num_steps = [top], top - 1, num_steps - 1
+        if num_steps == 1:
+            return [*head, lo]
+        targets = np.linspace(lam[top], lam[lo], num_steps)
+        # lambda falls as t grows: the nearest table entry by binary search on the reversed table
+        ordered = lam[lo : top + 1][::-1]
+        idx = np.clip(np.searchsorted(ordered, targets), 1, len(ordered) - 1)
+        nearer_left = targets - ordered[idx - 1] < ordered[idx] - targets
+        idx = np.where(nearer_left, idx - 1, idx)
+        return head + [int(top - i) for i in idx]
+
+    def grid(self, num_steps: int) -> Grid:
+        """The table's levels at :meth:`timesteps`, then the clean end (alpha 1 / sigma 0)."""
+        ts = self.timesteps(num_steps)
+        table = self.base.table(self.base.num_timesteps)
+        levels = table[torch.tensor(ts)]
+        values = torch.cat([levels, levels.new_full([1], self.base.terminal)])
+        return Grid(self.space, values, tuple(ts))
+
+    def table(self, num_idx: int = 1000) -> torch.Tensor:
+        """The base schedule's table."""
+        return self.base.table(num_idx)
 
 
 class DiffusersGridWarning(UserWarning):
