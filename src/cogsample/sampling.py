@@ -18,6 +18,7 @@ import torch
 from . import guidance as _guidance
 from . import scalings as _scalings
 from . import schedules as _schedules
+from .cache import CacheConfig, apply_cache
 from .denoiser import Denoiser, DenoiserConfig, Network
 from .guidance import Conditioning, DynamicCFG, Guidance, GuidedModel, guidance_scales
 from .noise import GlobalNoise, NoiseSource
@@ -27,7 +28,15 @@ from .schedules import Grid, Schedule, ZeroSNRDDPM
 
 Tensor = torch.Tensor
 
-__all__ = ["COGVIDEOX_5B", "SamplingConfig", "build_model", "check_combination", "sample", "validate_inputs"]
+__all__ = [
+    "COGVIDEOX_5B",
+    "SamplingConfig",
+    "build_model",
+    "check_combination",
+    "release",
+    "sample",
+    "validate_inputs",
+]
 
 
 def _default_denoiser() -> DenoiserConfig:
@@ -47,6 +56,8 @@ class SamplingConfig:
     options: Mapping[str, Any] = field(default_factory=dict)
     #: run only the conditional rows on steps whose guidance scale is exactly 1 (see GuidedModel)
     skip_unit_cfg: bool = False
+    #: a step cache around the network (approximate; see :mod:`cogsample.cache`), None for none
+    cache: CacheConfig | None = None
 
     def __post_init__(self) -> None:
         spec = get_sampler(self.sampler)
@@ -62,6 +73,8 @@ class SamplingConfig:
         object.__setattr__(self, "options", dict(self.options))
         if not isinstance(self.skip_unit_cfg, bool):
             raise ValueError(f"skip_unit_cfg must be a bool, got {self.skip_unit_cfg!r}")
+        if self.cache is not None and not isinstance(self.cache, CacheConfig):
+            raise ValueError(f"cache must be a CacheConfig or None, got {self.cache!r}")
 
     @property
     def spec(self) -> SamplerSpec:
@@ -86,6 +99,7 @@ class SamplingConfig:
             "guidance": _typed(self.guidance),
             "options": {k: _jsonable(v) for k, v in self.options.items()},
             "skip_unit_cfg": self.skip_unit_cfg,
+            "cache": None if self.cache is None else self.cache.to_dict(),
         }
 
     @classmethod
@@ -104,6 +118,7 @@ class SamplingConfig:
             guidance=_untyped(data["guidance"], _guidance, Guidance),
             options={k: _from_json(v) for k, v in data.get("options", {}).items()},
             skip_unit_cfg=bool(data.get("skip_unit_cfg", False)),
+            cache=None if data.get("cache") is None else CacheConfig(**data["cache"]),
         )
 
 
@@ -254,15 +269,23 @@ def sample(
         if image is None:
             raise ValueError(f"sampler {spec.name!r} edits a clean latent: pass image=")
         extra["image"] = image
-    return spec.fn(model, x, grid, noise or GlobalNoise(), callback=callback, **config.options, **extra)
+    try:
+        return spec.fn(model, x, grid, noise or GlobalNoise(), callback=callback, **config.options, **extra)
+    finally:
+        release(model)
 
 
 def build_model(network: Network, x: Tensor, cond: Conditioning, config: SamplingConfig) -> tuple[GuidedModel, Grid]:
     """Validate everything, then wrap ``network`` into the ``model(x, level)`` the sampler calls:
-    x0, or the guided raw network output for samplers that consume it (``spec.consumes``)."""
+    x0, or the guided raw network output for samplers that consume it (``spec.consumes``).
+    With ``config.cache`` the network goes behind a step cache: call :func:`release` after
+    sampling (a first-block cache patches the transformer until then)."""
     validate_inputs(x, cond)
     grid = config.grid()
     check_combination(config, grid)
+    cache = None if config.cache is None else apply_cache(network, config.cache)
+    if cache is not None:
+        network = cache
     model = GuidedModel(
         Denoiser(network, config.denoiser, device=x.device),
         config.guidance,
@@ -274,4 +297,13 @@ def build_model(network: Network, x: Tensor, cond: Conditioning, config: Samplin
         output=config.spec.consumes,
         skip_unit_scale=config.skip_unit_cfg,
     )
+    model.owned_cache = cache
     return model, grid
+
+
+def release(model: GuidedModel) -> None:
+    """Undo what :func:`build_model` attached to the network (the step cache it made, if any;
+    a cache the caller applied is left alone)."""
+    cache = getattr(model, "owned_cache", None)
+    if cache is not None:
+        cache.detach()
