@@ -148,6 +148,14 @@ def test_diffusers_profile_runs_on_builtin(tmp_path):
         ({"sampler_config": "missing.yaml"}, "missing.yaml"),
         ({"sampler_config": "x.yaml", "profile": "diffusers"}, "goes with --profile sat"),
         ({"scale": float("nan")}, "scale must be a finite number"),
+        ({"grid": "karras"}, "grid must be one of reference, logsnr, power, uniform; got 'karras'"),
+        ({"grid": "logsnr", "profile": "diffusers"}, "goes with --profile sat"),
+        ({"cfg_index": "timestep"}, "cfg_index must be one of reference, loop"),
+        ({"cfg_interval": (0.5, 0.2)}, "start must be < end"),
+        ({"cache": -1.0}, "threshold must be a finite number > 0, got -1.0"),
+        ({"cache": 0.1, "cache_kind": "first-block"}, "first-block.*use 'output'"),
+        ({"cache": 0.1, "cache_kind": "blocks"}, "cache_kind must be one of output, first-block"),
+        ({"offload": "disk"}, "offload must be one of none, model, sequential"),
     ],
 )
 def test_bad_requests_fail_before_any_work(tmp_path, no_loading, change, match):
@@ -178,3 +186,35 @@ def test_sat_yaml_with_overrides(tmp_path):
     assert p.sampling.steps == 12 and p.sampling.sampler == "vpsde_dpmpp_2m"
     p2 = plan(_opts(tmp_path, sampler_config=str(yaml), sampler="video_ddim", guidance="cfg", scale=3.0))
     assert p2.sampling.sampler == "video_ddim" and dataclasses.asdict(p2.sampling.guidance) == {"scale": 3.0}
+
+
+def test_speedup_options_compose_into_the_sampling_config(tmp_path, no_loading):
+    from cogsample.cache import CacheConfig
+    from cogsample.guidance import DynamicCFG, GuidanceInterval
+    from cogsample.schedules import SpacedDDPM, ZeroSNRDDPM
+
+    p = plan(_opts(tmp_path, grid="logsnr", cfg_index="loop", cfg_interval=(0.4, 1.0), skip_unit_cfg=True, cache=0.2))
+    s = p.sampling
+    assert s.schedule == SpacedDDPM(ZeroSNRDDPM(1.0), "logsnr") and s.skip_unit_cfg
+    assert s.guidance == GuidanceInterval(DynamicCFG(6.0, 5.0, 8, "loop"), 0.4, 1.0)
+    assert s.cache == CacheConfig(0.2, "output")
+    # sigma-space samplers start one step below the zero-SNR level
+    assert plan(_opts(tmp_path, grid="power", sampler="euler")).sampling.schedule.t_max == 998
+    # defaults change nothing
+    assert plan(_opts(tmp_path)).sampling == pipeline.resolve_sampling(_opts(tmp_path), p.info)
+
+
+def test_fast_preset_and_its_command_round_trip(tmp_path):
+    from cogsample.cli import build_parser
+
+    opts = pipeline.fast_options(_opts(tmp_path))
+    assert opts.steps == pipeline.FAST["steps"] and opts.grid == "logsnr"
+    assert pipeline.fast_options(_opts(tmp_path), steps_given=True).steps == SMALL["steps"]
+    (res,) = pipeline.generate(opts)
+    meta = json.loads(res.files["meta"].read_text())
+    assert "--grid" in meta["command"] and "--skip-unit-cfg" in meta["command"]
+    args = build_parser().parse_args([*meta["command"][1:], "--out", str(tmp_path / "again"), "--quiet"])
+    assert args.func(args) == 0
+    again = load_file(str(next((tmp_path / "again").glob("*.safetensors"))))
+    assert torch.equal(again["latents"], res.latents)
+    assert SamplingConfig.from_dict(meta["sampling"]) == plan(opts).sampling

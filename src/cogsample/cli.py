@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 import warnings
@@ -86,7 +87,7 @@ def _read_prompts(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from .pipeline import GenerateOptions, plan, run_plan
+    from .pipeline import GenerateOptions, fast_options, plan, run_plan
 
     log = (lambda _m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     # a warning is a message to the user here, not a source location
@@ -101,7 +102,7 @@ def _generate(args: argparse.Namespace) -> int:
             frames=args.frames,
             height=args.height,
             width=args.width,
-            steps=args.steps,
+            steps=args.steps if args.steps is not None else 50,
             sampler=args.sampler,
             guidance=args.guidance,
             scale=args.scale,
@@ -112,7 +113,18 @@ def _generate(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             device=args.device,
             fps=args.fps,
+            grid=args.grid,
+            cfg_index=args.cfg_index,
+            cfg_interval=args.cfg_interval,
+            skip_unit_cfg=args.skip_unit_cfg,
+            cache=args.cache,
+            cache_kind=args.cache_kind,
+            offload=args.offload,
         )
+        if args.fast:
+            opts = fast_options(opts, steps_given=args.steps is not None)
+        elif args.steps is None:
+            opts = dataclasses.replace(opts, steps=50)
         p = plan(opts)
     except ValueError as e:
         print(f"cogsample generate: error: {e}", file=sys.stderr)
@@ -136,7 +148,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _add_generate(sub) -> None:
-    from .pipeline import DTYPES, GUIDANCE, PROFILES, UNCOND
+    from .pipeline import CACHE_KINDS, CFG_INDEX, DTYPES, FAST, GRIDS, GUIDANCE, OFFLOAD, PROFILES, UNCOND
 
     g = sub.add_parser(
         "generate",
@@ -160,7 +172,7 @@ def _add_generate(sub) -> None:
     g.add_argument("--frames", type=int, help="frames, 4k+1 (default: the model's)")
     g.add_argument("--height", type=int, help="pixels, a multiple of 16 (default: the model's)")
     g.add_argument("--width", type=int, help="pixels, a multiple of 16 (default: the model's)")
-    g.add_argument("--steps", type=int, default=50, help="sampler steps (default 50)")
+    g.add_argument("--steps", type=int, help="sampler steps (default 50; with --fast, its step count)")
     g.add_argument("--sampler", help="a sampler name (cogsample samplers); default: the profile's")
     g.add_argument("--guidance", choices=GUIDANCE, default="dynamic", help="classifier-free guidance (default dynamic)")
     g.add_argument("--scale", type=float, default=6.0, help="guidance scale (default 6)")
@@ -177,7 +189,34 @@ def _add_generate(sub) -> None:
     g.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
     g.add_argument("--fps", type=int, help="frames per second of the mp4 (default: the model's, 8 for CogVideoX 1.0)")
     g.add_argument("--quiet", action="store_true", help="print only the written video paths")
+    f = g.add_argument_group("fewer forwards (off by default; measured by `cogsample bench`)")
+    f.add_argument(
+        "--fast",
+        action="store_true",
+        help=f"the measured fewest-forwards setup: --grid logsnr --cfg-index loop --cfg-interval "
+        f"{FAST['cfg_interval'][0]}:1 --skip-unit-cfg --steps {FAST['steps']} (sat profile)",
+    )
+    f.add_argument("--grid", choices=GRIDS, default="reference", help="timestep grid (sat): reference = trailing")
+    f.add_argument("--cfg-index", choices=CFG_INDEX, default="reference", help="DynamicCFG's step index")
+    f.add_argument(
+        "--cfg-interval",
+        type=_interval,
+        metavar="START:END",
+        help="guide only steps with START <= i/steps < END (fractions); conditional-only elsewhere",
+    )
+    f.add_argument("--skip-unit-cfg", action="store_true", help="no uncond forward where the scale is exactly 1")
+    f.add_argument("--cache", type=float, metavar="THRESHOLD", help="step cache: reuse while the change < THRESHOLD")
+    f.add_argument("--cache-kind", choices=CACHE_KINDS, help="output (any model) or first-block (CogVideoX default)")
+    f.add_argument("--offload", choices=OFFLOAD, default="none", help="CPU offload of a CogVideoX model's parts")
     g.set_defaults(func=_generate)
+
+
+def _interval(text: str) -> tuple[float, float]:
+    try:
+        start, _, end = text.partition(":")
+        return float(start), float(end) if end else 1.0
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected START:END fractions such as 0.4:1, got {text!r}") from None
 
 
 def _captions(args: argparse.Namespace) -> int:
@@ -185,6 +224,37 @@ def _captions(args: argparse.Namespace) -> int:
 
     for c in captions():
         print(c)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    missing = [m for m in ("matplotlib",) if importlib.util.find_spec(m) is None]
+    if missing:
+        print(
+            f"cogsample bench: error: needs {', '.join(missing)} for its plots: pip install 'cogsample[bench]'",
+            file=sys.stderr,
+        )
+        return 2
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    from .bench.suite import SECTIONS, run_bench, table
+
+    bad = [s for s in sections if s not in SECTIONS]
+    if bad or not sections:
+        print(
+            f"cogsample bench: error: --sections must be a comma-separated subset of {','.join(SECTIONS)}, "
+            f"got {args.sections!r}",
+            file=sys.stderr,
+        )
+        return 2
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        print(f"cogsample bench: error: --out {args.out!r} exists and is not a directory", file=sys.stderr)
+        return 2
+    log = (lambda _m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    res = run_bench(out, quick=args.quick, sections=sections, log=log)
+    print(table(res))
     return 0
 
 
@@ -199,6 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_samplers)
     c = sub.add_parser("captions", help="list the built-in model's clips (what its prompts can ask for)")
     c.set_defaults(func=_captions)
+    b = sub.add_parser(
+        "bench",
+        help="quality per forward, forward-saving options and speed vs diffusers: JSON, PNG plots and a table",
+    )
+    b.add_argument("--quick", action="store_true", help="the small size the tests use (well under a minute)")
+    b.add_argument("--out", default="bench", help="directory for bench.json and the plots (default: ./bench)")
+    b.add_argument("--sections", default="quality,options,speed", help="comma-separated subset to run")
+    b.add_argument("--quiet", action="store_true", help="print only the final table")
+    b.set_defaults(func=_bench)
     return parser
 
 

@@ -28,14 +28,15 @@ from typing import Any, Literal
 import torch
 
 from . import outputs
+from .cache import CacheConfig
 from .denoiser import DenoiserConfig
-from .guidance import CFG, Conditioning, DynamicCFG, Guidance, NoGuidance
+from .guidance import CFG, Conditioning, DynamicCFG, Guidance, GuidanceInterval, NoGuidance
 from .models.base import ModelInfo, VideoModel
 from .noise import GlobalNoise, NoiseSource, latent_shape
 from .samplers import get_sampler
-from .sampling import SamplingConfig, build_model, check_combination
+from .sampling import SamplingConfig, build_model, check_combination, release
 from .scalings import VideoScaling
-from .schedules import ZeroSNRDDPM
+from .schedules import SpacedDDPM, ZeroSNRDDPM
 
 Tensor = torch.Tensor
 Profile = Literal["sat", "diffusers"]
@@ -44,6 +45,10 @@ Uncond = Literal["zero", "negative-prompt"]
 __all__ = ["GenerateOptions", "Plan", "Result", "StepEvent", "generate", "plan", "run_plan"]
 
 PROFILES = ("sat", "diffusers")
+GRIDS = ("reference", "logsnr", "power", "uniform")
+CFG_INDEX = ("reference", "loop")
+CACHE_KINDS = ("output", "first-block")
+OFFLOAD = ("none", "model", "sequential")
 GUIDANCE = ("none", "cfg", "dynamic")
 UNCOND = ("zero", "negative-prompt")
 DTYPES = {
@@ -82,6 +87,14 @@ class GenerateOptions:
     dtype: str | None = None
     device: str | None = None
     fps: int | None = None
+    #: forward-saving options (all off by default; see ``cogsample bench``)
+    grid: str = "reference"
+    cfg_index: str = "reference"
+    cfg_interval: tuple[float, float] | None = None
+    skip_unit_cfg: bool = False
+    cache: float | None = None
+    cache_kind: str | None = None
+    offload: str = "none"
 
 
 @dataclass
@@ -248,6 +261,61 @@ def resolve_sampling(opts: GenerateOptions, info: ModelInfo) -> SamplingConfig:
     )
 
 
+#: ``--fast``: the fewest-forwards configuration that matched the reference default's quality in
+#: ``cogsample bench`` (see the README); steps is its step count.
+FAST: dict[str, Any] = {
+    "grid": "logsnr",
+    "cfg_index": "loop",
+    "cfg_interval": (0.4, 1.0),
+    "skip_unit_cfg": True,
+    "steps": 10,
+}
+
+
+def fast_options(opts: GenerateOptions, steps_given: bool = False) -> GenerateOptions:
+    """``opts`` with the :data:`FAST` settings (its own step count kept when ``steps_given``)."""
+    fast = {k: v for k, v in FAST.items() if k != "steps" or not steps_given}
+    return dataclasses.replace(opts, **fast)
+
+
+def apply_speedups(cfg: SamplingConfig, opts: GenerateOptions, info: ModelInfo) -> SamplingConfig:
+    """``--grid``, ``--cfg-index``, ``--cfg-interval``, ``--skip-unit-cfg`` and ``--cache`` on top of
+    a resolved config (each a no-op at its default)."""
+    _check_choice("grid", opts.grid, GRIDS)
+    _check_choice("cfg_index", opts.cfg_index, CFG_INDEX)
+    changes: dict[str, Any] = {}
+    if opts.grid != "reference":
+        if opts.profile != "sat" or not isinstance(cfg.schedule, ZeroSNRDDPM):
+            raise ValueError(
+                f"grid {opts.grid!r} re-spaces the SAT ZeroSNR DDPM table: it goes with --profile sat "
+                f"(got profile {opts.profile!r}, schedule {type(cfg.schedule).__name__})"
+            )
+        top = cfg.schedule.num_timesteps - 1
+        # sigma-space samplers cannot start from the zero-SNR level (infinite sigma)
+        t_max = top - 1 if cfg.spec.space == "sigma" else None
+        changes["schedule"] = SpacedDDPM(cfg.schedule, opts.grid, t_max=t_max)
+    guidance = cfg.guidance
+    if opts.cfg_index == "loop" and isinstance(guidance, DynamicCFG):
+        guidance = dataclasses.replace(guidance, step_index="loop")
+    if opts.cfg_interval is not None:
+        start, end = opts.cfg_interval
+        if not isinstance(guidance, NoGuidance):
+            guidance = GuidanceInterval(guidance, start, end)
+    if guidance is not cfg.guidance:
+        changes["guidance"] = guidance
+    if opts.skip_unit_cfg:
+        changes["skip_unit_cfg"] = True
+    if opts.cache is not None:
+        kind = opts.cache_kind or ("output" if _is_builtin(opts.model) else "first-block")
+        _check_choice("cache_kind", kind, CACHE_KINDS)
+        if kind == "first-block" and _is_builtin(opts.model):
+            raise ValueError(
+                "cache_kind 'first-block' caches a CogVideoX transformer's blocks: use 'output' with the built-in model"
+            )
+        changes["cache"] = CacheConfig(opts.cache, kind)
+    return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
 def _load_image(path: str) -> Any:
     from PIL import Image, UnidentifiedImageError
 
@@ -332,7 +400,8 @@ def plan(opts: GenerateOptions) -> Plan:
     if uncond == "negative-prompt":
         negative = opts.negative_prompt if opts.negative_prompt is not None else ""
 
-    sampling = resolve_sampling(opts, info)
+    sampling = apply_speedups(resolve_sampling(opts, info), opts, info)
+    _check_choice("offload", opts.offload, OFFLOAD)
     check_combination(sampling, sampling.grid())
     if "image" in sampling.spec.needs:
         raise ValueError(f"sampler {sampling.sampler!r} edits a given clean latent (SDEdit); generate cannot run it")
@@ -466,7 +535,10 @@ def run_plan(
         start = time.perf_counter()
         with torch.inference_mode():
             callback = _progress_callback(progress, grid, k, len(opts.prompts), start)
-            latents = spec.fn(guided, x, grid, noise, callback=callback, **p.sampling.options)
+            try:
+                latents = spec.fn(guided, x, grid, noise, callback=callback, **p.sampling.options)
+            finally:
+                release(guided)
         if p.device.type == "cuda":
             torch.cuda.synchronize(p.device)
         t_sample = time.perf_counter() - start
@@ -594,6 +666,18 @@ def _command(p: Plan, prompt: str, seed: int) -> list[str]:
         cmd += ["--negative-prompt", p.negative_prompt]
     if o.image:
         cmd += ["--image", o.image]
+    if o.grid != "reference":
+        cmd += ["--grid", o.grid]
+    if o.cfg_index != "reference":
+        cmd += ["--cfg-index", o.cfg_index]
+    if o.cfg_interval is not None:
+        cmd += ["--cfg-interval", f"{o.cfg_interval[0]!r}:{o.cfg_interval[1]!r}"]
+    if o.skip_unit_cfg:
+        cmd.append("--skip-unit-cfg")
+    if p.sampling.cache is not None:
+        cmd += ["--cache", repr(p.sampling.cache.threshold), "--cache-kind", p.sampling.cache.kind]
+    if o.offload != "none":
+        cmd += ["--offload", o.offload]
     return cmd
 
 
