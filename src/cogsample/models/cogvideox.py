@@ -16,12 +16,14 @@ import gc
 import importlib.util
 import json
 import logging
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..offload import Offload, OffloadMode, check_offload, offload_parts
 from .base import ModelInfo, VideoModel
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -95,6 +97,9 @@ class CogVideoXTransformerNetwork:
       sample_width`` table over ``ceil(T / patch_size_t)`` frames), cached per (T, H, W, device);
     * ``ofs`` (1.5 I2V, ``ofs_embed_dim`` set): passed through; when None, a ``(1,)`` tensor of
       2.0 in the input's dtype, what the I2V pipeline passes;
+    * ``device``: where inputs go, the execution device; None (default) reads it from the
+      transformer's parameters, which is wrong under CPU offload (:mod:`cogsample.offload`), where
+      the parameters wait on the CPU and only visit the device: offloaded models pass it;
     * temporal patches (1.5, ``patch_size_t``): the transformer needs ``T % patch_size_t == 0``.
       The pipelines make the *sampled* latent longer and drop the extra leading frames after
       sampling; a plain caller may hand any ``T``, so the adapter prepends copies of frame 0
@@ -104,7 +109,13 @@ class CogVideoXTransformerNetwork:
       input's ``T``. A caller that pads itself (as the pipelines do) hands an even ``T``.
     """
 
-    def __init__(self, transformer: torch.nn.Module, *, vae_scale_factor_spatial: int = 8):
+    def __init__(
+        self,
+        transformer: torch.nn.Module,
+        *,
+        vae_scale_factor_spatial: int = 8,
+        device: torch.device | str | None = None,
+    ):
         config = getattr(transformer, "config", None)
         if config is None or not hasattr(config, "patch_size_t") or not hasattr(config, "in_channels"):
             raise TypeError(f"expected a {TRANSFORMER_CLASS}, got {type(transformer).__name__}")
@@ -122,6 +133,7 @@ class CogVideoXTransformerNetwork:
         self.fixed_text_len = not self.uses_rotary or self.learned_positions
         self.uses_ofs = bool(getattr(config, "ofs_embed_dim", None))
         self._rotary: dict[tuple[int, int, int, str], tuple[Tensor, Tensor]] = {}
+        self._device = None if device is None else torch.device(device)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -129,6 +141,9 @@ class CogVideoXTransformerNetwork:
 
     @property
     def device(self) -> torch.device:
+        """The execution device: the one given, else the transformer's parameters' device."""
+        if self._device is not None:
+            return self._device
         return next(self.transformer.parameters()).device
 
     def padding(self, frames: int) -> int:
@@ -460,6 +475,14 @@ class CogVideoXModel(VideoModel):
     (diffusers only tiles frames larger than its tile, half the VAE's sample size: 240 x 360 px
     for the released VAE, so small videos decode untiled either way). ``image_scaling``:
     ``"diffusers"`` or ``"sat"``, see :meth:`encode_image`.
+
+    ``offload`` (:mod:`cogsample.offload`; needs an accelerator ``device``, ``ValueError`` on the
+    CPU): ``"model"`` keeps the parts on the CPU and brings each to ``device`` while it is in use
+    (one at a time: CogVideoX-5B in bf16 then fits a 24 GB GPU, as diffusers'
+    ``enable_model_cpu_offload``); ``"sequential"`` brings every submodule's weights in only
+    for its forward (leanest, slowest: ``enable_sequential_cpu_offload``). ``device`` stays the
+    execution device: inputs and outputs live there. :meth:`decode` ends by sending the VAE
+    back, so no weight occupies the device between generations. :meth:`disable_offload` undoes it.
     """
 
     def __init__(
@@ -475,9 +498,12 @@ class CogVideoXModel(VideoModel):
         tiling: bool = True,
         slicing: bool = True,
         image_scaling: str = "diffusers",
+        offload: OffloadMode = "none",
     ):
         if image_scaling not in ("diffusers", "sat"):
             raise ValueError(f"image_scaling must be 'diffusers' or 'sat', got {image_scaling!r}")
+        device = torch.device(device)
+        check_offload(offload, device)
         self.info = info
         self.tokenizer = tokenizer
         self.text_encoder: torch.nn.Module | None = text_encoder
@@ -489,8 +515,27 @@ class CogVideoXModel(VideoModel):
         self.slicing = slicing
         self.image_scaling = image_scaling
         self.network = CogVideoXTransformerNetwork(
-            transformer, vae_scale_factor_spatial=info.extra["vae_scale_factor_spatial"]
+            transformer, vae_scale_factor_spatial=info.extra["vae_scale_factor_spatial"], device=device
         )
+        self.offload: OffloadMode = offload
+        # diffusers' VAE decodes and encodes without going through forward: hook those methods.
+        self.offloader: Offload | None = offload_parts(
+            {"text_encoder": text_encoder, "transformer": transformer, "vae": vae},
+            offload,
+            device,
+            entry_points={"vae": ("encode", "decode")},
+        )
+
+    def disable_offload(self) -> None:
+        """Remove the offload hooks and move every part to :attr:`device` (no-op without offload)."""
+        if self.offloader is None:
+            return
+        self.offloader.remove()
+        self.offloader = None
+        self.offload = "none"
+        for module in (self.text_encoder, self.transformer, self.vae):
+            if module is not None:
+                module.to(self.device)
 
     @property
     def scaling_factor(self) -> float:
@@ -531,8 +576,15 @@ class CogVideoXModel(VideoModel):
         """Drop the text encoder (about 9 GB for the released T5-XXL); encode_prompts then raises."""
         if self.text_encoder is None:
             return
+        if self.offloader is not None:
+            self.offloader.forget("text_encoder")  # the hooks hold a reference to it
+        gone = weakref.ref(self.text_encoder)
         self.text_encoder = None
-        gc.collect()
+        # A full collection costs ~0.2 s in a big process. Refcounting frees the encoder at once
+        # when nothing else holds it; a reference cycle would keep it until the collector runs,
+        # which matters on an accelerator, where the transformer needs that memory next.
+        if gone() is not None and self.device.type == "cuda":
+            gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -632,6 +684,9 @@ class CogVideoXModel(VideoModel):
             vae.disable_slicing()
         with torch.no_grad():
             frames = vae.decode(z).sample
+        if self.offloader is not None:
+            # Decoding ends a generation: leave the device empty, as diffusers' pipelines do.
+            self.offloader.release()
         video = (frames * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 1, 3, 4)
         return video.float()
 
@@ -660,11 +715,14 @@ def load_cogvideox(
     tiling: bool = True,
     slicing: bool = True,
     image_scaling: str = "diffusers",
+    offload: OffloadMode = "none",
 ) -> CogVideoXModel:
     """Load a diffusers-format CogVideoX folder from local disk (never the Hub).
 
     The layout is validated first (:func:`validate_cogvideox_folder`). ``dtype``: all parts'
     dtype (float32, float16 or bfloat16; default bfloat16 on CUDA, float32 elsewhere).
+    ``offload``: ``"none"``, ``"model"`` or ``"sequential"`` (see :class:`CogVideoXModel`); with
+    offload the parts are loaded to the CPU and stay there, ``device`` is where they run.
     """
     from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
     from transformers import AutoTokenizer, T5EncoderModel
@@ -673,6 +731,7 @@ def load_cogvideox(
     configs = validate_cogvideox_folder(root)
     info = _info(root, configs)
     device = torch.device(device)
+    check_offload(offload, device)  # before any weight is read
     dtype = dtype or _default_dtype(device)
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
@@ -685,7 +744,9 @@ def load_cogvideox(
     )
     vae = AutoencoderKLCogVideoX.from_pretrained(str(root / "vae"), local_files_only=True, torch_dtype=dtype, **low_mem)
     for module in (text_encoder, transformer, vae):
-        module.to(device).eval().requires_grad_(False)
+        module.eval().requires_grad_(False)
+        if offload == "none":
+            module.to(device)  # offloaded parts stay on the CPU: the hooks move them
     return CogVideoXModel(
         info,
         tokenizer=tokenizer,
@@ -697,4 +758,5 @@ def load_cogvideox(
         tiling=tiling,
         slicing=slicing,
         image_scaling=image_scaling,
+        offload=offload,
     )
