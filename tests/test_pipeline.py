@@ -156,6 +156,7 @@ def test_diffusers_profile_runs_on_builtin(tmp_path):
         ({"cache": 0.1, "cache_kind": "first-block"}, "first-block.*use 'output'"),
         ({"cache": 0.1, "cache_kind": "blocks"}, "cache_kind must be one of output, first-block"),
         ({"offload": "disk"}, "offload must be one of none, model, sequential"),
+        ({"offload": "model"}, "built-in model has none"),
     ],
 )
 def test_bad_requests_fail_before_any_work(tmp_path, no_loading, change, match):

@@ -193,8 +193,8 @@ def _add_generate(sub) -> None:
     f.add_argument(
         "--fast",
         action="store_true",
-        help=f"the measured fewest-forwards setup: --grid logsnr --cfg-index loop --cfg-interval "
-        f"{FAST['cfg_interval'][0]}:1 --skip-unit-cfg --steps {FAST['steps']} (sat profile)",
+        help=f"the measured fewest-forwards setup: --sampler {FAST['sampler']} --grid logsnr --cfg-index loop "
+        f"--cfg-interval {FAST['cfg_interval'][0]}:1 --skip-unit-cfg --steps {FAST['steps']} (sat profile)",
     )
     f.add_argument("--grid", choices=GRIDS, default="reference", help="timestep grid (sat): reference = trailing")
     f.add_argument("--cfg-index", choices=CFG_INDEX, default="reference", help="DynamicCFG's step index")

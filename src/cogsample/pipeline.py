@@ -264,6 +264,7 @@ def resolve_sampling(opts: GenerateOptions, info: ModelInfo) -> SamplingConfig:
 #: ``--fast``: the fewest-forwards configuration that matched the reference default's quality in
 #: ``cogsample bench`` (see the README); steps is its step count.
 FAST: dict[str, Any] = {
+    "sampler": "vpode_dpmpp_2m",
     "grid": "logsnr",
     "cfg_index": "loop",
     "cfg_interval": (0.4, 1.0),
@@ -273,8 +274,9 @@ FAST: dict[str, Any] = {
 
 
 def fast_options(opts: GenerateOptions, steps_given: bool = False) -> GenerateOptions:
-    """``opts`` with the :data:`FAST` settings (its own step count kept when ``steps_given``)."""
-    fast = {k: v for k, v in FAST.items() if k != "steps" or not steps_given}
+    """``opts`` with the :data:`FAST` settings (its own step count kept when ``steps_given``, its
+    own sampler when it names one)."""
+    fast = {k: v for k, v in FAST.items() if not ((k == "steps" and steps_given) or (k == "sampler" and opts.sampler))}
     return dataclasses.replace(opts, **fast)
 
 
@@ -402,6 +404,12 @@ def plan(opts: GenerateOptions) -> Plan:
 
     sampling = apply_speedups(resolve_sampling(opts, info), opts, info)
     _check_choice("offload", opts.offload, OFFLOAD)
+    if opts.offload != "none":
+        if builtin:
+            raise ValueError(f"offload {opts.offload!r} moves a CogVideoX model's parts; the built-in model has none")
+        from .offload import check_offload
+
+        check_offload(opts.offload, device)
     check_combination(sampling, sampling.grid())
     if "image" in sampling.spec.needs:
         raise ValueError(f"sampler {sampling.sampler!r} edits a given clean latent (SDEdit); generate cannot run it")
@@ -455,7 +463,9 @@ def load_model(p: Plan) -> VideoModel:
 
     # SAT leaves 1.5's image latent unscaled where diffusers divides it by the scaling factor
     scaling = "diffusers" if p.options.profile == "diffusers" else "sat"
-    return load_cogvideox(p.options.model, dtype=p.dtype, device=p.device, image_scaling=scaling)
+    return load_cogvideox(
+        p.options.model, dtype=p.dtype, device=p.device, image_scaling=scaling, offload=p.options.offload
+    )
 
 
 def _image_tensor(image: Any, device: torch.device, dtype: torch.dtype) -> Tensor:

@@ -1,0 +1,1 @@
+"""Benchmarks: speed and memory (:mod:`cogsample.bench.speed`), sample quality (:mod:`cogsample.bench.quality`)."""

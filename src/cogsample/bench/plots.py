@@ -1,0 +1,84 @@
+"""PNG plots of a bench run (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+__all__ = ["plot_ode_error", "plot_quality"]
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _series(results: list[dict[str, Any]], key: str) -> dict[str, list[tuple[int, float]]]:
+    out: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for r in results:
+        if key in r:
+            out[r["candidate"]].append((r["forwards"], r[key]))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def _save(fig: Any, path: Path) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    tmp.replace(path)
+    return path
+
+
+def plot_quality(quality: dict[str, Any], path: Path) -> Path:
+    """Within-mode KL and mode TV against forwards per sample, one line per configuration, the
+    reference default at 50 steps as a star and its level as a dashed line."""
+    plt = _pyplot()
+    ref, results = quality["reference"], quality["results"]
+    fig, axes = plt.subplots(1, 2, figsize=(15, 6))
+    for ax, key, label in ((axes[0], "kl", "within-mode KL per dimension (nats)"), (axes[1], "mode_tv", "mode TV")):
+        for name, pts in _series(results, key).items():
+            xs, ys = zip(*pts, strict=True)
+            style = "--" if "/reference/" in name else "-"
+            ax.plot(xs, ys, style, marker="o", ms=3, lw=1, label=name)
+        ax.plot([ref["forwards"]], [ref[key]], "k*", ms=14, label="reference default, 50 steps")
+        ax.axhline(ref[key], color="k", ls=":", lw=1)
+        if key == "mode_tv":
+            ax.axhline(quality["mode_tv_floor"]["p90"], color="grey", ls="-.", lw=1, label="exact sampler (90th pct.)")
+        else:
+            ax.set_yscale("log")
+        ax.set_xscale("log")
+        ax.set_xlabel("network forwards per sample")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    best = quality.get("best")
+    title = "quality per forward on the built-in exact model"
+    if best:
+        title += f": {best['candidate']} matches the reference in {best['forwards']} forwards (reference: 100)"
+    fig.suptitle(title, fontsize=10)
+    axes[1].legend(fontsize=6, loc="upper right", ncol=1)
+    path = _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def plot_ode_error(quality: dict[str, Any], path: Path) -> Path:
+    """Deterministic samplers: RMS distance (in tau) from their many-step solution, vs forwards."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for name, pts in _series(quality["results"], "ode_error").items():
+        xs, ys = zip(*pts, strict=True)
+        ax.plot(xs, ys, marker="o", ms=3, lw=1, label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("network forwards per sample")
+    ax.set_ylabel("RMS error vs many-step solution (units of tau)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title("deterministic samplers: error against the ODE solution from the same noise", fontsize=10)
+    path = _save(fig, path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,279 @@
+"""Quality per forward on the built-in exact model, whose true distribution is known.
+
+The built-in model's data are the mixture ``p(x0 | prompt) = sum_k w_k N(mu_k, tau^2 I)`` over the
+clip latents ``mu_k`` the prompt allows (``w`` uniform over them), and its network is the exact
+posterior mean, so every difference between samplers is the sampler's. For ``N`` samples ``x``
+(latents, ``d`` values each) the figures are:
+
+* ``on_prompt``: the share of samples whose nearest clip (``argmin_k |x - mu_k|``, over all clips)
+  is one the prompt allows;
+* ``kl``: the within-mode KL divergence per dimension, ``0.5 (v - 1 - ln v)`` averaged over
+  samples, with ``v = |x - mu_k*|^2 / (d tau^2)`` the sample's variance around its clip relative to
+  the true ``tau^2``. For a Gaussian residual this is ``KL(N(mu, v tau^2 I) || N(mu, tau^2 I)) / d``:
+  0 for a perfect sample, positive for too little noise (``v < 1``: a denoised estimate returned
+  at a noisy level) and for too much (``v > 1``: leftover noise or a blend of clips);
+* ``loglik``: ``log p(x | prompt) / d`` under the true conditional mixture (higher is likelier,
+  but a sample with too little noise scores *higher* than a true one, so it is reported, not
+  used to rank);
+* ``mode_tv``: the total-variation distance between the clips the samples of a prompt landed on
+  (their empirical frequencies) and the true weights ``w``, averaged over prompts: mode collapse
+  and off-prompt samples raise it. Even an exact sampler scores above 0 with finitely many
+  samples; ``mode_tv_floor`` is that expected value (multinomial draws from ``w`` of the same
+  sizes);
+* ``ode_error`` (deterministic samplers): RMS distance, in units of ``tau``, from the same
+  configuration's many-step solution from the same noise.
+
+A configuration *matches* the reference default (VPSDEDPMPP2M, 50 steps, DynamicCFG 6 as
+shipped) when its ``kl`` and ``mode_tv`` are no larger and its ``on_prompt`` no smaller (strictly
+against the reference's own figures; ``mode_tv_floor`` is reported for context only);
+``forwards`` counts network evaluations per sample (2 for a guided call, 1 for a
+conditional-only one).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..denoiser import DenoiserConfig
+from ..guidance import Conditioning, DynamicCFG, Guidance, GuidanceInterval
+from ..models.builtin import CLIPS, DEFAULT_TAU, MixtureNetwork, match_prompt
+from ..noise import SeededNoise, latent_shape
+from ..samplers import get_sampler
+from ..sampling import SamplingConfig, build_model
+from ..scalings import VideoScaling
+from ..schedules import Schedule, SpacedDDPM, ZeroSNRDDPM
+
+Tensor = torch.Tensor
+
+__all__ = [
+    "PROMPTS",
+    "Candidate",
+    "Setup",
+    "evaluate",
+    "matches",
+    "reference_default",
+    "run_quality",
+]
+
+#: Prompts that allow 4, 3 and 4 clips of the built-in model.
+PROMPTS = ("a ball", "a square", "something rotating")
+#: The reference's DynamicCFG exponent and scale (cogvideox_5b.yaml).
+SCALE, EXP = 6.0, 5.0
+
+
+@dataclass(frozen=True)
+class Setup:
+    """The size of the experiment: ``seeds`` samples of each prompt at ``frames x height x width``."""
+
+    frames: int = 13
+    height: int = 64
+    width: int = 96
+    seeds: int = 12
+    prompts: tuple[str, ...] = PROMPTS
+    tau: float = DEFAULT_TAU
+    seed: int = 1234
+
+
+QUICK = Setup(frames=5, height=32, width=48, seeds=3)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A configuration family: ``config(steps)`` is its :class:`SamplingConfig` at a step count.
+
+    ``grid``: ``"reference"`` (ZeroSNR DDPM's trailing steps, as shipped) or a
+    :class:`SpacedDDPM` spacing ending at t = 0 (``"logsnr"``, ``"power"`` with ``rho``,
+    ``"uniform"``); ``cfg``: ``"reference"`` (DynamicCFG with
+    the shipped step index) or ``"loop"`` (DynamicCFG on the loop counter); ``interval``: the
+    guidance interval's start (fraction of steps), 0 for none; ``skip_unit``: skip the uncond
+    forward where the scale is exactly 1.
+    """
+
+    sampler: str
+    grid: str = "logsnr"
+    cfg: str = "loop"
+    interval: float = 0.0
+    skip_unit: bool = True
+    rho: float = 2.0
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def name(self) -> str:
+        parts = [self.sampler, f"power{self.rho:g}" if self.grid == "power" else self.grid]
+        parts.append(f"cfg-{self.cfg}")
+        if self.interval:
+            parts.append(f"interval{self.interval:g}")
+        if self.skip_unit:
+            parts.append("skip1")
+        parts += [f"{k}={v}" for k, v in self.options]
+        return "/".join(parts)
+
+    def schedule(self) -> Schedule:
+        if self.grid == "reference":
+            return ZeroSNRDDPM(1.0)
+        # sigma-space samplers cannot start at alpha = 0 (infinite sigma): one step below it
+        t_max = 998 if get_sampler(self.sampler).space == "sigma" else None
+        return SpacedDDPM(ZeroSNRDDPM(1.0), self.grid, self.rho, t_max=t_max)
+
+    def guidance(self, steps: int) -> Guidance:
+        g: Guidance = DynamicCFG(SCALE, EXP, steps, "reference" if self.cfg == "reference" else "loop")
+        return GuidanceInterval(g, self.interval, 1.0) if self.interval else g
+
+    def config(self, steps: int) -> SamplingConfig:
+        return SamplingConfig(
+            sampler=self.sampler,
+            steps=steps,
+            schedule=self.schedule(),
+            denoiser=DenoiserConfig(VideoScaling(), table=ZeroSNRDDPM(1.0)),
+            guidance=self.guidance(steps),
+            options=dict(self.options),
+            skip_unit_cfg=self.skip_unit,
+        )
+
+
+def reference_default() -> Candidate:
+    """CogVideoX-5B's shipped sampler: VPSDEDPMPP2M on the trailing grid, DynamicCFG as shipped."""
+    return Candidate("vpsde_dpmpp_2m", grid="reference", cfg="reference", skip_unit=False)
+
+
+@dataclass
+class Env:
+    """Everything shared by the runs of one setup: the network, the noise, the true mixture."""
+
+    setup: Setup
+    network: MixtureNetwork
+    cond: Conditioning
+    x_t: Tensor  # the initial unit noise, (N, T, C, h, w)
+    mu: Tensor  # (K, d) float64
+    log_w: Tensor  # (N, K) the true conditional log weights (-inf: not allowed)
+    prompt_of: list[int]
+    ode: dict[str, Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, setup: Setup) -> Env:
+        network = MixtureNetwork(CLIPS, setup.tau)
+        rows = [(p, s) for p in range(len(setup.prompts)) for s in range(setup.seeds)]
+        weights = torch.tensor([match_prompt(setup.prompts[p]) for p, _ in rows], dtype=torch.float64)
+        context = weights.to(torch.float32).unsqueeze(1)
+        shape = latent_shape(len(rows), setup.frames, setup.height, setup.width)
+        x_t = SeededNoise([setup.seed + i for i in range(len(rows))]).initial(shape)
+        _, t, _, h, w = shape
+        mu = network.means(t, h, w).mu
+        return cls(setup, network, Conditioning(context=context), x_t, mu, weights.log(), [p for p, _ in rows])
+
+
+def _metrics(env: Env, x: Tensor) -> dict[str, float]:
+    """The figures of the module docstring for final latents ``x``."""
+    tau, mu = env.setup.tau, env.mu
+    flat = x.reshape(x.shape[0], -1).to(torch.float64)
+    d = flat.shape[1]
+    dist2 = (flat * flat).sum(1, keepdim=True) - 2 * flat @ mu.T + (mu * mu).sum(1).view(1, -1)
+    nearest = dist2.argmin(dim=1)
+    v = dist2.gather(1, nearest.view(-1, 1)).squeeze(1) / (d * tau**2)
+    kl = 0.5 * (v - 1 - v.log())
+    log_n = -dist2 / (2 * tau**2) - 0.5 * d * math.log(2 * math.pi * tau**2)
+    loglik = torch.logsumexp(env.log_w + log_n, dim=1) / d
+    allowed = torch.isfinite(env.log_w.gather(1, nearest.view(-1, 1)).squeeze(1))
+    tv = []
+    for p in range(len(env.setup.prompts)):
+        rows = [i for i, q in enumerate(env.prompt_of) if q == p]
+        freq = torch.bincount(nearest[rows], minlength=mu.shape[0]).double() / len(rows)
+        tv.append(0.5 * float((freq - env.log_w[rows[0]].exp()).abs().sum()))
+    return {
+        "on_prompt": float(allowed.double().mean()),
+        "kl": float(kl.mean()),
+        "var_ratio": float(v.mean()),
+        "loglik": float(loglik.mean()),
+        "mode_tv": sum(tv) / len(tv),
+    }
+
+
+def mode_tv_floor(env: Env, draws: int = 2000) -> dict[str, float]:
+    """``mode_tv`` of an exact sampler (multinomial draws from ``w`` of the same sizes): its mean
+    and 90th percentile over ``draws`` repetitions."""
+    gen = torch.Generator().manual_seed(0)
+    total = torch.zeros(draws, dtype=torch.float64)
+    for p in range(len(env.setup.prompts)):
+        w = env.log_w[env.prompt_of.index(p)].exp()
+        n = env.prompt_of.count(p)
+        picks = torch.multinomial(w.expand(draws, -1), n, replacement=True, generator=gen)
+        freq = torch.nn.functional.one_hot(picks, w.numel()).double().mean(1)
+        total += 0.5 * (freq - w).abs().sum(1)
+    total /= len(env.setup.prompts)
+    return {"mean": float(total.mean()), "p90": float(total.quantile(0.9))}
+
+
+def evaluate(env: Env, cand: Candidate, steps: int, *, ode_steps: int = 0) -> dict[str, Any]:
+    """Run ``cand`` at ``steps`` on every sample of ``env`` and score it; ``ode_steps`` > 0 adds
+    ``ode_error`` against the same configuration at that many steps (deterministic samplers)."""
+    config = cand.config(steps)
+    spec = config.spec
+    model, grid = build_model(env.network, env.x_t, env.cond, config)
+    noise = SeededNoise([env.setup.seed + 10_000 + i for i in range(env.x_t.shape[0])])
+    start = time.perf_counter()
+    x = spec.fn(model, env.x_t, grid, noise, **config.options)
+    seconds = time.perf_counter() - start
+    out: dict[str, Any] = {"steps": steps, "forwards": model.forwards, "seconds": seconds, **_metrics(env, x)}
+    if ode_steps and not spec.stochastic:
+        ref = env.ode.get(cand.name)
+        if ref is None:
+            ref_config = cand.config(ode_steps)
+            ref_model, ref_grid = build_model(env.network, env.x_t, env.cond, ref_config)
+            ref = env.ode[cand.name] = spec.fn(ref_model, env.x_t, ref_grid, noise, **ref_config.options)
+        err = (x.double() - ref.double()).pow(2).mean().sqrt() / env.setup.tau
+        out["ode_error"] = float(err)
+    return out
+
+
+def matches(result: dict[str, Any], reference: dict[str, Any], tv_floor: float = 0.0) -> bool:
+    """At least the reference's quality: ``kl`` no larger, ``on_prompt`` no smaller, and ``mode_tv``
+    no larger than the reference's or than ``tv_floor`` (what an exact sampler reaches with this
+    many samples, 90th percentile: below it the mode balance cannot be told from an exact one)."""
+    return (
+        result["kl"] <= reference["kl"]
+        and result["on_prompt"] >= reference["on_prompt"]
+        and result["mode_tv"] <= max(reference["mode_tv"], tv_floor)
+    )
+
+
+def run_quality(
+    candidates: Sequence[Candidate],
+    steps: Sequence[int],
+    setup: Setup = Setup(),
+    *,
+    ode_steps: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Score the reference default at 50 steps, then every candidate at every step count."""
+    say = log or (lambda _m: None)
+    env = Env.build(setup)
+    floor = mode_tv_floor(env)
+    ref = evaluate(env, reference_default(), 50)
+    say(f"reference default at 50 steps: {ref['forwards']} forwards, kl {ref['kl']:.4f}, mode_tv {ref['mode_tv']:.3f}")
+    results = []
+    for cand in candidates:
+        for n in steps:
+            r = evaluate(env, cand, n, ode_steps=ode_steps)
+            r.update(candidate=cand.name, sampler=cand.sampler, matches=matches(r, ref))
+            say(
+                f"  {cand.name:48s} {n:4d} steps {r['forwards']:4d} fwd  kl {r['kl']:.4f}  "
+                f"mode_tv {r['mode_tv']:.3f}  on_prompt {r['on_prompt']:.2f}{'  matches' if r['matches'] else ''}"
+            )
+            results.append(r)
+    best = min((r for r in results if r["matches"]), key=lambda r: (r["forwards"], r["kl"]), default=None)
+    if best is not None:
+        cand = next(c for c in candidates if c.name == best["candidate"])
+        best = {**best, "config": cand.config(best["steps"]).to_dict()}
+    return {
+        "setup": {**vars(setup), "prompts": list(setup.prompts), "samples": len(env.prompt_of)},
+        "mode_tv_floor": floor,
+        "reference": ref,
+        "results": results,
+        "best": best,
+    }

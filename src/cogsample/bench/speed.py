@@ -1,0 +1,984 @@
+"""Speed and memory: cogsample against diffusers on the same CogVideoX, and what cogsample adds.
+
+Every function returns a JSON-ready dict (strings, bools, ints and finite floats; times in
+seconds ``*_s`` or milliseconds ``*_ms``) and takes ``quick`` (a smaller run for tests):
+
+* :func:`compare_diffusers`: diffusers' ``CogVideoXPipeline`` and cogsample's ``diffusers``
+  profile on the same tiny random-weight folder and loaded modules, same prompt, size, steps,
+  seed and generator: seconds per step and per video, transformer forwards, bit-identity;
+* :func:`sampler_overhead`: the cogsample loop with the real transformer and with a stub that
+  returns a precomputed output, so the difference is the network; also at CogVideoX-5B shapes;
+* :func:`compile_effect`: the tiny transformer's step with and without ``torch.compile``;
+* :func:`peak_memory`: peak memory of a whole generation, each library in a fresh process;
+* :func:`gpu_5b`: a random-weight CogVideoX-5B transformer on CUDA (skipped without one);
+* :func:`run_speed`: all of the above plus a description of the machine.
+
+Timings are medians (and minima) of interleaved repeats after a warm-up, so that slow drift and
+other processes on the machine hit both sides alike; the minimum is the better estimate of the
+intrinsic cost on a busy machine, the median of what a user sees.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..guidance import Conditioning
+from ..models.tiny import TinySize, build_tiny_folder
+from ..noise import DiffusersNoise, GlobalNoise, latent_shape
+from ..profiles import COGVIDEOX_5B_SCHEDULER, diffusers_sampling, sat_sampling
+from ..sampling import sample
+
+Tensor = torch.Tensor
+
+__all__ = [
+    "BENCH_SIZE",
+    "BENCH_VIDEO",
+    "COGVIDEOX_5B_TRANSFORMER",
+    "compare_diffusers",
+    "compile_effect",
+    "device_info",
+    "gpu_5b",
+    "peak_memory",
+    "run_speed",
+    "sampler_overhead",
+]
+
+#: The benchmark's "tiny" transformer: big enough that its forward, not the sampler, dominates
+#: a step, small enough for 2 CPU cores (the text encoder and VAE keep the tests' sizes).
+BENCH_SIZE = TinySize(num_layers=4, num_heads=4, head_dim=64, text_dim=64)
+#: Video size of the tiny runs: the tiny transformer's native 9 frames at 32 x 48 px (3 x 4 x 6 latents).
+BENCH_VIDEO = {"frames": 9, "height": 32, "width": 48}
+PROMPT = "a red car drives through the city at night"
+SEED = 42
+GUIDANCE_SCALE = 6.0
+
+#: diffusers' ``transformer/config.json`` of CogVideoX-5B (THUDM/CogVideoX-5b).
+COGVIDEOX_5B_TRANSFORMER: dict[str, Any] = {
+    "num_attention_heads": 48,
+    "attention_head_dim": 64,
+    "in_channels": 16,
+    "out_channels": 16,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "time_embed_dim": 512,
+    "text_embed_dim": 4096,
+    "num_layers": 42,
+    "dropout": 0.0,
+    "attention_bias": True,
+    "sample_width": 90,
+    "sample_height": 60,
+    "sample_frames": 49,
+    "patch_size": 2,
+    "patch_size_t": None,
+    "temporal_compression_ratio": 4,
+    "max_text_seq_length": 226,
+    "activation_fn": "gelu-approximate",
+    "timestep_activation_fn": "silu",
+    "norm_elementwise_affine": True,
+    "norm_eps": 1e-5,
+    "spatial_interpolation_scale": 1.875,
+    "temporal_interpolation_scale": 1.0,
+    "use_rotary_positional_embeddings": True,
+    "use_learned_positional_embeddings": False,
+}
+#: CogVideoX-5B's generation size: 49 frames at 480 x 720 px (13 x 60 x 90 latents).
+VIDEO_5B = {"frames": 49, "height": 480, "width": 720}
+
+
+# ----------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _stats(values: Sequence[float], scale: float = 1.0) -> dict[str, float]:
+    """Median and minimum of ``values`` times ``scale``."""
+    return {"median": statistics.median(values) * scale, "min": min(values) * scale}
+
+
+def _ratio(a: float, b: float) -> float:
+    # A zero denominator can only come from a broken clock; keep the JSON finite regardless.
+    return a / b if b > 0 else 0.0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """No warnings (diffusers' deprecations, the profile's grid notes) in the benchmark's output."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _step_times(first_forward: float | None, ends: Sequence[float]) -> list[float]:
+    """Each step's duration: first forward's start to the first step's end, then end to end."""
+    start = ends[0] if first_forward is None else first_forward
+    return [b - a for a, b in zip([start, *ends[:-1]], ends, strict=True)]
+
+
+def _scheduler_kwargs() -> dict[str, Any]:
+    return {k: v for k, v in COGVIDEOX_5B_SCHEDULER.items() if not k.startswith("_")}
+
+
+class _ForwardClock:
+    """Counts a module's forward calls and stamps the start of the first one (a pre-hook)."""
+
+    def __init__(self, module: nn.Module):
+        self.handle = module.register_forward_pre_hook(self._pre)
+        self.reset()
+
+    def reset(self) -> None:
+        self.count = 0
+        self.first: float | None = None
+
+    def _pre(self, _module: nn.Module, _args: Any) -> None:
+        if self.first is None:
+            self.first = time.perf_counter()
+        self.count += 1
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+def _diffusers_pipe(model: Any) -> Any:
+    """diffusers' ``CogVideoXPipeline`` over the very modules of a loaded :class:`CogVideoXModel`."""
+    from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler, CogVideoXPipeline
+
+    config = {k: v for k, v in model.info.scheduler.items() if not k.startswith("_")}
+    ddim = model.info.scheduler.get("_class_name") == "CogVideoXDDIMScheduler"
+    scheduler = (CogVideoXDDIMScheduler if ddim else CogVideoXDPMScheduler)(**config)
+    pipe = CogVideoXPipeline(
+        tokenizer=model.tokenizer,
+        text_encoder=model.text_encoder,
+        vae=model.vae,
+        transformer=model.transformer,
+        scheduler=scheduler,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@contextmanager
+def _tiny_model(size: TinySize = BENCH_SIZE, device: str = "cpu") -> Iterator[tuple[Path, Any]]:
+    """A freshly built tiny t2v folder (deleted afterwards) and its model loaded in float32."""
+    from ..models.cogvideox import load_cogvideox
+
+    with tempfile.TemporaryDirectory(prefix="cogsample-speed-") as tmp:
+        folder = build_tiny_folder(Path(tmp) / "tiny-t2v", "t2v", seed=0, size=size)
+        yield folder, load_cogvideox(folder, dtype=torch.float32, device=device)
+
+
+def _params_m(module: nn.Module) -> float:
+    return sum(p.numel() for p in module.parameters()) / 1e6
+
+
+# ----------------------------------------------------------------------------------------------
+# a. cogsample against diffusers
+
+
+def compare_diffusers(
+    quick: bool = False, *, steps: int | None = None, repeats: int | None = None, seed: int = SEED
+) -> dict[str, Any]:
+    """Wall time of a whole video and of the denoising loop, cogsample's ``diffusers`` profile
+    (:func:`~cogsample.pipeline.run_plan`) against ``CogVideoXPipeline`` on the same modules.
+
+    * ``loop_s_per_step``: each step's duration, from one step's end to the next (step callbacks
+      on both sides; the first step from the start of the first transformer forward), over every
+      step of every repeat: the same clock for both;
+    * ``video_s``: the whole generation in memory: diffusers' call (``output_type="pt"``);
+      cogsample's :func:`run_plan` minus writing its files (``save_s``), i.e. encode, noise,
+      sample, decode; ``encode_s`` / ``decode_s``: those phases alone (cogsample: ``Result.timings``;
+      diffusers: ``encode_prompt`` and after the last step);
+    * ``forwards``: transformer forward calls per video (a hook; ``forwards_equal``: the same
+      count on both sides in every run), ``latents_identical`` / ``video_identical``: the final
+      latents and decoded frames compared bit for bit;
+    * ``difference_by_phase``: where the whole-video difference goes (medians, cogsample minus
+      diffusers), and ``gc_collect_s``: one ``gc.collect()`` in this process, which cogsample's
+      ``run_plan`` pays per call (``release_text_encoder``) and diffusers does not.
+    """
+    from ..pipeline import GenerateOptions, plan, run_plan
+
+    steps = steps or (4 if quick else 20)
+    repeats = repeats or (2 if quick else 5)
+    with _tiny_model() as (folder, model), tempfile.TemporaryDirectory(prefix="cogsample-speed-out-") as out:
+        pipe = _diffusers_pipe(model)
+        opts = GenerateOptions(
+            prompts=(PROMPT,),
+            model=str(folder),
+            out=out,
+            profile="diffusers",
+            steps=steps,
+            guidance="dynamic",
+            scale=GUIDANCE_SCALE,
+            seed=seed,
+            dtype="float32",
+            device="cpu",
+            **BENCH_VIDEO,
+        )
+        with _quiet():
+            p = plan(opts)
+        clock = _ForwardClock(model.transformer)
+
+        def run_cogsample() -> tuple[dict[str, Any], Tensor, Tensor]:
+            text_encoder = model.text_encoder
+            ends: list[float] = []
+            clock.reset()
+            t0 = time.perf_counter()
+            with _quiet():
+                (res,) = run_plan(p, model=model, progress=lambda _event: ends.append(time.perf_counter()))
+            wall = time.perf_counter() - t0
+            model.text_encoder = text_encoder  # run_plan released it; the next run needs it
+            t = res.timings
+            figures = {
+                "forwards": clock.count,
+                "steps_s": _step_times(clock.first, ends),
+                "video_s": wall - t["save_s"],
+                "encode_s": t["encode_s"],
+                "decode_s": t["decode_s"],
+            }
+            return figures, res.latents, res.video
+
+        def run_diffusers() -> tuple[dict[str, Any], Tensor, Tensor]:
+            ends: list[float] = []
+            final: dict[str, Tensor] = {}
+            encode: list[float] = []
+            original = pipe.encode_prompt
+
+            def timed_encode(*args: Any, **kwargs: Any) -> Any:
+                t0 = time.perf_counter()
+                out = original(*args, **kwargs)
+                encode.append(time.perf_counter() - t0)
+                return out
+
+            def on_step(_pipe: Any, _i: int, _t: Any, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+                ends.append(time.perf_counter())
+                final["latents"] = tensors["latents"]
+                return {}
+
+            pipe.encode_prompt = timed_encode  # an instance attribute over the method, removed below
+            clock.reset()
+            try:
+                t0 = time.perf_counter()
+                with _quiet():
+                    frames = pipe(
+                        prompt=PROMPT,
+                        negative_prompt="",
+                        num_inference_steps=steps,
+                        guidance_scale=GUIDANCE_SCALE,
+                        use_dynamic_cfg=True,
+                        generator=torch.Generator().manual_seed(seed),
+                        output_type="pt",
+                        max_sequence_length=model.info.max_text_len,
+                        callback_on_step_end=on_step,
+                        callback_on_step_end_tensor_inputs=["latents"],
+                        num_frames=BENCH_VIDEO["frames"],
+                        height=BENCH_VIDEO["height"],
+                        width=BENCH_VIDEO["width"],
+                    ).frames
+                end = time.perf_counter()
+            finally:
+                del pipe.__dict__["encode_prompt"]
+            figures = {
+                "forwards": clock.count,
+                "steps_s": _step_times(clock.first, ends),
+                "video_s": end - t0,
+                "encode_s": encode[0],
+                "decode_s": end - ends[-1],
+            }
+            return figures, final["latents"], frames[0]
+
+        runners: dict[str, Callable[[], tuple[dict[str, Any], Tensor, Tensor]]] = {
+            "cogsample": run_cogsample,
+            "diffusers": run_diffusers,
+        }
+        # Warm-up (first-call allocations, lazy imports): also the run whose outputs are compared.
+        warm = {name: run() for name, run in runners.items()}
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in runners}
+        for r in range(repeats):
+            order = list(runners) if r % 2 == 0 else list(reversed(runners))  # interleaved, alternating
+            for name in order:
+                runs[name].append(runners[name]()[0])
+        clock.remove()
+        params_m = _params_m(model.transformer)
+        # run_plan's release_text_encoder() runs gc.collect(), whose time grows with the objects
+        # alive (torch, diffusers, transformers): measure one here.
+        t0 = time.perf_counter()
+        gc.collect()
+        gc_s = time.perf_counter() - t0
+
+    def summary(name: str) -> dict[str, Any]:
+        rs = runs[name]
+        return {
+            # every step of every repeat: many samples, so the median resists a busy machine
+            "loop_s_per_step": _stats([s for r in rs for s in r["steps_s"]]),
+            "video_s": _stats([r["video_s"] for r in rs]),
+            "encode_s": _stats([r["encode_s"] for r in rs]),
+            "decode_s": _stats([r["decode_s"] for r in rs]),
+            "forwards": int(warm[name][0]["forwards"]),
+        }
+
+    cog, dif = summary("cogsample"), summary("diffusers")
+    # Where the whole-video difference goes (medians, cogsample minus diffusers, seconds).
+    phases = {
+        "encode_s": cog["encode_s"]["median"] - dif["encode_s"]["median"],
+        "loop_s": (cog["loop_s_per_step"]["median"] - dif["loop_s_per_step"]["median"]) * steps,
+        "decode_s": cog["decode_s"]["median"] - dif["decode_s"]["median"],
+    }
+    phases["rest_s"] = cog["video_s"]["median"] - dif["video_s"]["median"] - sum(phases.values())
+    (_, lat_c, vid_c), (_, lat_d, vid_d) = warm["cogsample"], warm["diffusers"]
+    counts = {
+        figures["forwards"] for figures in [w[0] for w in warm.values()] + [r for rs in runs.values() for r in rs]
+    }
+    ratio = {
+        f"{what}{suffix}": _ratio(cog[key][stat], dif[key][stat])
+        for what, key in (("loop", "loop_s_per_step"), ("video", "video_s"))
+        for suffix, stat in (("", "median"), ("_min", "min"))
+    }
+    return {
+        "setup": {
+            "transformer": asdict(BENCH_SIZE),
+            "transformer_params_m": params_m,
+            **BENCH_VIDEO,
+            "latent_shape": list(p.shape),
+            "steps": steps,
+            "repeats": repeats,
+            "scheduler": str(model.info.scheduler.get("_class_name")),
+            "cogsample_sampler": p.sampling.sampler,
+            "guidance": f"dynamic CFG {GUIDANCE_SCALE:g} (batch 2)",
+            "dtype": "float32",
+            "seed": seed,
+        },
+        "cogsample": cog,
+        "diffusers": dif,
+        "ratio_cogsample_over_diffusers": ratio,
+        "difference_by_phase": {**phases, "gc_collect_s": gc_s},
+        "forwards_equal": len(counts) == 1,
+        "latents_identical": bool(lat_c.shape == lat_d.shape and torch.equal(lat_c, lat_d)),
+        "video_identical": bool(vid_c.shape == vid_d.shape and torch.equal(vid_c, vid_d)),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# b. sampler overhead
+
+
+class _StubTransformer(nn.Module):
+    """Stands in for ``CogVideoXTransformer3DModel``: its config, one precomputed output, no work.
+
+    Stubbing the transformer (not the whole network) keeps cogsample's adapter (input checks,
+    casts, rotary-table lookup) in the measured overhead, where it belongs; the attributes
+    diffusers' pipeline reads (``device``, ``dtype``, ``cache_context``) let it drive one too.
+    """
+
+    def __init__(self, config: Any, output: Tensor):
+        super().__init__()
+        self.config = config
+        self.output = output
+        # The adapter reads the dtype from the parameters.
+        self.anchor = nn.Parameter(torch.zeros((), dtype=output.dtype, device=output.device), requires_grad=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.output.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.output.dtype
+
+    def cache_context(self, _name: str) -> Any:
+        return nullcontext()
+
+    def forward(self, **_inputs: Any) -> tuple[Tensor]:
+        return (self.output,)
+
+
+def _profiles(steps: int) -> dict[str, Any]:
+    """The two profiles' sampling configs at ``steps``, each with its noise-source factory."""
+    return {
+        "diffusers": (
+            diffusers_sampling(COGVIDEOX_5B_SCHEDULER, steps=steps, guidance_scale=GUIDANCE_SCALE),
+            lambda: DiffusersNoise(torch.Generator().manual_seed(SEED)),
+        ),
+        "sat": (sat_sampling(steps=steps, guidance_scale=GUIDANCE_SCALE), GlobalNoise),
+    }
+
+
+def _intervals(ends: Sequence[float]) -> list[float]:
+    return [b - a for a, b in itertools.pairwise(ends)]
+
+
+def _ms_per_step(network: Any, x: Tensor, cond: Conditioning, config: Any, noise: Callable[[], Any], repeats: int):
+    """Median and min milliseconds of one step of ``sample``: the intervals between consecutive
+    step ends (steady state: per-video set-up is not a step's cost), after a warm-up run."""
+    times: list[float] = []
+    for r in range(repeats + 1):
+        torch.manual_seed(SEED)
+        ends: list[float] = []
+
+        def stamp(_i: int, x_i: Tensor, _d: Tensor, ends: list[float] = ends) -> None:
+            _sync(x_i.device)
+            ends.append(time.perf_counter())
+
+        with _quiet():
+            sample(network, x, cond, config, noise=noise(), callback=stamp)
+        if r:  # r == 0 is the warm-up
+            times += _intervals(ends)
+    return _stats(times, 1e3)
+
+
+def _diffusers_ms_per_step(stub: _StubTransformer, cond: Conditioning, video: dict[str, int], steps: int, repeats: int):
+    """:func:`_ms_per_step` for diffusers' own loop (``CogVideoXPipeline``, prompt embeddings
+    given, latents out) driving the stub transformer: diffusers' overhead at the same shapes."""
+    from diffusers import CogVideoXDPMScheduler, CogVideoXPipeline
+
+    pipe = CogVideoXPipeline(
+        tokenizer=None,
+        text_encoder=None,
+        vae=None,
+        transformer=stub,
+        scheduler=CogVideoXDPMScheduler(**_scheduler_kwargs()),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    times: list[float] = []
+    for r in range(repeats + 1):
+        ends: list[float] = []
+
+        def stamp(_pipe: Any, _i: int, _t: Any, tensors: dict[str, Tensor], ends: list[float] = ends) -> dict:
+            _sync(tensors["latents"].device)
+            ends.append(time.perf_counter())
+            return {}
+
+        with _quiet():
+            pipe(
+                prompt_embeds=cond.context,
+                negative_prompt_embeds=cond.uncond_context,
+                num_inference_steps=steps,
+                guidance_scale=GUIDANCE_SCALE,
+                use_dynamic_cfg=True,
+                generator=torch.Generator().manual_seed(SEED),
+                output_type="latent",
+                callback_on_step_end=stamp,
+                callback_on_step_end_tensor_inputs=["latents"],
+                num_frames=video["frames"],
+                height=video["height"],
+                width=video["width"],
+            )
+        if r:
+            times += _intervals(ends)
+    return _stats(times, 1e3)
+
+
+def sampler_overhead(quick: bool = False) -> dict[str, Any]:
+    """Milliseconds per step of everything but the transformer (steady state), both profiles.
+
+    ``tiny``: the benchmark's tiny transformer (:data:`BENCH_SIZE`) against a stub returning a
+    precomputed output of the same shape: ``overhead_ms`` is the stub's step, also as a
+    percentage of the real step. ``cogvideox_5b_shapes``: the stub alone at CogVideoX-5B's
+    latents (13 x 16 x 60 x 90, CFG batch 2, 226 x 4096 text) in float32 on this machine's
+    device; the real 5B transformer cannot run here, so only the absolute overhead is reported.
+    Both also give ``diffusers_overhead_ms``: diffusers' own pipeline loop on the same stub (the
+    same algorithm as the ``diffusers`` profile), for scale.
+    """
+    from ..models.cogvideox import CogVideoXTransformerNetwork
+
+    steps = 5 if quick else 20
+    repeats = 1 if quick else 3
+    result: dict[str, Any] = {}
+    with _tiny_model() as (_, model):
+        shape = latent_shape(1, **BENCH_VIDEO)
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(shape, generator=g)
+        cond = Conditioning(model.encode_prompts([PROMPT]), uncond_context=model.encode_prompts([""]))
+        out = model.network(torch.cat([x, x]), torch.full((2,), 999.0), torch.cat([cond.context, cond.context]))
+        stub_transformer = _StubTransformer(model.transformer.config, out.clone())
+        stub = CogVideoXTransformerNetwork(stub_transformer)
+        tiny: dict[str, Any] = {"latent_shape": list(shape), "steps": steps, "repeats": repeats}
+        for name, (config, noise) in _profiles(steps).items():
+            real = _ms_per_step(model.network, x, cond, config, noise, repeats)
+            over = _ms_per_step(stub, x, cond, config, noise, repeats)
+            tiny[name] = {
+                "real_step_ms": real,
+                "overhead_ms": over,
+                "overhead_pct_of_real_step": 100 * _ratio(over["median"], real["median"]),
+            }
+        tiny["diffusers_overhead_ms"] = _diffusers_ms_per_step(stub_transformer, cond, BENCH_VIDEO, steps, repeats)
+        result["tiny"] = tiny
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    c = COGVIDEOX_5B_TRANSFORMER
+    shape = latent_shape(1, **VIDEO_5B)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g).to(device)
+    text = torch.randn(2, c["max_text_seq_length"], c["text_embed_dim"], generator=g).to(device)
+    cond = Conditioning(text[:1], uncond_context=text[1:])
+    stub_transformer = _StubTransformer(SimpleNamespace(**c), torch.randn((2, *shape[1:]), generator=g).to(device))
+    stub = CogVideoXTransformerNetwork(stub_transformer)
+    big: dict[str, Any] = {
+        "latent_shape": list(shape),
+        "cfg_batch": 2,
+        "dtype": "float32",
+        "device": str(device),
+        "steps": 3 if quick else 10,
+        "repeats": 1 if quick else 3,
+    }
+    for name, (config, noise) in _profiles(big["steps"]).items():
+        big[name] = {"overhead_ms": _ms_per_step(stub, x, cond, config, noise, big["repeats"])}
+    big["diffusers_overhead_ms"] = _diffusers_ms_per_step(
+        stub_transformer, cond, VIDEO_5B, big["steps"], big["repeats"]
+    )
+    result["cogvideox_5b_shapes"] = big
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# c. torch.compile
+
+
+def _fresh_inductor_cache() -> tuple[Any, str]:
+    """A context with an empty inductor cache (so the first compile is a true first compile),
+    or a no-op where this torch has no such helper (then a cache may make compiling look fast)."""
+    try:
+        from torch._inductor.utils import fresh_cache
+    except ImportError:
+        return nullcontext(), "default"
+    return fresh_cache(), "fresh"
+
+
+def compile_effect(quick: bool = False) -> dict[str, Any]:
+    """Milliseconds per step (``diffusers`` profile, CFG batch 2) of the tiny transformer eager
+    and under ``torch.compile`` (inductor); compile time (first compiled call minus an eager
+    step) with an empty inductor cache (``compile_s_cold``) and again with the cache that compile
+    left (``compile_s_warm``, what a later process pays); the largest difference of a compiled
+    forward from the eager one. A failure is recorded as ``error``, not raised; ``quick`` skips
+    it (compiling takes long)."""
+    if quick:
+        return {"skipped": "quick"}
+    from torch import _dynamo
+
+    from ..models.cogvideox import CogVideoXTransformerNetwork
+
+    steps, repeats = 10, 3
+    config, noise = _profiles(steps)["diffusers"]
+    cache, cache_kind = _fresh_inductor_cache()
+    result: dict[str, Any] = {"backend": "inductor", "cache": cache_kind, "steps": steps, "repeats": repeats}
+    with _tiny_model() as (_, model):
+        shape = latent_shape(1, **BENCH_VIDEO)
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        cond = Conditioning(model.encode_prompts([PROMPT]), uncond_context=model.encode_prompts([""]))
+        x2, t2, ctx2 = torch.cat([x, x]), torch.full((2,), 999.0), torch.cat([cond.context, cond.context])
+        eager = _ms_per_step(model.network, x, cond, config, noise, repeats)
+        result["eager_ms_per_step"] = eager
+
+        def compile_once() -> tuple[float, Any, Tensor]:
+            _dynamo.reset()  # forget earlier compiled code: this call compiles again
+            network = CogVideoXTransformerNetwork(torch.compile(model.transformer), vae_scale_factor_spatial=8)
+            t0 = time.perf_counter()
+            first = network(x2, t2, ctx2)
+            return max(time.perf_counter() - t0 - eager["median"] / 1e3, 0.0), network, first
+
+        try:
+            with cache:
+                result["compile_s_cold"], _, _ = compile_once()
+                result["compile_s_warm"], compiled, first = compile_once()
+                result["max_abs_diff_vs_eager"] = float((first - model.network(x2, t2, ctx2)).abs().max())
+                result["compiled_ms_per_step"] = _ms_per_step(compiled, x, cond, config, noise, repeats)
+            result["speedup"] = _ratio(eager["median"], result["compiled_ms_per_step"]["median"])
+        except Exception as e:  # an environment without a working compiler: record why
+            result["error"] = f"{type(e).__name__}: {e}"[:500]
+        finally:
+            _dynamo.reset()
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# d. peak memory, each library in a fresh process
+
+
+def _status_mib(field: str) -> float | None:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in MiB; None off Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # the kernel writes kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _peak_rss_mib() -> float:
+    """Peak RSS of this process's address space. Not ``ru_maxrss``: Linux carries the parent's
+    peak into a child across fork and exec, so a child of a big benchmark process would report
+    the parent's peak; ``VmHWM`` belongs to the fresh address space (``ru_maxrss`` off Linux)."""
+    hwm = _status_mib("VmHWM")
+    if hwm is not None:
+        return hwm
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def _reset_peak_rss() -> bool:
+    """Restart the ``VmHWM`` peak from the current RSS (Linux >= 4.0); False where impossible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _memory_child(library: str, folder: str, steps: int, out: str) -> dict[str, Any]:
+    """One whole generation (encode, sample, decode) by ``library`` in this process; prints and
+    returns its memory figures. Run by :func:`peak_memory` in a fresh interpreter."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    size = {"num_frames" if k == "frames" else k: v for k, v in BENCH_VIDEO.items()}
+    with _quiet():
+        if library == "cogsample":
+            from ..models.cogvideox import load_cogvideox
+            from ..pipeline import GenerateOptions, plan, run_plan
+
+            try:  # run_plan writes an mp4 with PyAV: its libraries are not generation memory
+                import av  # noqa: F401
+            except ImportError:
+                pass
+            model = load_cogvideox(folder, dtype=torch.float32, device=device)
+            opts = GenerateOptions(
+                prompts=(PROMPT,),
+                model=folder,
+                out=out,
+                profile="diffusers",
+                steps=steps,
+                seed=SEED,
+                dtype="float32",
+                device=str(device),
+                **BENCH_VIDEO,
+            )
+
+            def generate() -> None:
+                run_plan(plan(opts), model=model)
+        else:
+            from diffusers import CogVideoXPipeline
+
+            pipe = CogVideoXPipeline.from_pretrained(folder, torch_dtype=torch.float32, local_files_only=True)
+            pipe.set_progress_bar_config(disable=True)
+            pipe.to(device)
+
+            def generate() -> None:
+                pipe(
+                    prompt=PROMPT,
+                    num_inference_steps=steps,
+                    guidance_scale=GUIDANCE_SCALE,
+                    use_dynamic_cfg=True,
+                    generator=torch.Generator().manual_seed(SEED),
+                    output_type="pt",
+                    max_sequence_length=BENCH_SIZE.text_len,
+                    **size,
+                )
+
+        figures: dict[str, Any] = {
+            "library": library,
+            "device": str(device),
+            "rss_after_load_mib": _status_mib("VmRSS") or 0.0,
+            "peak_rss_load_mib": _peak_rss_mib(),  # imports and loading
+            # True: the generation peak below is the generation's own; False: the whole process's
+            "peak_reset_after_load": _reset_peak_rss(),
+        }
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            figures["cuda_allocated_after_load_mib"] = torch.cuda.memory_allocated() / 2**20
+            torch.cuda.reset_peak_memory_stats()
+        generate()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            figures["cuda_peak_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    figures["peak_rss_generation_mib"] = _peak_rss_mib()
+    # What the generation added on top of the loaded process.
+    figures["generation_above_loaded_mib"] = max(
+        figures["peak_rss_generation_mib"] - figures["rss_after_load_mib"], 0.0
+    )
+    print(json.dumps(figures))
+    return figures
+
+
+def peak_memory(quick: bool = False, *, timeout_s: float = 300.0) -> dict[str, Any]:
+    """Peak memory of one whole generation (encode, sample, decode) of the tiny benchmark model,
+    cogsample (``run_plan``, which also writes its four files) and diffusers (in memory), each in
+    a fresh interpreter: the RSS after imports and loading, the peak RSS of loading and of the
+    generation alone (``VmHWM``, reset after loading; see :func:`_peak_rss_mib` for why not
+    ``ru_maxrss``), and on CUDA ``max_memory_allocated`` during the generation. The two
+    processes run side by side (memory is per process; no timing is taken)."""
+    steps = 2 if quick else 4
+    with tempfile.TemporaryDirectory(prefix="cogsample-mem-") as tmp:
+        with _quiet():
+            folder = build_tiny_folder(Path(tmp) / "tiny-t2v", "t2v", seed=0, size=BENCH_SIZE)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+        procs = {}
+        for library in ("cogsample", "diffusers"):
+            out = Path(tmp) / f"out-{library}"
+            code = (
+                "from cogsample.bench.speed import _memory_child; "
+                f"_memory_child({library!r}, {str(folder)!r}, {steps}, {str(out)!r})"
+            )
+            procs[library] = subprocess.Popen(
+                [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+            )
+        result: dict[str, Any] = {"steps": steps, **BENCH_VIDEO}
+        for library, proc in procs.items():
+            try:
+                stdout, stderr = proc.communicate(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                result[library] = {"error": f"timed out after {timeout_s:g} s"}
+                continue
+            lines = stdout.strip().splitlines()
+            if proc.returncode != 0 or not lines:
+                result[library] = {"error": f"exit {proc.returncode}: {stderr.strip()[-500:]}"}
+                continue
+            result[library] = json.loads(lines[-1])
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# e. CogVideoX-5B on a GPU
+
+
+def _loop_compare(
+    config: dict[str, Any],
+    video: dict[str, int],
+    *,
+    device: torch.device | str,
+    dtype: torch.dtype,
+    steps: int,
+    repeats: int,
+    compile: bool,
+) -> dict[str, Any]:
+    """Seconds per step of cogsample's ``diffusers``-profile loop and diffusers' pipeline loop
+    (``output_type="latent"``, prompt embeddings given: no text encoder, no VAE) on one
+    random-weight transformer of ``config``; peak memory of each; optionally ``torch.compile``."""
+    from diffusers import CogVideoXDPMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
+
+    from ..models.cogvideox import CogVideoXTransformerNetwork
+
+    device = torch.device(device)
+    torch.manual_seed(0)
+    with torch.device(device):  # initialise on the device: a CPU init of 5B weights takes minutes
+        transformer = CogVideoXTransformer3DModel(**config)
+    transformer = transformer.to(dtype).eval().requires_grad_(False)
+    shape = latent_shape(1, **video)
+    g = torch.Generator().manual_seed(0)
+    text = torch.randn(2, config["max_text_seq_length"], config["text_embed_dim"], generator=g).to(device, dtype)
+    pos, neg = text[:1], text[1:]
+    pipe = CogVideoXPipeline(
+        tokenizer=None,
+        text_encoder=None,
+        vae=None,
+        transformer=transformer,
+        scheduler=CogVideoXDPMScheduler(**_scheduler_kwargs()),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    sampling = diffusers_sampling(COGVIDEOX_5B_SCHEDULER, steps=steps, guidance_scale=GUIDANCE_SCALE)
+    size = {"num_frames" if k == "frames" else k: v for k, v in video.items()}
+
+    def run_diffusers() -> Tensor:
+        with _quiet():
+            return pipe(
+                prompt_embeds=pos,
+                negative_prompt_embeds=neg,
+                num_inference_steps=steps,
+                guidance_scale=GUIDANCE_SCALE,
+                use_dynamic_cfg=True,
+                generator=torch.Generator().manual_seed(SEED),
+                output_type="latent",
+                **size,
+            ).frames
+
+    def cogsample_runner(network: Any) -> Callable[[], Tensor]:
+        def run() -> Tensor:
+            noise = DiffusersNoise(torch.Generator().manual_seed(SEED))
+            x = noise.initial(shape, dtype=dtype, device=device)
+            with _quiet():
+                return sample(network, x, Conditioning(pos, uncond_context=neg), sampling, noise=noise)
+
+        return run
+
+    def timed(run: Callable[[], Tensor]) -> tuple[float, float, Tensor]:
+        """(seconds per step, peak MiB allocated on CUDA (0 elsewhere), latents)."""
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        _sync(device)
+        t0 = time.perf_counter()
+        latents = run()
+        _sync(device)
+        per_step = (time.perf_counter() - t0) / steps
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
+        return per_step, peak, latents
+
+    runners = {
+        "cogsample": cogsample_runner(CogVideoXTransformerNetwork(transformer, device=device)),
+        "diffusers": run_diffusers,
+    }
+    warm = {name: timed(run) for name, run in runners.items()}
+    per_step: dict[str, list[float]] = {name: [] for name in runners}
+    for r in range(repeats):
+        for name in list(runners) if r % 2 == 0 else list(reversed(runners)):
+            per_step[name].append(timed(runners[name])[0])
+    result: dict[str, Any] = {
+        "transformer_params_m": _params_m(transformer),
+        "latent_shape": list(shape),
+        "dtype": str(dtype).removeprefix("torch."),
+        "device": str(device),
+        "steps": steps,
+        "repeats": repeats,
+        "latents_identical": bool(torch.equal(warm["cogsample"][2], warm["diffusers"][2])),
+    }
+    for name in runners:
+        result[name] = {"s_per_step": _stats(per_step[name]), "peak_allocated_mib": warm[name][1]}
+    result["ratio_cogsample_over_diffusers"] = _ratio(
+        result["cogsample"]["s_per_step"]["median"], result["diffusers"]["s_per_step"]["median"]
+    )
+    if not compile:
+        result["compile"] = {"skipped": "quick"}
+        return result
+    from torch import _dynamo
+
+    try:
+        network = CogVideoXTransformerNetwork(torch.compile(transformer), device=device)
+        run = cogsample_runner(network)
+        first, _, _ = timed(run)  # includes compiling
+        compiled = [timed(run)[0] for _ in range(max(repeats, 1))]
+        result["compile"] = {
+            "compile_s": max((first - statistics.median(compiled)) * steps, 0.0),
+            "s_per_step": _stats(compiled),
+            "speedup": _ratio(result["cogsample"]["s_per_step"]["median"], statistics.median(compiled)),
+        }
+    except Exception as e:
+        result["compile"] = {"error": f"{type(e).__name__}: {e}"[:500]}
+    finally:
+        _dynamo.reset()
+    return result
+
+
+def gpu_5b(quick: bool = False) -> dict[str, Any]:
+    """A random-weight CogVideoX-5B transformer (:data:`COGVIDEOX_5B_TRANSFORMER`) at 49 frames of
+    480 x 720 in bfloat16 on CUDA: seconds per step of cogsample and of diffusers at equal steps,
+    peak memory, ``torch.compile``. ``{"skipped": "no CUDA device"}`` without CUDA."""
+    if not torch.cuda.is_available():
+        return {"skipped": "no CUDA device"}
+    return _loop_compare(
+        COGVIDEOX_5B_TRANSFORMER,
+        VIDEO_5B,
+        device="cuda",
+        dtype=torch.bfloat16,
+        steps=2 if quick else 5,
+        repeats=1 if quick else 2,
+        compile=not quick,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# f. everything
+
+
+def device_info() -> dict[str, Any]:
+    """The machine the figures come from (and how busy it was: other processes skew timings)."""
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for name in ("diffusers", "transformers"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "missing"
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count() or 0,
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 0),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        **versions,
+        "python": platform.python_version(),
+        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
+        "loadavg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0,
+    }
+
+
+def run_speed(quick: bool = False, *, threads: int | None = None) -> dict[str, Any]:
+    """:func:`compare_diffusers`, :func:`sampler_overhead`, :func:`compile_effect`,
+    :func:`peak_memory` and :func:`gpu_5b`, with :func:`device_info` and each part's wall time.
+
+    ``threads``: torch's intra-op threads for the run (restored after; None: as they are). On a
+    machine shared with other busy processes, one thread per process gives far steadier figures:
+    a multi-threaded op waits for its slowest thread, and a thread whose core is taken waits a
+    whole scheduler slice.
+    """
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _run_speed(quick)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_speed(quick: bool) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    result: dict[str, Any] = {"quick": quick, "device": device_info()}
+    wall: dict[str, float] = {}
+    parts: dict[str, Callable[[bool], dict[str, Any]]] = {
+        "compare_diffusers": compare_diffusers,
+        "sampler_overhead": sampler_overhead,
+        "compile": compile_effect,
+        "peak_memory": peak_memory,
+        "gpu_5b": gpu_5b,
+    }
+    for name, fn in parts.items():
+        t0 = time.perf_counter()
+        result[name] = fn(quick)
+        wall[name] = time.perf_counter() - t0
+    wall["total"] = time.perf_counter() - t_start
+    result["wall_s"] = wall
+    result["device"]["loadavg_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    _check_finite(result)
+    return result
+
+
+def _check_finite(obj: Any, where: str = "result") -> None:
+    """``ValueError`` naming the first NaN or infinite number (the result must be plain JSON)."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _check_finite(v, f"{where}.{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _check_finite(v, f"{where}[{i}]")
+    elif isinstance(obj, float) and not math.isfinite(obj):
+        raise ValueError(f"{where} is {obj}")
