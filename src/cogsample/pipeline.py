@@ -269,7 +269,7 @@ FAST: dict[str, Any] = {
     "cfg_index": "loop",
     "cfg_interval": (0.4, 1.0),
     "skip_unit_cfg": True,
-    "steps": 10,
+    "steps": 8,
 }
 
 

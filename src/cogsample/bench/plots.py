@@ -39,6 +39,8 @@ def plot_quality(quality: dict[str, Any], path: Path) -> Path:
     plt = _pyplot()
     ref, results = quality["reference"], quality["results"]
     fig, axes = plt.subplots(1, 2, figsize=(15, 6))
+    for ax in axes:
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)
     for ax, key, label in ((axes[0], "kl", "within-mode KL per dimension (nats)"), (axes[1], "mode_tv", "mode TV")):
         for name, pts in _series(results, key).items():
             xs, ys = zip(*pts, strict=True)
@@ -69,6 +71,7 @@ def plot_ode_error(quality: dict[str, Any], path: Path) -> Path:
     """Deterministic samplers: RMS distance (in tau) from their many-step solution, vs forwards."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.5))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)
     for name, pts in _series(quality["results"], "ode_error").items():
         xs, ys = zip(*pts, strict=True)
         ax.plot(xs, ys, marker="o", ms=3, lw=1, label=name)

@@ -74,7 +74,7 @@ class Setup:
     frames: int = 13
     height: int = 64
     width: int = 96
-    seeds: int = 12
+    seeds: int = 24
     prompts: tuple[str, ...] = PROMPTS
     tau: float = DEFAULT_TAU
     seed: int = 1234
