@@ -903,14 +903,9 @@ def gpu_5b(quick: bool = False) -> dict[str, Any]:
 
 def device_info() -> dict[str, Any]:
     """The machine the figures come from (and how busy it was: other processes skew timings)."""
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from .suite import cpu_name
+
+    cpu = cpu_name()
     from importlib.metadata import PackageNotFoundError, version
 
     versions = {}
