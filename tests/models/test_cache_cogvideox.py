@@ -9,6 +9,8 @@ import torch
 from cogsample.cache import CacheConfig, FirstBlockCache, FirstBlockCachedNetwork, apply_cache
 from cogsample.guidance import Conditioning
 from cogsample.models.cogvideox import CogVideoXTransformerNetwork
+from cogsample.models.tiny import TinySize
+from cogsample.models.tiny import tiny_transformer as build_transformer
 from cogsample.noise import SeededNoise
 from cogsample.sampling import SamplingConfig, sample
 
@@ -21,27 +23,9 @@ SHAPE = (2, 3, 16, NATIVE["latent_height"], NATIVE["latent_width"])
 
 
 def tiny_transformer(num_layers: int = LAYERS, seed: int = 0):
-    """The tiny t2v (5B-style, rotary) transformer of tiny_cogvideox.py with ``num_layers`` blocks."""
-    from diffusers import CogVideoXTransformer3DModel
-
+    """The tiny t2v (5B-style, rotary) transformer of the tiny folders with ``num_layers`` blocks."""
     torch.manual_seed(seed)
-    return CogVideoXTransformer3DModel(
-        num_attention_heads=2,
-        attention_head_dim=16,
-        in_channels=16,
-        out_channels=16,
-        time_embed_dim=16,
-        text_embed_dim=32,
-        num_layers=num_layers,
-        max_text_seq_length=TEXT_LEN,
-        temporal_compression_ratio=4,
-        patch_size=2,
-        sample_height=NATIVE["latent_height"],
-        sample_width=NATIVE["latent_width"],
-        sample_frames=NATIVE["frames"],
-        use_rotary_positional_embeddings=True,
-        use_learned_positional_embeddings=False,
-    ).eval()
+    return build_transformer("t2v", TinySize(num_layers=num_layers))
 
 
 def steps(n: int = 6, batch: int = 2, seed: int = 1):

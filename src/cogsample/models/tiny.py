@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["KINDS", "NATIVE", "TEXT_LEN", "TinySize", "build_tiny_folder"]
+__all__ = ["KINDS", "NATIVE", "TEXT_LEN", "TinySize", "build_tiny_folder", "tiny_transformer"]
 
 KINDS = ("t2v", "t2v-2b", "i2v", "t2v-1.5", "i2v-1.5")
 
@@ -113,8 +113,12 @@ def _text_encoder(vocab_size: int, size: TinySize) -> Any:
     return T5EncoderModel(config).eval()
 
 
-def _transformer(kind: str, size: TinySize) -> Any:
+def tiny_transformer(kind: str = "t2v", size: TinySize | None = None) -> Any:
+    """The random-weight ``CogVideoXTransformer3DModel`` of a tiny ``kind`` folder (torch's global
+    RNG draws its weights), structurally faithful to the released configs."""
     from diffusers import CogVideoXTransformer3DModel
+
+    size = size or TinySize()
 
     is_15 = kind.endswith("1.5")
     i2v = kind.startswith("i2v")
@@ -216,7 +220,7 @@ def build_tiny_folder(path: str | Path, kind: str = "t2v", seed: int = 0, size: 
         tokenizer=tokenizer,
         text_encoder=_text_encoder(len(tokenizer), size),
         vae=_vae(kind),
-        transformer=_transformer(kind, size),
+        transformer=tiny_transformer(kind, size),
         scheduler=_scheduler(kind),
     )
     cls = CogVideoXImageToVideoPipeline if kind.startswith("i2v") else CogVideoXPipeline
