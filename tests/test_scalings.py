@@ -1,7 +1,8 @@
 """Scaling coefficients equal the reference's on its recorded grids."""
 
 import pytest
-from conftest import bits_equal
+import torch
+from conftest import assert_reference
 
 from cogsample.scalings import EDMScaling, EpsScaling, VideoScaling, VScaling, VScalingEDMNoise
 
@@ -10,29 +11,33 @@ from cogsample.scalings import EDMScaling, EpsScaling, VideoScaling, VScaling, V
 def test_sigma_scalings(schedules, prefix, scaling):
     sigma = schedules["scaling_grid/sigma"]
     c_skip, c_out, c_in = scaling(sigma)
-    assert bits_equal(c_skip, schedules[f"scaling_grid/{prefix}_c_skip"])
-    assert bits_equal(c_out, schedules[f"scaling_grid/{prefix}_c_out"])
-    assert bits_equal(c_in, schedules[f"scaling_grid/{prefix}_c_in"])
-    assert bits_equal(scaling.c_noise(sigma), schedules[f"scaling_grid/{prefix}_c_noise"])
+    assert_reference(
+        (c_skip, schedules[f"scaling_grid/{prefix}_c_skip"], "c_skip"),
+        (c_out, schedules[f"scaling_grid/{prefix}_c_out"], "c_out"),
+        (c_in, schedules[f"scaling_grid/{prefix}_c_in"], "c_in"),
+        (scaling.c_noise(sigma), schedules[f"scaling_grid/{prefix}_c_noise"], "c_noise"),
+    )
 
 
 def test_v_scaling_with_edm_noise(schedules):
     sigma = schedules["vscaling_edm_cnoise_grid/sigma"]
     s = VScalingEDMNoise()
     c_skip, c_out, c_in = s(sigma)
-    for name, got in [("c_skip", c_skip), ("c_out", c_out), ("c_in", c_in), ("c_noise", s.c_noise(sigma))]:
-        assert bits_equal(got, schedules[f"vscaling_edm_cnoise_grid/{name}"]), name
+    got = {"c_skip": c_skip, "c_out": c_out, "c_in": c_in, "c_noise": s.c_noise(sigma)}
+    assert_reference(*[(v, schedules[f"vscaling_edm_cnoise_grid/{k}"], k) for k, v in got.items()])
 
 
 def test_video_scaling(schedules):
     alpha = schedules["scaling_grid/video_alpha"]
     c_skip, c_out, c_in = VideoScaling()(alpha)
-    assert bits_equal(c_skip, schedules["scaling_grid/video_c_skip"])
-    assert bits_equal(c_out, schedules["scaling_grid/video_c_out"])
-    assert bits_equal(c_in, schedules["scaling_grid/video_c_in"])
     # its noise input is the DDPM index itself
-    assert bits_equal(schedules["scaling_grid/video_idx"], schedules["scaling_grid/video_c_noise"])
+    assert torch.equal(schedules["scaling_grid/video_idx"], schedules["scaling_grid/video_c_noise"])
     assert VideoScaling.uses_timestep and VideoScaling.space == "alpha"
+    assert_reference(
+        (c_skip, schedules["scaling_grid/video_c_skip"], "c_skip"),
+        (c_out, schedules["scaling_grid/video_c_out"], "c_out"),
+        (c_in, schedules["scaling_grid/video_c_in"], "c_in"),
+    )
 
 
 def test_edm_sigma_data_must_be_positive():

@@ -12,8 +12,16 @@ from pathlib import Path
 
 
 def _golden(args: argparse.Namespace) -> int:
+    from . import mathmode
     from .golden import main as golden_main
 
+    wanted = next((m for m in (mathmode.recorded_mode(d)[0] for d in args.dirs) if m), None)
+    if wanted:
+        # MKL reads its mode once, at its first call: a program entry point restarts itself in the
+        # recording's mode; called as a library, it can only set it and let the probe tell.
+        if args.entry_point:
+            mathmode.reexec_in_mode(wanted)
+        mathmode.pin_mode(wanted)
     return golden_main(args.dirs)
 
 
@@ -262,7 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cogsample", description="CogVideoX sampling, bit-exact with the reference.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
-    g = sub.add_parser("golden", help="replay golden vectors recorded from the reference; exit 0 iff all match exactly")
+    g = sub.add_parser(
+        "golden",
+        help="replay golden vectors recorded from the reference; exit 0 iff all match exactly",
+        description="Replay golden vectors in the recording's math mode (MKL_CBWR, set for the run whatever the "
+        "environment holds) and compare every step bit for bit. Exit 0: all bit-exact; 1: a case failed; 3: none "
+        "failed, but this machine cannot reproduce the recording's math (its probe differs), so differing cases "
+        "were only checked within a stated tolerance and are reported as UNVERIFIED.",
+    )
     g.add_argument("dirs", nargs="+", metavar="DIR", help="a directory with index.json and its cases")
     g.set_defaults(func=_golden)
     s = sub.add_parser("samplers", help="list the samplers, their SAT names and options")
@@ -282,7 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``cogsample`` program; ``argv`` None: this process's command line (the program entry
+    point, which may restart itself, see ``golden``)."""
     args = build_parser().parse_args(argv)
+    args.entry_point = argv is None
     return args.func(args)
 
 
