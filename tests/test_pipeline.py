@@ -1,5 +1,6 @@
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -185,8 +186,44 @@ def test_sat_yaml_with_overrides(tmp_path):
     yaml = Path(__file__).resolve().parents[1].parent / "shared" / "sat-configs" / "cogvideox_5b.yaml"
     p = plan(_opts(tmp_path, sampler_config=str(yaml), steps=12))
     assert p.sampling.steps == 12 and p.sampling.sampler == "vpsde_dpmpp_2m"
+    assert p.sampling.guidance.num_steps == 12  # the explicit step count is the ramp's length too
     p2 = plan(_opts(tmp_path, sampler_config=str(yaml), sampler="video_ddim", guidance="cfg", scale=3.0))
     assert p2.sampling.sampler == "video_ddim" and dataclasses.asdict(p2.sampling.guidance) == {"scale": 3.0}
+
+
+SAT_5B = Path(__file__).resolve().parents[1].parent / "shared" / "sat-configs" / "cogvideox_5b.yaml"
+
+
+@pytest.mark.parametrize("sampler_config", [None, "cogvideox-5b", "cogvideox_5b.yaml", str(SAT_5B)])
+def test_steps_set_dynamic_cfg_num_steps_with_and_without_a_yaml(tmp_path, no_loading, sampler_config):
+    from cogsample.guidance import DynamicCFG
+
+    opts = GenerateOptions(prompts=("a red ball",), sampler_config=sampler_config, steps=25, out=str(tmp_path))
+    s = plan(opts).sampling
+    assert s.steps == 25 and s.guidance == DynamicCFG(6.0, 5.0, 25)
+    # --scale on top of a yaml rebuilds the guidance by the same rule
+    s = plan(dataclasses.replace(opts, scale=4.5)).sampling
+    assert s.steps == 25 and s.guidance == DynamicCFG(4.5, 5.0, 25)
+    # the default step count (50) is explicit too
+    s = plan(dataclasses.replace(opts, steps=50)).sampling
+    assert s.steps == 50 and s.guidance == DynamicCFG(6.0, 5.0, 50)
+
+
+def test_steps_rule_for_a_yaml_whose_steps_differ(tmp_path, no_loading):
+    """A yaml with 25 sampler steps and a 50-step ramp: the CLI always resolves a step count, and
+    that count is the ramp's length."""
+    import yaml
+
+    from cogsample.guidance import DynamicCFG
+    from cogsample.satconfig import load_sat_yaml
+
+    data = yaml.safe_load(SAT_5B.read_text())
+    data["model"]["sampler_config"]["params"]["num_steps"] = 25
+    path = tmp_path / "steps25.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert load_sat_yaml(path).guidance == DynamicCFG(6, 5, 50)  # as written, without a step count
+    s = plan(_opts(tmp_path, sampler_config=str(path), steps=25)).sampling
+    assert s.steps == 25 and s.guidance == DynamicCFG(6, 5, 25)
 
 
 def test_speedup_options_compose_into_the_sampling_config(tmp_path, no_loading):

@@ -217,7 +217,11 @@ def _scheduler_config(info: ModelInfo) -> dict[str, Any]:
 
 def resolve_sampling(opts: GenerateOptions, info: ModelInfo) -> SamplingConfig:
     """The sampling config a request asks for: a SAT yaml, or the profile's default for the model,
-    with ``--sampler`` / ``--guidance`` / ``--steps`` applied on top."""
+    with ``--sampler`` / ``--guidance`` / ``--steps`` applied on top.
+
+    The step count is explicit here (``opts.steps``), so it sets both the sampler's steps and
+    DynamicCFG's ``num_steps``, with a yaml (:func:`~cogsample.satconfig.from_sat`'s rule) or
+    without, and for a guidance rebuilt from ``--guidance`` / ``--scale`` on top of a yaml."""
     steps = opts.steps
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
@@ -229,13 +233,14 @@ def resolve_sampling(opts: GenerateOptions, info: ModelInfo) -> SamplingConfig:
             raise ValueError("--sampler-config is a SAT yaml: it goes with --profile sat")
         from .satconfig import load_sat_yaml
 
-        cfg = load_sat_yaml(opts.sampler_config, steps=steps)
+        cfg = load_sat_yaml(opts.sampler_config, steps=steps)  # steps given: DynamicCFG's num_steps too
         changes: dict[str, Any] = {}
         if opts.sampler is not None:
             changes["sampler"] = opts.sampler
             changes["options"] = {}
         if opts.guidance != "dynamic" or opts.scale != 6.0:
-            changes["guidance"] = guidance
+            # the same rule as the yaml's own guider: the ramp spans the run's steps
+            changes["guidance"] = _guidance(opts.guidance, opts.scale, cfg.steps)
         return dataclasses.replace(cfg, **changes) if changes else cfg
     sched = _scheduler_config(info)
     if opts.profile == "diffusers":
