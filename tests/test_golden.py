@@ -23,7 +23,8 @@ def test_golden_case_is_bit_exact(case):
     result = replay_case(GOLDEN, case, exact_math=probe.exact)
     assert result.status != "fail", result.detail
     if result.status == "unverified":
-        pytest.skip(f"not bit-checkable here (math mode probe differs in {', '.join(probe.differing)}); {result.detail}")
+        differing = ", ".join(probe.differing)
+        pytest.skip(f"not bit-checkable here (math mode probe differs in {differing}); {result.detail}")
     assert result.max_abs_error == 0.0
 
 
