@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 import warnings
@@ -110,7 +109,7 @@ def _generate(args: argparse.Namespace) -> int:
             frames=args.frames,
             height=args.height,
             width=args.width,
-            steps=args.steps if args.steps is not None else 50,
+            steps=args.steps,
             sampler=args.sampler,
             guidance=args.guidance,
             scale=args.scale,
@@ -128,11 +127,11 @@ def _generate(args: argparse.Namespace) -> int:
             cache=args.cache,
             cache_kind=args.cache_kind,
             offload=args.offload,
+            vae_tiling=args.vae_tiling,
+            initial_noise=args.initial_noise,
         )
         if args.fast:
             opts = fast_options(opts, steps_given=args.steps is not None)
-        elif args.steps is None:
-            opts = dataclasses.replace(opts, steps=50)
         p = plan(opts)
     except ValueError as e:
         print(f"cogsample generate: error: {e}", file=sys.stderr)
@@ -156,7 +155,18 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _add_generate(sub) -> None:
-    from .pipeline import CACHE_KINDS, CFG_INDEX, DTYPES, FAST, GRIDS, GUIDANCE, OFFLOAD, PROFILES, UNCOND
+    from .pipeline import (
+        CACHE_KINDS,
+        CFG_INDEX,
+        DTYPES,
+        FAST,
+        GRIDS,
+        GUIDANCE,
+        OFFLOAD,
+        PROFILES,
+        UNCOND,
+        VAE_TILING,
+    )
 
     g = sub.add_parser(
         "generate",
@@ -180,11 +190,20 @@ def _add_generate(sub) -> None:
     g.add_argument("--frames", type=int, help="frames, 4k+1 (default: the model's)")
     g.add_argument("--height", type=int, help="pixels, a multiple of 16 (default: the model's)")
     g.add_argument("--width", type=int, help="pixels, a multiple of 16 (default: the model's)")
-    g.add_argument("--steps", type=int, help="sampler steps (default 50; with --fast, its step count)")
+    g.add_argument(
+        "--steps",
+        type=int,
+        help="sampler steps; they also set DynamicCFG's num_steps, so the guidance ramp spans the run, with or "
+        "without --sampler-config (default: the yaml's own counts as written, else 50; with --fast, its count)",
+    )
     g.add_argument("--sampler", help="a sampler name (cogsample samplers); default: the profile's")
     g.add_argument("--guidance", choices=GUIDANCE, default="dynamic", help="classifier-free guidance (default dynamic)")
     g.add_argument("--scale", type=float, default=6.0, help="guidance scale (default 6)")
-    g.add_argument("--sampler-config", help="a SAT model yaml whose sampler_config/denoiser_config to use")
+    g.add_argument(
+        "--sampler-config",
+        help="a SAT model yaml whose sampler_config/denoiser_config to use: a path, or a shipped name "
+        "(cogvideox-2b, cogvideox-5b, cogvideox-5b-i2v, cogvideox1.5-5b, cogvideox1.5-5b-i2v)",
+    )
     g.add_argument(
         "--profile",
         choices=PROFILES,
@@ -193,9 +212,27 @@ def _add_generate(sub) -> None:
     )
     g.add_argument("--seed", type=int, default=42, help="seed of the first video; video k uses seed + k")
     g.add_argument("--out", default="outputs", help="output directory (default ./outputs)")
-    g.add_argument("--dtype", choices=sorted(DTYPES), help="model dtype (default float32 on CPU, bfloat16 on GPU)")
+    g.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        help="model dtype (default: float32 on the CPU; on a GPU what the release runs in: float16 for 2B, "
+        "else bfloat16)",
+    )
     g.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
     g.add_argument("--fps", type=int, help="frames per second of the mp4 (default: the model's, 8 for CogVideoX 1.0)")
+    g.add_argument(
+        "--vae-tiling",
+        choices=VAE_TILING,
+        default="auto",
+        help="decode in spatial tiles: on, off (as SAT and diffusers' pipelines), or auto (default): tiled only "
+        "when an untiled decode would not fit the device's free memory; recorded in each video's JSON",
+    )
+    g.add_argument(
+        "--initial-noise",
+        metavar="FILE",
+        help="start from this noise instead of drawing it: a .safetensors or .pt tensor of the sampled latent "
+        "shape (1 or one row per video, T, 16, H/8, W/8), e.g. what a SAT or diffusers run drew",
+    )
     g.add_argument("--quiet", action="store_true", help="print only the written video paths")
     f = g.add_argument_group("fewer forwards (off by default; measured by `cogsample bench`)")
     f.add_argument(

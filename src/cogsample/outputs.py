@@ -91,10 +91,15 @@ def _umask() -> int:
     return mask
 
 
-def to_uint8(video: Tensor) -> np.ndarray:
-    """``(F, 3, H, W)`` float in [0, 1] -> ``(F, H, W, 3)`` uint8, rounding to nearest."""
-    v = video.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
-    return v.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+def to_uint8(video: Tensor, rounding: str = "round") -> np.ndarray:
+    """``(F, 3, H, W)`` float in [0, 1] -> ``(F, H, W, 3)`` uint8: ``255 x`` in float32, rounded to
+    nearest (``"round"``, diffusers' ``numpy_to_pil``) or truncated (``"truncate"``, SAT's
+    ``sample_video.py``)."""
+    if rounding not in ("round", "truncate"):
+        raise ValueError(f"rounding must be 'round' or 'truncate', got {rounding!r}")
+    v = video.detach().float().clamp(0, 1).mul(255)
+    v = v.round() if rounding == "round" else v.trunc()
+    return v.to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
 def write_mp4(dest: Path, frames: np.ndarray, fps: int, crf: int = 17) -> None:

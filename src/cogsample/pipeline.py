@@ -49,6 +49,12 @@ GRIDS = ("reference", "logsnr", "power", "uniform")
 CFG_INDEX = ("reference", "loop")
 CACHE_KINDS = ("output", "first-block")
 OFFLOAD = ("none", "model", "sequential")
+VAE_TILING = ("auto", "on", "off")
+#: How each profile's source turns a [0, 1] float video into uint8 (both in float32 here): SAT's
+#: ``sample_video.py`` truncates ``255 x``; diffusers' ``numpy_to_pil`` rounds it.
+UINT8 = {"sat": "truncate", "diffusers": "round"}
+#: ``--vae-tiling auto`` decodes untiled when the estimated need is at most this share of the free memory.
+AUTO_TILING_MARGIN = 0.9
 GUIDANCE = ("none", "cfg", "dynamic")
 UNCOND = ("zero", "negative-prompt")
 DTYPES = {
@@ -76,7 +82,7 @@ class GenerateOptions:
     frames: int | None = None
     height: int | None = None
     width: int | None = None
-    steps: int = 50
+    steps: int | None = None  # None: a --sampler-config yaml's own counts, else 50
     sampler: str | None = None
     guidance: str = "dynamic"
     scale: float = 6.0
@@ -95,6 +101,10 @@ class GenerateOptions:
     cache: float | None = None
     cache_kind: str | None = None
     offload: str = "none"
+    #: decoding and the start: VAE tiling (auto: only when an untiled decode would not fit), and a
+    #: file holding the initial noise (instead of drawing it)
+    vae_tiling: str = "auto"
+    initial_noise: str | None = None
 
 
 @dataclass
@@ -117,6 +127,8 @@ class Plan:
     stems: list[str]
     fps: int
     image: Any = None  # PIL image, resized, for I2V
+    text_len: int = 226  # prompt tokens the profile encodes for this model
+    initial_noise: Tensor | None = None  # (B, T, C, H, W), B = 1 or one row per video, on the CPU
     warnings: list[str] = field(default_factory=list)
 
 
@@ -187,10 +199,10 @@ def _resolve_device(device: str | None) -> torch.device:
     return dev
 
 
-def _resolve_dtype(dtype: str | None, device: torch.device, builtin: bool) -> torch.dtype:
+def _resolve_dtype(dtype: str | None, device: torch.device, info: ModelInfo, builtin: bool) -> torch.dtype:
     if dtype is None:
-        # bf16 is what the released weights are run in; a CPU (and the exact model) wants float32
-        return torch.bfloat16 if device.type == "cuda" and not builtin else torch.float32
+        # what the released weights run in on a GPU (fp16 for 2B); a CPU and the exact model want float32
+        return DTYPES[info.accelerator_dtype] if device.type == "cuda" and not builtin else torch.float32
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
     return DTYPES[dtype]
@@ -219,21 +231,25 @@ def resolve_sampling(opts: GenerateOptions, info: ModelInfo) -> SamplingConfig:
     """The sampling config a request asks for: a SAT yaml, or the profile's default for the model,
     with ``--sampler`` / ``--guidance`` / ``--steps`` applied on top.
 
-    The step count is explicit here (``opts.steps``), so it sets both the sampler's steps and
-    DynamicCFG's ``num_steps``, with a yaml (:func:`~cogsample.satconfig.from_sat`'s rule) or
-    without, and for a guidance rebuilt from ``--guidance`` / ``--scale`` on top of a yaml."""
+    One rule for the step count, with or without a yaml: a given ``steps`` sets both the sampler's
+    steps and DynamicCFG's ``num_steps`` (:func:`~cogsample.satconfig.from_sat`), also for a
+    guidance rebuilt from ``--guidance`` / ``--scale`` on top of a yaml; ``steps=None`` takes a
+    yaml exactly as written (its sampler's and its guider's counts, even where they differ, as SAT
+    users change steps), and 50 steps without a yaml."""
     steps = opts.steps
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     if opts.sampler is not None:
         get_sampler(opts.sampler)  # names the allowed samplers when unknown
-    guidance = _guidance(opts.guidance, opts.scale, steps)
+    if opts.sampler_config is None and steps is None:
+        steps = 50
+    guidance = _guidance(opts.guidance, opts.scale, steps or 50)
     if opts.sampler_config is not None:
         if opts.profile != "sat":
             raise ValueError("--sampler-config is a SAT yaml: it goes with --profile sat")
         from .satconfig import load_sat_yaml
 
-        cfg = load_sat_yaml(opts.sampler_config, steps=steps)  # steps given: DynamicCFG's num_steps too
+        cfg = load_sat_yaml(opts.sampler_config, steps=steps)
         changes: dict[str, Any] = {}
         if opts.sampler is not None:
             changes["sampler"] = opts.sampler
@@ -368,10 +384,11 @@ def plan(opts: GenerateOptions) -> Plan:
     if opts.fps is not None and (not isinstance(opts.fps, int) or opts.fps < 1):
         raise ValueError(f"fps must be an integer >= 1, got {opts.fps!r}")
 
+    _check_choice("vae_tiling", opts.vae_tiling, VAE_TILING)
     device = _resolve_device(opts.device)
     builtin = _is_builtin(opts.model)
-    dtype = _resolve_dtype(opts.dtype, device, builtin)
     info = inspect_model(opts.model)
+    dtype = _resolve_dtype(opts.dtype, device, info, builtin)
 
     if opts.image is not None and not info.i2v:
         hint = " (use --model builtin-i2v)" if builtin else ""
@@ -421,6 +438,7 @@ def plan(opts: GenerateOptions) -> Plan:
     if image is not None:
         image = _prepare_image(image, opts, info, height, width, size_from_image)
 
+    initial = None if opts.initial_noise is None else load_initial_noise(opts.initial_noise, shape, len(prompts))
     out = outputs.check_writable(opts.out)
     stems: list[str] = []
     for k, p in enumerate(prompts):
@@ -443,7 +461,53 @@ def plan(opts: GenerateOptions) -> Plan:
         stems=stems,
         fps=fps,
         image=image,
+        text_len=info.text_len(opts.profile),
+        initial_noise=initial,
     )
+
+
+def load_initial_noise(path: str, shape: Sequence[int], videos: int) -> Tensor:
+    """The initial noise in ``path`` (``.safetensors``: its one tensor, or the one named ``noise``;
+    ``.pt``: a tensor, or such a mapping) as ``(B, T, C, H, W)`` float32 on the CPU, checked against
+    the sampled latent ``shape`` ``(1, T, C, H, W)``: ``B`` is 1 (every video starts from it) or
+    ``videos`` (video k from row k); a ``(T, C, H, W)`` tensor counts as ``B = 1``."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"initial_noise {path!r} does not exist or is not a file")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            data: Any = load_file(str(p))
+        elif p.suffix in (".pt", ".pth"):
+            data = torch.load(p, map_location="cpu", weights_only=True)
+        else:
+            raise ValueError(f"initial_noise {path!r} must be a .safetensors or .pt file")
+    except ValueError:
+        raise
+    except Exception as e:
+        raise ValueError(f"initial_noise {path!r} cannot be read: {type(e).__name__}: {e}") from e
+    if isinstance(data, dict):
+        tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+        if "noise" in tensors:
+            data = tensors["noise"]
+        elif len(tensors) == 1:
+            data = next(iter(tensors.values()))
+        else:
+            raise ValueError(f"initial_noise {path!r} holds {sorted(tensors)}: give one tensor, or name it 'noise'")
+    if not isinstance(data, torch.Tensor) or not data.is_floating_point():
+        raise ValueError(f"initial_noise {path!r} must hold a floating-point tensor, got {type(data).__name__}")
+    want = tuple(shape[1:])
+    x = data.unsqueeze(0) if data.ndim == len(want) else data
+    if x.ndim != len(want) + 1 or tuple(x.shape[1:]) != want or x.shape[0] not in (1, videos):
+        rows = "1" if videos == 1 else f"1 or {videos}"
+        raise ValueError(
+            f"initial_noise {path!r} has shape {tuple(data.shape)}; this request samples latents "
+            f"({rows}, {', '.join(map(str, want))}) (B, T, C, H/8, W/8), B = {rows}"
+        )
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"initial_noise {path!r} holds NaN or infinite values")
+    return x.to(torch.float32)
 
 
 def _check_model_size(info: ModelInfo, model: str, frames: int, height: int, width: int) -> None:
@@ -530,8 +594,10 @@ def run_plan(
     t_load = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    contexts = [model.encode_prompts([q]) for q in opts.prompts]
-    negative = model.encode_prompts([p.negative_prompt]) if p.negative_prompt is not None else None
+    contexts = [model.encode_prompts([q], max_length=p.text_len) for q in opts.prompts]
+    negative = None
+    if p.negative_prompt is not None:
+        negative = model.encode_prompts([p.negative_prompt], max_length=p.text_len)
     model.release_text_encoder()
     t_encode = time.perf_counter() - t0
 
@@ -545,7 +611,7 @@ def run_plan(
         noise = _noise(p, seed)
         image_latents = None if img is None else _image_latents(model, img, noise, p.shape[1])
         cond = Conditioning(context=context, uncond_context=negative, image_latents=image_latents, ofs=ofs)
-        x = noise.initial(p.shape, dtype=p.dtype if opts.profile == "diffusers" else torch.float32, device=p.device)
+        x = _initial(p, noise, k)
         guided, grid = build_model(model.network, x, cond, p.sampling)
         start = time.perf_counter()
         with torch.inference_mode():
@@ -562,25 +628,78 @@ def run_plan(
         with torch.inference_mode():
             clean = latents[:, p.pad_frames :].to(p.dtype)
             for_vae = model.latents_for_vae(clean)
-            video = model.decode(clean)[0].float().cpu()
+            tiling = vae_tiling(p.options.vae_tiling, model, clean.shape, p.device)
+            video = model.decode(clean, tiling=tiling["tiled"], reference=opts.profile)[0].float().cpu()
         t_decode = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         timings = {"load_s": t_load, "encode_s": t_encode, "sample_s": t_sample, "decode_s": t_decode}
-        files = _save(p, k, prompt, seed, latents, for_vae, video, timings)
+        files = _save(p, k, prompt, seed, latents, for_vae, video, timings, tiling)
         timings["save_s"] = time.perf_counter() - t0
         say(f"wrote {files['video']} ({t_sample:.1f} s sampling, {t_decode:.1f} s decoding)")
         results.append(Result(prompt, seed, files, latents, video, timings))
     return results
 
 
+def _initial(p: Plan, noise: NoiseSource, k: int) -> Tensor:
+    """Video ``k``'s initial latent: drawn, or given (``--initial-noise``). Given, the ``sat``
+    profile still makes (and drops) the reference's draw, so the in-loop noise is the seed's as
+    without it; diffusers' pipeline makes no draw when handed ``latents``, and neither does the
+    ``diffusers`` profile."""
+    dtype = p.dtype if p.options.profile == "diffusers" else torch.float32
+    if p.initial_noise is None or p.options.profile == "sat":
+        x = noise.initial(p.shape, dtype=dtype, device=p.device)
+    if p.initial_noise is None:
+        return x
+    given = p.initial_noise[k if p.initial_noise.shape[0] > 1 else 0][None]
+    return given.to(device=p.device, dtype=dtype)
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors on ``device`` (CUDA: the driver's free memory plus what torch's
+    allocator holds unused; CPU: the kernel's MemAvailable), None where unknown."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def vae_tiling(mode: str, model: VideoModel, shape: Sequence[int], device: torch.device) -> dict[str, Any]:
+    """Whether to decode latents of ``shape`` tiled: ``on``/``off`` as asked; ``auto``: only when the
+    model's estimate of an untiled decode exceeds :data:`AUTO_TILING_MARGIN` of the free memory.
+    Returns the decision and its inputs, as recorded in the video's JSON."""
+    need = model.untiled_decode_bytes(shape)
+    free = free_memory(device) if mode == "auto" and need is not None else None
+    if mode == "auto":
+        tiled = need is not None and free is not None and need > AUTO_TILING_MARGIN * free
+    else:
+        tiled = mode == "on" and need is not None
+    return {"mode": mode, "tiled": tiled, "untiled_bytes_estimate": need, "free_bytes": free}
+
+
 def _save(
-    p: Plan, k: int, prompt: str, seed: int, latents: Tensor, for_vae: Tensor, video: Tensor, timings: dict
+    p: Plan,
+    k: int,
+    prompt: str,
+    seed: int,
+    latents: Tensor,
+    for_vae: Tensor,
+    video: Tensor,
+    timings: dict,
+    tiling: dict[str, Any],
 ) -> dict[str, Path]:
     """Write the four files of video ``k``, each atomically; on failure none of them is left."""
     files = {role: p.out / f"{p.stems[k]}{suf}" for role, suf in outputs.SUFFIXES.items()}
-    frames_u8 = outputs.to_uint8(video)
+    frames_u8 = outputs.to_uint8(video, UINT8[p.options.profile])
     meta = _metadata(p, prompt, seed, files, latents, timings)
+    meta["vae_tiling"] = tiling
     outputs.write_all(
         [
             (files["latents"], lambda d: outputs.write_latents(d, {"latents": latents, "latents_for_vae": for_vae})),
@@ -630,6 +749,9 @@ def _metadata(p: Plan, prompt: str, seed: int, files: dict[str, Path], latents: 
         "fps": p.fps,
         "latent_shape": list(latents.shape),
         "pad_frames": p.pad_frames,
+        "text_len": p.text_len,
+        "initial_noise": opts.initial_noise,
+        "uint8": UINT8[opts.profile],
         "steps": p.sampling.steps,
         "sampling": p.sampling.to_dict(),
         "dtype": str(p.dtype).removeprefix("torch."),
@@ -662,8 +784,6 @@ def _command(p: Plan, prompt: str, seed: int) -> list[str]:
         str(p.height),
         "--width",
         str(p.width),
-        "--steps",
-        str(o.steps),
         "--guidance",
         o.guidance,
         "--scale",
@@ -673,6 +793,8 @@ def _command(p: Plan, prompt: str, seed: int) -> list[str]:
         "--uncond",
         p.uncond,
     ]
+    if o.steps is not None:
+        cmd += ["--steps", str(o.steps)]
     if o.sampler_config:
         cmd += ["--sampler-config", o.sampler_config]
     if o.sampler:
@@ -693,6 +815,10 @@ def _command(p: Plan, prompt: str, seed: int) -> list[str]:
         cmd += ["--cache", repr(p.sampling.cache.threshold), "--cache-kind", p.sampling.cache.kind]
     if o.offload != "none":
         cmd += ["--offload", o.offload]
+    if o.vae_tiling != "auto":
+        cmd += ["--vae-tiling", o.vae_tiling]
+    if o.initial_noise is not None:
+        cmd += ["--initial-noise", o.initial_noise]
     return cmd
 
 

@@ -30,7 +30,10 @@ class ModelInfo:
     patch size (1.5), the latent frame count the network sees must be a multiple of it;
     ``max_text_len``: prompt tokens (226 for the released models);
     ``frames``, ``height``, ``width``: the model's native sample size (the CLI's defaults);
-    ``scheduler``: the folder's ``scheduler/scheduler_config.json`` (None for the built-in model).
+    ``scheduler``: the folder's ``scheduler/scheduler_config.json`` (None for the built-in model);
+    ``sat_text_len``: the prompt tokens SAT's config for this model encodes (224 for CogVideoX
+    1.5; None: ``max_text_len``); ``accelerator_dtype``: what the released weights run in on a GPU
+    (SAT's configs and the model cards: float16 for CogVideoX-2B, bfloat16 otherwise).
     """
 
     name: str
@@ -43,7 +46,13 @@ class ModelInfo:
     height: int = 480
     width: int = 720
     scheduler: dict[str, Any] | None = None
+    sat_text_len: int | None = None
+    accelerator_dtype: str = "bfloat16"
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def text_len(self, profile: str) -> int:
+        """Prompt tokens the ``profile`` (``sat`` or ``diffusers``) encodes for this model."""
+        return self.sat_text_len if profile == "sat" and self.sat_text_len is not None else self.max_text_len
 
 
 class VideoModel:
@@ -51,11 +60,13 @@ class VideoModel:
 
     * ``network(x, t, context, ofs=None)``: the core's :class:`~cogsample.denoiser.Network`,
       v-prediction (the CogVideoX parameterization, :class:`~cogsample.scalings.VideoScaling`);
-    * ``encode_prompts(prompts) -> (B, L, D)``; ``release_text_encoder()`` frees it;
+    * ``encode_prompts(prompts, max_length=None) -> (B, L, D)``; ``release_text_encoder()`` frees it;
     * ``encode_image(images (B, 3, H, W) in [-1, 1]) -> (B, 1, 16, H/8, W/8)``, already multiplied
       by the VAE's scaling factor (I2V models only);
     * ``latents_for_vae(latents) -> Tensor``: exactly what the VAE decoder is handed;
-      ``decode(latents) -> (B, F, 3, H, W)`` float in [0, 1];
+      ``decode(latents, tiling=False, reference="diffusers") -> (B, F, 3, H, W)`` float32 in [0, 1],
+      decoded as the ``reference`` implementation (``sat`` or ``diffusers``) decodes, tiled or not;
+      ``untiled_decode_bytes(latents_shape)``: the memory an untiled decode needs (None: unknown);
     * ``check_size(frames, height, width)``: ``ValueError`` naming the parameter for a size the
       model cannot take, before any work.
     """
@@ -65,7 +76,7 @@ class VideoModel:
     dtype: torch.dtype = torch.float32
     device: torch.device = torch.device("cpu")
 
-    def encode_prompts(self, prompts: Sequence[str]) -> Tensor:
+    def encode_prompts(self, prompts: Sequence[str], max_length: int | None = None) -> Tensor:
         raise NotImplementedError
 
     def release_text_encoder(self) -> None:
@@ -78,8 +89,12 @@ class VideoModel:
     def latents_for_vae(self, latents: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def decode(self, latents: Tensor) -> Tensor:
+    def decode(self, latents: Tensor, *, tiling: bool = False, reference: str = "diffusers") -> Tensor:
         raise NotImplementedError
+
+    def untiled_decode_bytes(self, shape: Sequence[int]) -> int | None:
+        """Peak memory of an untiled :meth:`decode` of latents of ``shape`` (None: no tiling to choose)."""
+        return None
 
     def check_size(self, frames: int, height: int, width: int) -> None:
         """Raise ``ValueError`` for a size this model cannot generate."""

@@ -726,8 +726,9 @@ class BuiltinModel(VideoModel):
     def captions(self) -> list[str]:
         return captions()
 
-    def encode_prompts(self, prompts: Sequence[str]) -> Tensor:
-        """``(B, 1, K)``: row b is :func:`match_prompt` of prompt b (weights summing to 1)."""
+    def encode_prompts(self, prompts: Sequence[str], max_length: int | None = None) -> Tensor:
+        """``(B, 1, K)``: row b is :func:`match_prompt` of prompt b (weights summing to 1); one
+        "token" whatever ``max_length``."""
         if isinstance(prompts, str):
             prompts = [prompts]
         rows = []
@@ -751,8 +752,9 @@ class BuiltinModel(VideoModel):
         """The identity: :meth:`decode` takes the sampler's latents unchanged."""
         return latents
 
-    def decode(self, latents: Tensor) -> Tensor:
-        """``(B, T, 16, h, w)`` -> ``(B, 4(T-1)+1, 3, 8h, 8w)`` float32 in [0, 1]."""
+    def decode(self, latents: Tensor, *, tiling: bool = False, reference: str = "diffusers") -> Tensor:
+        """``(B, T, 16, h, w)`` -> ``(B, 4(T-1)+1, 3, 8h, 8w)`` float32 in [0, 1]; a linear map, the
+        same for every ``reference``, with nothing to tile."""
         return self.vae.decode(latents)
 
     def check_size(self, frames: int, height: int, width: int) -> None:

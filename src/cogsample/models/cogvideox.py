@@ -18,6 +18,7 @@ import json
 import logging
 import weakref
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +58,14 @@ DEFAULT_OFS = 2.0
 #: Native size (height, width) of the released 1.5 models. Their transformer config's
 #: sample_height/width (300) is the size of the rotary table, not a generation size (2400 px).
 NATIVE_15 = (768, 1360)
+#: Prompt tokens of SAT's CogVideoX 1.5 configs (``max_length: 224``); diffusers' folders say 226.
+SAT_TEXT_LEN_15 = 224
+#: Latent frames diffusers' VAE decodes at a time (the first batch also takes the odd one).
+VAE_FRAME_BATCH = 2
+#: Peak bytes of an untiled decode per (first-batch latent frame x output pixel x element size),
+#: measured on the released VAE (``benchmarks/vae_memory.py``: 7631-7650 at 1.0's and 1.5's shapes
+#: on an H100 in bf16), rounded up for a margin.
+VAE_DECODE_BYTES_PER_PX = 8000
 
 
 # --------------------------------------------------------------------------- the network adapter
@@ -329,6 +338,10 @@ def _info(root: Path, configs: dict[str, dict[str, Any]]) -> ModelInfo:
         height=height,
         width=width,
         scheduler=dict(configs["scheduler"]),
+        # SAT's 1.5 configs encode prompts to 224 tokens (its 1.0 configs: 226, as diffusers)
+        sat_text_len=None if p_t is None else SAT_TEXT_LEN_15,
+        # CogVideoX-2B (sin-cos positions, no rotary) is run in fp16 by SAT and its model card
+        accelerator_dtype="bfloat16" if tc.get("use_rotary_positional_embeddings", False) else "float16",
         extra={
             "path": str(root),
             "pipeline": pipeline,
@@ -472,8 +485,8 @@ class CogVideoXModel(VideoModel):
     ``transformer``, ``vae``; ``network`` is the transformer's :class:`CogVideoXTransformerNetwork`.
 
     ``tiling``/``slicing``: :meth:`decode`'s defaults for the VAE's tiled and per-sample decoding
-    (diffusers only tiles frames larger than its tile, half the VAE's sample size: 240 x 360 px
-    for the released VAE, so small videos decode untiled either way). ``image_scaling``:
+    (tiling off, as SAT and diffusers' pipelines decode; when on, diffusers only tiles frames larger
+    than its tile, half the VAE's sample size: 240 x 360 px for the released VAE). ``image_scaling``:
     ``"diffusers"`` or ``"sat"``, see :meth:`encode_image`.
 
     ``offload`` (:mod:`cogsample.offload`; needs an accelerator ``device``, ``ValueError`` on the
@@ -495,8 +508,8 @@ class CogVideoXModel(VideoModel):
         vae: torch.nn.Module,
         dtype: torch.dtype,
         device: torch.device,
-        tiling: bool = True,
-        slicing: bool = True,
+        tiling: bool = False,
+        slicing: bool = False,
         image_scaling: str = "diffusers",
         offload: OffloadMode = "none",
     ):
@@ -543,10 +556,11 @@ class CogVideoXModel(VideoModel):
 
     # -- text
 
-    def encode_prompts(self, prompts: Sequence[str] | str) -> Tensor:
-        """T5 embeddings ``(B, max_text_len, D)`` in the model's dtype, as diffusers'
-        ``_get_t5_prompt_embeds``: padded to ``max_text_len`` tokens, truncated (with a warning
-        naming what was cut) when longer, ``</s>`` appended."""
+    def encode_prompts(self, prompts: Sequence[str] | str, max_length: int | None = None) -> Tensor:
+        """T5 embeddings ``(B, L, D)`` in the model's dtype, as diffusers' ``_get_t5_prompt_embeds``
+        and SAT's T5 embedder: padded to ``L = max_length`` tokens (default ``max_text_len``; SAT's
+        1.5 configs use 224, :meth:`ModelInfo.text_len`), truncated (with a warning naming what
+        was cut) when longer, ``</s>`` appended."""
         if self.text_encoder is None:
             raise RuntimeError("the text encoder was released (release_text_encoder()); encode prompts before that")
         if isinstance(prompts, str):
@@ -554,7 +568,12 @@ class CogVideoXModel(VideoModel):
         prompts = list(prompts)
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError(f"prompts must be a non-empty sequence of strings, got {prompts!r}")
-        length = self.info.max_text_len
+        length = self.info.max_text_len if max_length is None else int(max_length)
+        if self.network.fixed_text_len and length != self.info.max_text_len:
+            raise ValueError(
+                f"max_length must be {self.info.max_text_len} for {self.info.name}: its positional embeddings "
+                f"cover exactly that many text tokens, got {length}"
+            )
         ids = self.tokenizer(
             prompts,
             padding="max_length",
@@ -635,7 +654,8 @@ class CogVideoXModel(VideoModel):
             raise ValueError(f"{len(generator)} generators for {b} images")
         images = images.to(device=self.device, dtype=self.dtype)
         latents = []
-        with torch.no_grad():
+        # both sources encode the first frame whole; a decode's tiling must not carry over
+        with torch.no_grad(), self._vae_flags(tiling=False):
             for i in range(b):
                 dist = self.vae.encode(images[i : i + 1].unsqueeze(2)).latent_dist
                 g = generator[i] if isinstance(generator, Sequence) else generator
@@ -665,30 +685,85 @@ class CogVideoXModel(VideoModel):
         # Python-float reciprocal times the tensor, the same arithmetic as diffusers.
         return 1 / self.scaling_factor * z
 
-    def decode(self, latents: Tensor, *, tiling: bool | None = None, slicing: bool | None = None) -> Tensor:
-        """Video ``(B, F, 3, H, W)`` float32 in [0, 1], ``F = 4 (T - 1) + 1`` for odd ``T`` (diffusers'
-        VAE decodes frame 0 with the first pair, then pairs: an even ``T`` gives ``4 T``): ``vae.decode`` of
-        :meth:`latents_for_vae`, then ``(x * 0.5 + 0.5).clamp(0, 1)`` in the VAE's dtype (diffusers'
-        ``postprocess_video(output_type="pt")``), then float32. ``tiling``/``slicing``: None for the
-        model's defaults."""
-        z = self.latents_for_vae(latents)
+    @contextmanager
+    def _vae_flags(self, *, tiling: bool, slicing: bool | None = None, frame_batch: int | None = None):
+        """The VAE's tiling / slicing / frame-batch settings for one call, restored afterwards:
+        they live on the shared module, and nothing may carry from one video to the next."""
         vae = self.vae
-        # The flags live on the shared VAE module: set both on every call.
-        if self.tiling if tiling is None else tiling:
-            vae.enable_tiling()
-        else:
-            vae.disable_tiling()
-        if self.slicing if slicing is None else slicing:
-            vae.enable_slicing()
-        else:
-            vae.disable_slicing()
-        with torch.no_grad():
-            frames = vae.decode(z).sample
+        saved = (vae.use_tiling, vae.use_slicing, vae.num_latent_frames_batch_size)
+        vae.use_tiling = tiling
+        vae.use_slicing = self.slicing if slicing is None else slicing
+        if frame_batch is not None:
+            vae.num_latent_frames_batch_size = frame_batch
+        try:
+            yield vae
+        finally:
+            vae.use_tiling, vae.use_slicing, vae.num_latent_frames_batch_size = saved
+
+    def frame_batch(self, frames: int, reference: str = "diffusers") -> int:
+        """Latent frames per decoder call: diffusers' :data:`VAE_FRAME_BATCH` (the first call takes the
+        odd one too; SAT's 1.0 code, v1.0, decodes the same 3, 2, 2, ... chunks of an odd count).
+        SAT's 1.5 code (7a1af71) cuts ``frames`` into ``min(10, frames // 2)`` near-equal chunks,
+        the larger first: for 21 and 41 frames (81 and 161 video frames) that is diffusers' plan with
+        2 and 4 frames a batch. Other counts give chunks diffusers' decoder cannot run the same
+        way (it treats every odd-length chunk as holding frame 0): diffusers' plan, with a warning."""
+        if reference != "sat" or self.info.patch_size_t is None:
+            return VAE_FRAME_BATCH
+        n = min(10, frames // 2)
+        if n == 0:
+            return VAE_FRAME_BATCH
+        batch = frames // n
+        if frames % n > 1 or frames // batch != n:
+            import warnings
+
+            warnings.warn(
+                f"SAT decodes {frames} latent frames in {n} chunks of {batch} or {batch + 1}, which diffusers' VAE "
+                f"cannot reproduce; decoding in diffusers' batches of {VAE_FRAME_BATCH} instead",
+                stacklevel=3,
+            )
+            return VAE_FRAME_BATCH
+        return batch
+
+    def untiled_decode_bytes(self, shape: Sequence[int]) -> int:
+        """Peak memory (bytes) of an untiled :meth:`decode` of latents ``(B, T, 16, h, w)`` with
+        diffusers' frame batches: :data:`VAE_DECODE_BYTES_PER_PX` x first-batch frames x ``64 h w`` x
+        element size (the first batch is the largest; the decoder's activations dominate), plus the
+        decoded video twice (the batches and their concatenation)."""
+        b, t, _, h, w = shape
+        esize = torch.finfo(next(self.vae.parameters()).dtype).bits // 8
+        first = VAE_FRAME_BATCH + t % VAE_FRAME_BATCH if t >= VAE_FRAME_BATCH else t
+        pixels = 64 * h * w
+        video = 2 * b * (4 * (t - 1) + 1) * 3 * pixels * esize
+        slices = 1 if self.slicing else b
+        return VAE_DECODE_BYTES_PER_PX * slices * first * pixels * esize + video
+
+    def decode(
+        self,
+        latents: Tensor,
+        *,
+        tiling: bool | None = None,
+        slicing: bool | None = None,
+        reference: str = "diffusers",
+    ) -> Tensor:
+        """Video ``(B, F, 3, H, W)`` float32 in [0, 1], ``F = 4 (T - 1) + 1`` for odd ``T`` (diffusers'
+        VAE decodes frame 0 with the first pair, then pairs: an even ``T`` gives ``4 T``).
+
+        ``vae.decode`` of :meth:`latents_for_vae` in the VAE's dtype, in the frame batches of the
+        ``reference`` (``"diffusers"`` or ``"sat"``, :meth:`frame_batch`), then ``x / 2 + 1/2``
+        clamped to [0, 1] in float32 (SAT converts to float32 first; diffusers' pipeline does this in
+        the VAE's dtype, which in bf16 moves values by up to a grey level; in float32 the two are the
+        same). ``tiling``: spatial tiles (diffusers' tiled decode: less memory, seams blended; neither
+        source tiles unless asked); None: the model's default. ``slicing``: decode a batch one sample
+        at a time. The VAE's settings are restored afterwards."""
+        z = self.latents_for_vae(latents)
+        tiling = self.tiling if tiling is None else tiling
+        batch = self.frame_batch(z.shape[2], reference)
+        with torch.no_grad(), self._vae_flags(tiling=tiling, slicing=slicing, frame_batch=batch):
+            frames = self.vae.decode(z).sample
         if self.offloader is not None:
             # Decoding ends a generation: leave the device empty, as diffusers' pipelines do.
             self.offloader.release()
-        video = (frames * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 1, 3, 4)
-        return video.float()
+        return (frames.float() * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 1, 3, 4)
 
     # -- sizes
 
@@ -713,7 +788,7 @@ def load_cogvideox(
     dtype: torch.dtype | None = None,
     device: torch.device | str = "cpu",
     tiling: bool = True,
-    slicing: bool = True,
+    slicing: bool = False,
     image_scaling: str = "diffusers",
     offload: OffloadMode = "none",
 ) -> CogVideoXModel:
