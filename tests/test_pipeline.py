@@ -210,8 +210,8 @@ def test_steps_set_dynamic_cfg_num_steps_with_and_without_a_yaml(tmp_path, no_lo
 
 
 def test_steps_rule_for_a_yaml_whose_steps_differ(tmp_path, no_loading):
-    """A yaml with 25 sampler steps and a 50-step ramp: the CLI always resolves a step count, and
-    that count is the ramp's length."""
+    """A yaml with 25 sampler steps and a 50-step ramp: taken as written without --steps; a given
+    step count is the ramp's length."""
     import yaml
 
     from cogsample.guidance import DynamicCFG
@@ -224,6 +224,36 @@ def test_steps_rule_for_a_yaml_whose_steps_differ(tmp_path, no_loading):
     assert load_sat_yaml(path).guidance == DynamicCFG(6, 5, 50)  # as written, without a step count
     s = plan(_opts(tmp_path, sampler_config=str(path), steps=25)).sampling
     assert s.steps == 25 and s.guidance == DynamicCFG(6, 5, 25)
+    s = plan(_opts(tmp_path, sampler_config=str(path), steps=None)).sampling
+    assert s.steps == 25 and s.guidance == DynamicCFG(6, 5, 50)
+    s = plan(_opts(tmp_path, sampler_config=str(path), steps=None, scale=4.5)).sampling  # a new scale only
+    assert s.steps == 25 and s.guidance == DynamicCFG(4.5, 5, 50)
+    # without a yaml and without a step count: 50 and a 50-step ramp
+    s = plan(_opts(tmp_path, steps=None)).sampling
+    assert s.steps == 50 and s.guidance == DynamicCFG(6, 5, 50)
+
+
+def test_the_cli_takes_a_yaml_as_written_without_steps_and_says_the_rule(tmp_path, capsys):
+    import yaml
+
+    from cogsample.cli import build_parser, main
+
+    data = yaml.safe_load(SAT_5B.read_text())
+    data["model"]["sampler_config"]["params"]["num_steps"] = 3
+    path = tmp_path / "steps3.yaml"
+    path.write_text(yaml.safe_dump(data))
+    args = ["generate", "--prompt", "a red ball", "--frames", "9", "--height", "32", "--width", "48"]
+    assert main([*args, "--sampler-config", str(path), "--out", str(tmp_path / "a"), "--quiet"]) == 0
+    (meta,) = (tmp_path / "a").glob("*.json")
+    m = json.loads(meta.read_text())
+    assert m["sampling"]["steps"] == 3 and m["sampling"]["guidance"]["num_steps"] == 50
+    assert "--steps" not in m["command"]  # the command reproduces it from the yaml again
+    assert main([*args, "--sampler-config", str(path), "--steps", "4", "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    (meta,) = (tmp_path / "b").glob("*.json")
+    m = json.loads(meta.read_text())
+    assert m["sampling"]["steps"] == 4 and m["sampling"]["guidance"]["num_steps"] == 4
+    help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["generate"].format_help().split())
+    assert "also set DynamicCFG's num_steps" in help_text and "with or without --sampler-config" in help_text
 
 
 def test_speedup_options_compose_into_the_sampling_config(tmp_path, no_loading):

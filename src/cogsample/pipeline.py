@@ -255,8 +255,13 @@ def resolve_sampling(opts: GenerateOptions, info: ModelInfo) -> SamplingConfig:
             changes["sampler"] = opts.sampler
             changes["options"] = {}
         if opts.guidance != "dynamic" or opts.scale != 6.0:
-            # the same rule as the yaml's own guider: the ramp spans the run's steps
-            changes["guidance"] = _guidance(opts.guidance, opts.scale, cfg.steps)
+            own = cfg.guidance
+            if opts.guidance == "dynamic" and isinstance(own, DynamicCFG):
+                # the yaml's ramp (its exponent; its length, already by the step rule) at the new scale
+                changes["guidance"] = dataclasses.replace(own, scale=opts.scale)
+            else:
+                ramp = own.num_steps if isinstance(own, DynamicCFG) else cfg.steps
+                changes["guidance"] = _guidance(opts.guidance, opts.scale, ramp)
         return dataclasses.replace(cfg, **changes) if changes else cfg
     sched = _scheduler_config(info)
     if opts.profile == "diffusers":
