@@ -633,7 +633,7 @@ def run_plan(
         with torch.inference_mode():
             clean = latents[:, p.pad_frames :].to(p.dtype)
             for_vae = model.latents_for_vae(clean)
-            tiling = vae_tiling(p.options.vae_tiling, model, clean.shape, p.device)
+            tiling = vae_tiling(p.options.vae_tiling, model, clean.shape, p.device, opts.profile)
             video = model.decode(clean, tiling=tiling["tiled"], reference=opts.profile)[0].float().cpu()
         t_decode = time.perf_counter() - t0
 
@@ -676,11 +676,14 @@ def free_memory(device: torch.device) -> int | None:
     return None
 
 
-def vae_tiling(mode: str, model: VideoModel, shape: Sequence[int], device: torch.device) -> dict[str, Any]:
+def vae_tiling(
+    mode: str, model: VideoModel, shape: Sequence[int], device: torch.device, reference: str = "diffusers"
+) -> dict[str, Any]:
     """Whether to decode latents of ``shape`` tiled: ``on``/``off`` as asked; ``auto``: only when the
-    model's estimate of an untiled decode exceeds :data:`AUTO_TILING_MARGIN` of the free memory.
-    Returns the decision and its inputs, as recorded in the video's JSON."""
-    need = model.untiled_decode_bytes(shape)
+    model's estimate of an untiled decode (as ``reference`` decodes) exceeds
+    :data:`AUTO_TILING_MARGIN` of the free memory. Returns the decision and its inputs, as recorded
+    in the video's JSON."""
+    need = model.untiled_decode_bytes(shape, reference)
     free = free_memory(device) if mode == "auto" and need is not None else None
     if mode == "auto":
         tiled = need is not None and free is not None and need > AUTO_TILING_MARGIN * free

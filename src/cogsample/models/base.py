@@ -66,7 +66,7 @@ class VideoModel:
     * ``latents_for_vae(latents) -> Tensor``: exactly what the VAE decoder is handed;
       ``decode(latents, tiling=False, reference="diffusers") -> (B, F, 3, H, W)`` float32 in [0, 1],
       decoded as the ``reference`` implementation (``sat`` or ``diffusers``) decodes, tiled or not;
-      ``untiled_decode_bytes(latents_shape)``: the memory an untiled decode needs (None: unknown);
+      ``untiled_decode_bytes(latents_shape, reference)``: the memory an untiled decode needs (None: unknown);
     * ``check_size(frames, height, width)``: ``ValueError`` naming the parameter for a size the
       model cannot take, before any work.
     """
@@ -92,7 +92,7 @@ class VideoModel:
     def decode(self, latents: Tensor, *, tiling: bool = False, reference: str = "diffusers") -> Tensor:
         raise NotImplementedError
 
-    def untiled_decode_bytes(self, shape: Sequence[int]) -> int | None:
+    def untiled_decode_bytes(self, shape: Sequence[int], reference: str = "diffusers") -> int | None:
         """Peak memory of an untiled :meth:`decode` of latents of ``shape`` (None: no tiling to choose)."""
         return None
 

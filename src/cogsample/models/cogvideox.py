@@ -16,6 +16,7 @@ import gc
 import importlib.util
 import json
 import logging
+import warnings
 import weakref
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -700,38 +701,36 @@ class CogVideoXModel(VideoModel):
         finally:
             vae.use_tiling, vae.use_slicing, vae.num_latent_frames_batch_size = saved
 
-    def frame_batch(self, frames: int, reference: str = "diffusers") -> int:
+    def frame_batch(self, frames: int, reference: str = "diffusers", *, warn: bool = True) -> int:
         """Latent frames per decoder call: diffusers' :data:`VAE_FRAME_BATCH` (the first call takes the
         odd one too; SAT's 1.0 code, v1.0, decodes the same 3, 2, 2, ... chunks of an odd count).
         SAT's 1.5 code (7a1af71) cuts ``frames`` into ``min(10, frames // 2)`` near-equal chunks,
         the larger first: for 21 and 41 frames (81 and 161 video frames) that is diffusers' plan with
         2 and 4 frames a batch. Other counts give chunks diffusers' decoder cannot run the same
         way (it treats every odd-length chunk as holding frame 0): diffusers' plan, with a warning."""
-        if reference != "sat" or self.info.patch_size_t is None:
-            return VAE_FRAME_BATCH
         n = min(10, frames // 2)
-        if n == 0:
+        if reference != "sat" or self.info.patch_size_t is None or n == 0:
             return VAE_FRAME_BATCH
         batch = frames // n
-        if frames % n > 1 or frames // batch != n:
-            import warnings
-
+        if frames % n <= 1 and frames // batch == n:
+            return batch
+        if warn:
             warnings.warn(
                 f"SAT decodes {frames} latent frames in {n} chunks of {batch} or {batch + 1}, which diffusers' VAE "
                 f"cannot reproduce; decoding in diffusers' batches of {VAE_FRAME_BATCH} instead",
                 stacklevel=3,
             )
-            return VAE_FRAME_BATCH
-        return batch
+        return VAE_FRAME_BATCH
 
-    def untiled_decode_bytes(self, shape: Sequence[int]) -> int:
-        """Peak memory (bytes) of an untiled :meth:`decode` of latents ``(B, T, 16, h, w)`` with
-        diffusers' frame batches: :data:`VAE_DECODE_BYTES_PER_PX` x first-batch frames x ``64 h w`` x
-        element size (the first batch is the largest; the decoder's activations dominate), plus the
-        decoded video twice (the batches and their concatenation)."""
+    def untiled_decode_bytes(self, shape: Sequence[int], reference: str = "diffusers") -> int:
+        """Peak memory (bytes) of an untiled :meth:`decode` of latents ``(B, T, 16, h, w)`` in the
+        ``reference``'s frame batches (:meth:`frame_batch`): :data:`VAE_DECODE_BYTES_PER_PX` x the
+        first batch's frames (the largest; the decoder's activations dominate) x ``64 h w`` x element
+        size, plus the decoded video twice (the batches and their concatenation)."""
         b, t, _, h, w = shape
         esize = torch.finfo(next(self.vae.parameters()).dtype).bits // 8
-        first = VAE_FRAME_BATCH + t % VAE_FRAME_BATCH if t >= VAE_FRAME_BATCH else t
+        batch = self.frame_batch(t, reference, warn=False)
+        first = batch + t % batch if t >= batch else t
         pixels = 64 * h * w
         video = 2 * b * (4 * (t - 1) + 1) * 3 * pixels * esize
         slices = 1 if self.slicing else b
