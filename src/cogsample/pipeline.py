@@ -241,9 +241,7 @@ def resolve_sampling(opts: GenerateOptions, info: ModelInfo) -> SamplingConfig:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     if opts.sampler is not None:
         get_sampler(opts.sampler)  # names the allowed samplers when unknown
-    if opts.sampler_config is None and steps is None:
-        steps = 50
-    guidance = _guidance(opts.guidance, opts.scale, steps or 50)
+    _guidance(opts.guidance, opts.scale, 1)  # checks the scale whatever the branch below
     if opts.sampler_config is not None:
         if opts.profile != "sat":
             raise ValueError("--sampler-config is a SAT yaml: it goes with --profile sat")
@@ -263,6 +261,7 @@ def resolve_sampling(opts: GenerateOptions, info: ModelInfo) -> SamplingConfig:
                 ramp = own.num_steps if isinstance(own, DynamicCFG) else cfg.steps
                 changes["guidance"] = _guidance(opts.guidance, opts.scale, ramp)
         return dataclasses.replace(cfg, **changes) if changes else cfg
+    steps = 50 if steps is None else steps
     sched = _scheduler_config(info)
     if opts.profile == "diffusers":
         from .profiles import diffusers_sampling
@@ -283,7 +282,7 @@ def resolve_sampling(opts: GenerateOptions, info: ModelInfo) -> SamplingConfig:
         steps=steps,
         schedule=schedule,
         denoiser=DenoiserConfig(VideoScaling(), table=schedule),
-        guidance=guidance,
+        guidance=_guidance(opts.guidance, opts.scale, steps),
     )
 
 
