@@ -23,6 +23,7 @@ SIZE = {"frames": 9, "height": 32, "width": 48}
 
 def _opts(folder, tmp_path, **kw) -> GenerateOptions:
     base = {"prompts": ("a cat playing a piano",), "model": str(folder), "out": str(tmp_path / "out"), "steps": 4}
+    base["device"] = "cpu"  # the diffusers pipelines they are compared with run on the CPU
     base.update(SIZE)
     base.update(kw)
     return GenerateOptions(**base)

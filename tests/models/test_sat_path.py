@@ -27,6 +27,7 @@ SMALL = {"frames": 9, "height": 32, "width": 48}
 
 def _opts(folder, tmp_path, **kw) -> GenerateOptions:
     base = {"prompts": ("a cat playing a piano",), "model": str(folder), "out": str(tmp_path / "out"), "steps": 3}
+    base["device"] = "cpu"  # the diffusers pipelines they are compared with run on the CPU
     base.update({"frames": 9, "height": 32, "width": 48})
     base.update(kw)
     return GenerateOptions(**base)
@@ -248,6 +249,16 @@ def test_2b_folders_default_to_fp16_on_a_gpu_and_others_to_bf16(tiny_folders):
         assert pipeline._resolve_dtype(None, cpu, info, builtin=False) == torch.float32
         assert pipeline._resolve_dtype("float32", cuda, info, builtin=False) == torch.float32
     assert pipeline._resolve_dtype(None, cuda, pipeline.inspect_model("builtin"), builtin=True) == torch.float32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(("kind", "want"), [("t2v-2b", "float16"), ("t2v", "bfloat16")])
+def test_generate_on_a_gpu_runs_in_the_release_dtype(tiny_folders, tmp_path, kind, want):
+    (res,) = pipeline.generate(_opts(tiny_folders[kind], tmp_path, device="cuda"))
+    meta = json.loads(res.files["meta"].read_text())
+    assert meta["dtype"] == want and meta["device"].startswith("cuda")
+    assert meta["vae_tiling"]["tiled"] is False and meta["vae_tiling"]["free_bytes"] > 0
+    assert torch.isfinite(res.video).all()
 
 
 # ----------------------------------------------------------------------------------------------
