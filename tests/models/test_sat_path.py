@@ -65,6 +65,15 @@ def _png(tmp_path) -> str:
     return str(path)
 
 
+def test_the_224_token_rule_is_the_shipped_configs(tiny_models):
+    from cogsample.models.cogvideox import SAT_TEXT_LEN_15
+    from cogsample.satconfig import sat_text_max_length
+
+    assert SAT_TEXT_LEN_15 == sat_text_max_length("cogvideox1.5-5b") == sat_text_max_length("cogvideox1.5-5b-i2v")
+    assert tiny_models["t2v-1.5"].info.text_len("sat") == SAT_TEXT_LEN_15
+    assert sat_text_max_length("cogvideox-5b") == 226 and tiny_models["t2v"].info.sat_text_len is None
+
+
 def test_encode_prompts_takes_a_length(tiny_models):
     model = tiny_models["t2v-1.5"]
     assert model.encode_prompts(["a cat"], max_length=224).shape[1] == 224
