@@ -632,6 +632,7 @@ def run_plan(
         with torch.inference_mode():
             clean = latents[:, p.pad_frames :].to(p.dtype)
             for_vae = model.latents_for_vae(clean)
+            model.prepare_decode()
             tiling = vae_tiling(p.options.vae_tiling, model, clean.shape, p.device, opts.profile)
             video = model.decode(clean, tiling=tiling["tiled"], reference=opts.profile)[0].float().cpu()
         t_decode = time.perf_counter() - t0

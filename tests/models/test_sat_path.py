@@ -208,6 +208,15 @@ def test_auto_tiling_decodes_whole_when_it_fits_and_tiles_when_not(tiny_models, 
     assert m15.untiled_decode_bytes(long, "diffusers") == model.untiled_decode_bytes(long)
 
 
+def test_offloaded_parts_leave_the_device_before_the_tiling_decision(tiny_folders, tmp_path, monkeypatch):
+    events = []
+    model = load_cogvideox(tiny_folders["t2v"])
+    model.offloader = types.SimpleNamespace(release=lambda: events.append("release"), forget=lambda _name: None)
+    monkeypatch.setattr(pipeline, "free_memory", lambda _d: events.append("free") or 10**12)
+    pipeline.run_plan(plan(_opts(tiny_folders["t2v"], tmp_path)), model=model)
+    assert events[:2] == ["release", "free"]
+
+
 def test_the_untiled_estimate_covers_the_measured_peaks():
     # benchmarks/vae_memory.py on the released VAE (H100, bf16): the estimate must cover each
     # measured peak, with a margin of at most 15%

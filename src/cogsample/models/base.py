@@ -92,6 +92,9 @@ class VideoModel:
     def decode(self, latents: Tensor, *, tiling: bool = False, reference: str = "diffusers") -> Tensor:
         raise NotImplementedError
 
+    def prepare_decode(self) -> None:
+        """Free what decoding does not need on the device (called before the tiling decision)."""
+
     def untiled_decode_bytes(self, shape: Sequence[int], reference: str = "diffusers") -> int | None:
         """Peak memory of an untiled :meth:`decode` of latents of ``shape`` (None: no tiling to choose)."""
         return None

@@ -722,6 +722,12 @@ class CogVideoXModel(VideoModel):
             )
         return VAE_FRAME_BATCH
 
+    def prepare_decode(self) -> None:
+        """Under offload, send the resident part (the transformer, after sampling) back to the CPU now
+        rather than when the VAE arrives, so the free memory the tiling decision reads is the decode's."""
+        if self.offloader is not None:
+            self.offloader.release()
+
     def untiled_decode_bytes(self, shape: Sequence[int], reference: str = "diffusers") -> int:
         """Peak memory (bytes) of an untiled :meth:`decode` of latents ``(B, T, 16, h, w)`` in the
         ``reference``'s frame batches (:meth:`frame_batch`): :data:`VAE_DECODE_BYTES_PER_PX` x the
