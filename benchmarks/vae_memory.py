@@ -19,6 +19,8 @@ import time
 
 import torch
 
+from cogsample.models.cogvideox import first_frame_batch
+
 CUDA_SHAPES = [  # (latent frames, latent h, latent w): 1.0 at 480x720 (13, 9 and 5 latent frames), 1.5 at 768x1360
     (13, 60, 90),
     (9, 60, 90),
@@ -28,10 +30,6 @@ CUDA_SHAPES = [  # (latent frames, latent h, latent w): 1.0 at 480x720 (13, 9 an
     (41, 96, 170),
 ]
 CPU_SHAPES = [(5, 16, 24), (5, 32, 48), (9, 32, 48)]
-
-
-def first_batch(frames: int, batch: int) -> int:
-    return batch + frames % batch if frames >= batch else frames
 
 
 def measure(vae, z: torch.Tensor, tiling: bool, batch: int = 2) -> tuple[float, float]:
@@ -76,12 +74,12 @@ def main() -> None:
         row["pixels"] = [4 * (t - 1) + 1, 8 * h, 8 * w]
         try:
             row["untiled_bytes"], row["untiled_s"] = measure(vae, z, tiling=False)
-            row["bytes_per_px"] = row["untiled_bytes"] / (first_batch(t, 2) * 64 * h * w * esize)
+            row["bytes_per_px"] = row["untiled_bytes"] / (first_frame_batch(t, 2) * 64 * h * w * esize)
             n = min(10, t // 2)
             if n and t // n != 2 and t % n <= 1:  # SAT's 1.5 chunking, where it is a diffusers plan of another size
                 row["sat_batch"] = t // n
                 row["sat_untiled_bytes"], row["sat_untiled_s"] = measure(vae, z, tiling=False, batch=t // n)
-                row["sat_bytes_per_px"] = row["sat_untiled_bytes"] / (first_batch(t, t // n) * 64 * h * w * esize)
+                row["sat_bytes_per_px"] = row["sat_untiled_bytes"] / (first_frame_batch(t, t // n) * 64 * h * w * esize)
         except torch.OutOfMemoryError as e:
             row["untiled_error"] = str(e).splitlines()[0]
         try:

@@ -14,19 +14,11 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from cogsample import pipeline
-from cogsample.pipeline import GenerateOptions, plan
+from cogsample.pipeline import plan
 
 pytest.importorskip("diffusers")
 
-SIZE = {"frames": 9, "height": 32, "width": 48}
-
-
-def _opts(folder, tmp_path, **kw) -> GenerateOptions:
-    base = {"prompts": ("a cat playing a piano",), "model": str(folder), "out": str(tmp_path / "out"), "steps": 4}
-    base["device"] = "cpu"  # the diffusers pipelines they are compared with run on the CPU
-    base.update(SIZE)
-    base.update(kw)
-    return GenerateOptions(**base)
+from .tiny_cogvideox import SIZE, tiny_request
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +44,9 @@ def image_file(tmp_path_factory) -> str:
 )
 def test_generate_on_a_tiny_folder(tiny_folders, tmp_path, image_file, kind, sampler, guidance):
     i2v = kind.startswith("i2v")
-    opts = _opts(tiny_folders[kind], tmp_path, sampler=sampler, guidance=guidance, image=image_file if i2v else None)
+    opts = tiny_request(
+        tiny_folders[kind], tmp_path, sampler=sampler, guidance=guidance, image=image_file if i2v else None
+    )
     p = plan(opts)
     (res,) = pipeline.run_plan(p)
     lat = load_file(str(res.files["latents"]))
@@ -72,7 +66,7 @@ def test_generate_on_a_tiny_folder(tiny_folders, tmp_path, image_file, kind, sam
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_half_precision_runs_end_to_end(tiny_folders, tmp_path, dtype):
-    p = plan(_opts(tiny_folders["t2v-1.5"], tmp_path, dtype=dtype))
+    p = plan(tiny_request(tiny_folders["t2v-1.5"], tmp_path, dtype=dtype))
     assert p.dtype == getattr(torch, dtype)
     (res,) = pipeline.run_plan(p)
     assert res.latents.dtype == torch.float32  # the SAT samplers keep their state in float32
@@ -83,11 +77,11 @@ def test_half_precision_runs_end_to_end(tiny_folders, tmp_path, dtype):
 def test_t2v_with_an_image_and_i2v_without_fail_before_loading(tiny_folders, tmp_path, image_file, monkeypatch):
     monkeypatch.setattr(pipeline, "load_model", lambda _p: pytest.fail("loaded"))
     with pytest.raises(ValueError, match=r"--image given, but model .* is text-to-video"):
-        plan(_opts(tiny_folders["t2v"], tmp_path, image=image_file))
+        plan(tiny_request(tiny_folders["t2v"], tmp_path, image=image_file))
     with pytest.raises(ValueError, match="is image-to-video: give --image"):
-        plan(_opts(tiny_folders["i2v"], tmp_path))
+        plan(tiny_request(tiny_folders["i2v"], tmp_path))
     with pytest.raises(ValueError, match="frames must be 9"):  # learned positions: native size only
-        plan(_opts(tiny_folders["i2v"], tmp_path, image=image_file, frames=13))
+        plan(tiny_request(tiny_folders["i2v"], tmp_path, image=image_file, frames=13))
 
 
 @pytest.mark.parametrize("part", ["transformer", "vae", "tokenizer"])
@@ -97,7 +91,7 @@ def test_a_folder_missing_a_part_is_named(tiny_folders, tmp_path, part, monkeypa
     shutil.copytree(tiny_folders["t2v"], broken)
     shutil.rmtree(broken / part)
     with pytest.raises(ValueError, match=part):
-        plan(_opts(broken, tmp_path))
+        plan(tiny_request(broken, tmp_path))
 
 
 def test_a_folder_of_another_model_is_refused(tiny_folders, tmp_path):
@@ -107,7 +101,7 @@ def test_a_folder_of_another_model_is_refused(tiny_folders, tmp_path):
     index["_class_name"] = "StableDiffusionPipeline"
     (other / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(ValueError, match=r"not a CogVideoX folder.*StableDiffusionPipeline"):
-        plan(_opts(other, tmp_path))
+        plan(tiny_request(other, tmp_path))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,7 +152,7 @@ def test_diffusers_profile_equals_diffusers_pipeline(
         max_sequence_length=16,
         **kw,
     ).frames
-    opts = _opts(
+    opts = tiny_request(
         folder,
         tmp_path,
         prompts=(prompt,),

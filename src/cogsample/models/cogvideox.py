@@ -38,6 +38,7 @@ __all__ = [
     "CogVideoXModel",
     "CogVideoXTransformerNetwork",
     "check_size_for",
+    "first_frame_batch",
     "i2v_size",
     "image_to_tensor",
     "inspect_folder",
@@ -67,6 +68,11 @@ VAE_FRAME_BATCH = 2
 #: measured on the released VAE (``benchmarks/vae_memory.py``: 7631-7650 at 1.0's and 1.5's shapes
 #: on an H100 in bf16), rounded up for a margin.
 VAE_DECODE_BYTES_PER_PX = 8000
+
+
+def first_frame_batch(frames: int, batch: int) -> int:
+    """Latent frames in the VAE decoder's first (largest) call: ``batch`` plus the remainder."""
+    return batch + frames % batch if frames >= batch else frames
 
 
 # --------------------------------------------------------------------------- the network adapter
@@ -735,8 +741,7 @@ class CogVideoXModel(VideoModel):
         size, plus the decoded video twice (the batches and their concatenation)."""
         b, t, _, h, w = shape
         esize = torch.finfo(next(self.vae.parameters()).dtype).bits // 8
-        batch = self.frame_batch(t, reference, warn=False)
-        first = batch + t % batch if t >= batch else t
+        first = first_frame_batch(t, self.frame_batch(t, reference, warn=False))
         pixels = 64 * h * w
         video = 2 * b * (4 * (t - 1) + 1) * 3 * pixels * esize
         slices = 1 if self.slicing else b
