@@ -42,7 +42,8 @@ def test_generate_quiet_prints_only_paths(tmp_path, capsys):
     cap = capsys.readouterr()
     assert rc == 0 and cap.err == ""
     paths = cap.out.split()
-    assert [p.rsplit("/", 1)[1] for p in paths] == ["a-red-ball-bouncing-s42.mp4", "a-yellow-square-rotating-s43.mp4"]
+    names = [p.rsplit("/", 1)[1] for p in paths]
+    assert [n.rsplit("-", 1)[0] for n in names] == ["a-red-ball-bouncing-s42", "a-yellow-square-rotating-s43"]
 
 
 def test_generate_progress_bar_on_a_terminal(capsys):

@@ -16,14 +16,10 @@ def _clip(f=9, h=32, w=48) -> np.ndarray:
     return outputs.to_uint8(video)
 
 
-def test_slug_and_free_stem(tmp_path):
+def test_slug():
     assert outputs.slug("A red Ball, bouncing!") == "a-red-ball-bouncing"
     assert outputs.slug("!!!") == "video"
     assert len(outputs.slug("x" * 200)) <= 48
-    assert outputs.free_stem(tmp_path, "a") == "a"
-    (tmp_path / "a.json").write_text("{}")  # any one of the outputs existing takes the name
-    assert outputs.free_stem(tmp_path, "a") == "a-2"
-    assert outputs.free_stem(tmp_path, "a", taken={"a-2"}) == "a-3"
 
 
 def test_to_uint8_rounds_and_clamps():
@@ -73,20 +69,6 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
         raise RuntimeError("disk full")
     assert dest.read_text() == "user data"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
-
-
-def test_write_all_removes_what_it_wrote_when_one_fails(tmp_path):
-    def boom(_dest):
-        raise OSError("no space left")
-
-    with pytest.raises(OSError):
-        outputs.write_all(
-            [
-                (tmp_path / "a.json", lambda d: outputs.write_json(d, {"a": 1})),
-                (tmp_path / "b.png", boom),
-            ]
-        )
-    assert list(tmp_path.iterdir()) == []
 
 
 def test_latents_and_json_round_trip(tmp_path):

@@ -8,10 +8,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from cogsample import pipeline
+from cogsample import batch, pipeline
+from cogsample.batch import run_plan
 from cogsample.guidance import Conditioning
 from cogsample.noise import GlobalNoise
-from cogsample.pipeline import GenerateOptions, plan, run_plan
+from cogsample.pipeline import GenerateOptions, plan
 from cogsample.sampling import SamplingConfig, sample
 
 SMALL = {"frames": 9, "height": 64, "width": 96, "steps": 8}
@@ -27,16 +28,17 @@ def _opts(tmp_path, **kw) -> GenerateOptions:
 def no_loading(monkeypatch):
     """Planning must never load a model."""
 
-    def boom(_plan):
+    def boom(*_a, **_k):
         raise AssertionError("a model was loaded")
 
     monkeypatch.setattr(pipeline, "load_model", boom)
 
 
 def test_generate_writes_the_four_files(tmp_path):
-    (res,) = pipeline.generate(_opts(tmp_path))
+    (res,) = batch.generate(_opts(tmp_path))
     out = tmp_path / "out"
-    stem = "a-red-ball-bouncing-on-a-blue-background-s42"
+    stem = plan(_opts(tmp_path)).stems[0]
+    assert stem.startswith("a-red-ball-bouncing-on-a-blue-background-s42-") and res.files["video"].name == f"{stem}.mp4"
     assert sorted(p.name for p in out.iterdir()) == sorted(
         f"{stem}{s}" for s in (".mp4", ".latents.safetensors", ".json", ".png")
     )
@@ -70,28 +72,42 @@ def test_sat_profile_is_the_core_sample_call(tmp_path):
     assert torch.equal(res.latents, want)
 
 
-def test_same_seed_same_video_and_names_never_collide(tmp_path):
-    (a,) = pipeline.generate(_opts(tmp_path))
-    (b,) = pipeline.generate(_opts(tmp_path))
-    assert torch.equal(a.latents, b.latents)
-    assert a.files["video"] != b.files["video"] and b.files["video"].name.endswith("-s42-2.mp4")
-    assert a.files["video"].exists()
+def test_names_come_from_what_defines_the_video(tmp_path):
+    """The same request finds its finished video (skipped, the file untouched); any option that
+    changes the video gives another name, so nothing is overwritten."""
+    (a,) = batch.generate(_opts(tmp_path))
+    before = a.files["video"].stat().st_mtime_ns
+    (again,) = batch.generate(_opts(tmp_path))
+    assert again.skipped and again.files == a.files and again.latents is None
+    assert a.files["video"].stat().st_mtime_ns == before
+    (other,) = batch.generate(_opts(tmp_path, scale=3.0))
+    assert not other.skipped and other.files["video"] != a.files["video"]
+    assert not torch.equal(other.latents, a.latents)
+    (redo,) = batch.generate(_opts(tmp_path), overwrite=True)
+    assert not redo.skipped and redo.files == a.files and torch.equal(redo.latents, a.latents)
+    # device and out folder do not define a video; model size, dtype and seed do
+    base = plan(_opts(tmp_path)).stems[0]
+    assert plan(_opts(tmp_path, out=str(tmp_path / "elsewhere"), device="cpu")).stems[0] == base
+    for change in ({"seed": 43}, {"frames": 13}, {"steps": 9}, {"fps": 9}):
+        assert plan(_opts(tmp_path, **change)).stems[0] != base, change
+    assert len(list((tmp_path / "out").iterdir())) == 8  # two videos, four files each, no lock or temporary
 
 
 def test_json_command_reproduces_the_video(tmp_path):
     from cogsample.cli import build_parser
 
-    a, _ = pipeline.generate(_opts(tmp_path, prompts=("a yellow square rotating", "a green triangle"), seed=3))
-    a2 = pipeline.generate(_opts(tmp_path, prompts=("a green triangle",), seed=4))[0]
+    a, b = batch.generate(_opts(tmp_path, prompts=("a yellow square rotating", "a green triangle"), seed=3))
+    # video k of a batch is the single video with seed + k: the same name, found finished
+    (a2,) = batch.generate(_opts(tmp_path, prompts=("a green triangle",), seed=4))
+    assert a2.skipped and a2.files == b.files
     meta = json.loads(a.files["meta"].read_text())
     assert meta["seed"] == 3
     args = build_parser().parse_args([*meta["command"][1:], "--out", str(tmp_path / "again"), "--quiet"])
     assert args.func(args) == 0
     again = load_file(str(next((tmp_path / "again").glob("*.safetensors"))))
     assert torch.equal(again["latents"], a.latents)
-    # video k of a batch is the single video with seed + k
-    second = load_file(str(next((tmp_path / "out").glob("a-green-triangle-s4.latents.safetensors"))))
-    assert torch.equal(second["latents"], a2.latents)
+    (alone,) = batch.generate(_opts(tmp_path / "alone", prompts=("a green triangle",), seed=4))
+    assert torch.equal(alone.latents, b.latents)
 
 
 def test_failure_while_saving_leaves_nothing(tmp_path, monkeypatch):
@@ -102,7 +118,7 @@ def test_failure_while_saving_leaves_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(outputs, "write_contact_sheet", broken)
     with pytest.raises(OSError, match="disk full"):
-        pipeline.generate(_opts(tmp_path))
+        batch.generate(_opts(tmp_path))
     assert list((tmp_path / "out").iterdir()) == []
 
 
@@ -113,13 +129,13 @@ def test_i2v_builtin_starts_from_the_image(tmp_path):
     first = clip.render(1, 64, 96)[0]  # (3, H, W) in [0, 1]
     img = tmp_path / "first.png"
     Image.fromarray((first.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(img)
-    (res,) = pipeline.generate(_opts(tmp_path, model="builtin-i2v", image=str(img), prompts=(clip.caption,), steps=20))
+    (res,) = batch.generate(_opts(tmp_path, model="builtin-i2v", image=str(img), prompts=(clip.caption,), steps=20))
     err = (res.video[0] - first).abs().mean()
     assert err < 0.05
 
 
 def test_diffusers_profile_runs_on_builtin(tmp_path):
-    (res,) = pipeline.generate(_opts(tmp_path, profile="diffusers"))
+    (res,) = batch.generate(_opts(tmp_path, profile="diffusers"))
     meta = json.loads(res.files["meta"].read_text())
     assert meta["uncond"] == "negative-prompt" and meta["negative_prompt"] == ""
     assert meta["sampling"]["sampler"].startswith("diffusers")
@@ -174,9 +190,9 @@ def test_unreadable_image_and_unwritable_out(tmp_path, no_loading):
     blocker = tmp_path / "file"
     blocker.write_text("mine")
     with pytest.raises(ValueError, match=r"out directory .* is not writable"):
-        plan(_opts(tmp_path, out=str(blocker)))
+        batch.generate(_opts(tmp_path, out=str(blocker)))
     with pytest.raises(ValueError, match="out directory"):
-        plan(_opts(tmp_path, out=str(blocker / "sub")))
+        batch.generate(_opts(tmp_path, out=str(blocker / "sub")))
     assert blocker.read_text() == "mine"
 
 
@@ -278,7 +294,7 @@ def test_fast_preset_and_its_command_round_trip(tmp_path):
     opts = pipeline.fast_options(_opts(tmp_path))
     assert opts.steps == pipeline.FAST["steps"] and opts.grid == "logsnr"
     assert pipeline.fast_options(_opts(tmp_path), steps_given=True).steps == SMALL["steps"]
-    (res,) = pipeline.generate(opts)
+    (res,) = batch.generate(opts)
     meta = json.loads(res.files["meta"].read_text())
     assert "--grid" in meta["command"] and "--skip-unit-cfg" in meta["command"]
     args = build_parser().parse_args([*meta["command"][1:], "--out", str(tmp_path / "again"), "--quiet"])

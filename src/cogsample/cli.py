@@ -36,15 +36,32 @@ def _samplers(args: argparse.Namespace) -> int:
 
 
 class Progress:
-    """A bar (step, noise level, rate, ETA) on a terminal; a log line per 10% of steps otherwise."""
+    """A bar (step, noise level, rate, ETA) on a terminal; a log line per 10% of steps otherwise.
+    Work before the first step (a :class:`~cogsample.pipeline.PrepareEvent`) is shown too."""
 
-    def __init__(self, stream=None, bar: bool | None = None):
+    def __init__(self, stream=None, bar: bool | None = None, prefix: str = ""):
         self.stream = stream or sys.stderr
         self.bar = self.stream.isatty() if bar is None else bar
+        self.prefix = prefix
         self._tqdm = None
         self._video = -1
+        self._said = -1
+
+    def _prepare(self, ev) -> None:
+        # a line at the start and at each quarter: enough to show it is working
+        quarter = 4 * ev.done // max(1, ev.total)
+        if ev.done == 0 or quarter > self._said:
+            self._said = quarter
+            line = f"{self.prefix}video {ev.video + 1}/{ev.videos}: {ev.what} ({ev.done}/{ev.total})"
+            print(line, file=self.stream, flush=True)
 
     def __call__(self, ev) -> None:
+        from .pipeline import PrepareEvent
+
+        if isinstance(ev, PrepareEvent):
+            self.close()
+            self._prepare(ev)
+            return
         level = f"sigma={ev.sigma:.3g}" if ev.timestep is None else f"t={ev.timestep} sigma={ev.sigma:.3g}"
         if self.bar:
             from tqdm import tqdm
@@ -54,7 +71,7 @@ class Progress:
                 self._video = ev.video
                 self._tqdm = tqdm(
                     total=ev.steps,
-                    desc=f"video {ev.video + 1}/{ev.videos}",
+                    desc=f"{self.prefix}video {ev.video + 1}/{ev.videos}",
                     unit="step",
                     file=self.stream,
                     dynamic_ncols=True,
@@ -69,7 +86,7 @@ class Progress:
             rate = (ev.step + 1) / ev.elapsed if ev.elapsed > 0 else float("inf")
             eta = (ev.steps - ev.step - 1) / rate if rate > 0 else 0.0
             print(
-                f"video {ev.video + 1}/{ev.videos} step {ev.step + 1}/{ev.steps} {level} "
+                f"{self.prefix}video {ev.video + 1}/{ev.videos} step {ev.step + 1}/{ev.steps} {level} "
                 f"{rate:.2f} step/s eta {eta:.0f}s",
                 file=self.stream,
                 flush=True,
@@ -81,27 +98,66 @@ class Progress:
             self._tqdm = None
 
 
-def _read_prompts(args: argparse.Namespace) -> tuple[str, ...]:
-    prompts = list(args.prompt or [])
+def _entries(args: argparse.Namespace) -> list[tuple[str, dict]]:
+    from .batch import read_prompts_file
+
+    entries = [("", {"prompt": p}) for p in args.prompt or []]
     if args.prompts_file:
-        path = Path(args.prompts_file)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as e:
-            raise ValueError(f"--prompts-file {str(path)!r} cannot be read: {e.strerror}") from e
-        prompts += [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    return tuple(prompts)
+        entries += read_prompts_file(args.prompts_file)
+    return entries
+
+
+def _quiet_libraries() -> None:
+    """No loading bars or advice from transformers / diffusers / huggingface_hub (``--quiet``)."""
+    import importlib
+    import importlib.util
+    import os
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    for name in ("transformers", "diffusers"):
+        if importlib.util.find_spec(name) is None:
+            continue
+        logging = importlib.import_module(f"{name}.utils.logging")
+        logging.disable_progress_bar()
+        logging.set_verbosity_error()
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from .pipeline import GenerateOptions, fast_options, plan, run_plan
+    from .batch import Interrupted, batch_options, count_finished, plan_jobs, run_batch, signals_raise
+    from .distributed import Launch
+    from .outdir import OutDir, WriteError
+    from .pipeline import GenerateOptions
 
-    log = (lambda _m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    def log(m: str) -> None:
+        if not args.quiet:
+            print(f"{prefix}{m}", file=sys.stderr, flush=True)
+
+    prefix = ""
     # a warning is a message to the user here, not a source location
     warnings.formatwarning = lambda msg, cat, *_a, **_k: f"cogsample generate: warning ({cat.__name__}): {msg}\n"
     try:
-        opts = GenerateOptions(
-            prompts=_read_prompts(args),
+        launch = Launch.from_env()
+        if launch.distributed:
+            prefix = f"rank {launch.rank}/{launch.world_size}: "
+        if args.workers is not None and args.ray is None:
+            raise ValueError("--workers goes with --ray (under torchrun, each rank is one worker)")
+        if args.ray is not None:
+            if launch.distributed:
+                raise ValueError("--ray starts its own workers: run it as one process, not under torchrun")
+            if args.device is not None:
+                raise ValueError(
+                    f"--device {args.device!r} goes with one process; with --ray each worker takes its GPU"
+                )
+            if args.workers is not None and args.workers < 1:
+                raise ValueError(f"--workers must be >= 1, got {args.workers}")
+            from .raybatch import check_ray
+
+            check_ray()
+        import torch
+
+        device = launch.device(args.device, torch.cuda.is_available())
+        base = GenerateOptions(
+            prompts=(),
             model=args.model,
             negative_prompt=args.negative_prompt,
             uncond=args.uncond,
@@ -118,7 +174,7 @@ def _generate(args: argparse.Namespace) -> int:
             seed=args.seed,
             out=args.out,
             dtype=args.dtype,
-            device=args.device,
+            device=device,
             fps=args.fps,
             grid=args.grid,
             cfg_index=args.cfg_index,
@@ -130,26 +186,88 @@ def _generate(args: argparse.Namespace) -> int:
             vae_tiling=args.vae_tiling,
             initial_noise=args.initial_noise,
         )
-        if args.fast:
-            opts = fast_options(opts, steps_given=args.steps is not None)
-        p = plan(opts)
+        jobs = batch_options(base, _entries(args), fast=args.fast)
+        items = plan_jobs(jobs)
+        out = OutDir(args.out)
+        out.check_writable()
     except ValueError as e:
         print(f"cogsample generate: error: {e}", file=sys.stderr)
         return 2
-    s = p.sampling
-    log(
-        f"{len(p.stems)} video(s) of {p.frames} frames at {p.width}x{p.height} on {p.info.name}: "
-        f"{s.sampler}, {s.steps} steps, {type(s.guidance).__name__}, profile {p.options.profile}, uncond {p.uncond}"
-    )
-    progress = None if args.quiet else Progress()
+    if args.quiet and not base.model.startswith("builtin"):
+        _quiet_libraries()
+    mine = launch.share(items)
+    if args.ray is None:
+        first = mine[0].plan if mine else items[0].plan
+        s = first.sampling
+        log(
+            f"{len(mine)} video(s) of {first.frames} frames at {first.width}x{first.height} on {first.info.name}: "
+            f"{s.sampler}, {s.steps} steps, {type(s.guidance).__name__}, profile {base.profile}, uncond {first.uncond}"
+            + (
+                f" (videos {launch.rank}, {launch.rank} + {launch.world_size}, ... of {len(items)})"
+                if launch.distributed
+                else ""
+            )
+        )
+
+    def finished(r) -> None:
+        print(r.files["video"], flush=True)
+        if r.skipped:
+            log(f"finished before: {r.files['video']}")
+
+    progress = None if args.quiet else Progress(bar=False if launch.distributed else None, prefix=prefix)
     start = time.perf_counter()
     try:
-        results = run_plan(p, progress=progress, log=log)
+        with signals_raise():
+            if args.ray is not None:
+                from .raybatch import run_on_ray
+
+                run_on_ray(
+                    jobs,
+                    out,
+                    address=args.ray or None,
+                    workers=args.workers,
+                    overwrite=args.overwrite,
+                    on_result=finished,
+                    log=log,
+                    quiet=args.quiet,
+                )
+            else:
+                from .pipeline import Pipeline
+
+                def load() -> Pipeline:
+                    return Pipeline.load(
+                        base.model, device=device, dtype=args.dtype, profile=base.profile, offload=base.offload, log=log
+                    )
+
+                run_batch(
+                    mine,
+                    out,
+                    pipeline=load,
+                    overwrite=args.overwrite,
+                    run=launch.record(),
+                    on_result=finished,
+                    progress=progress,
+                    log=log,
+                )
+    except Interrupted as e:
+        if progress is not None:
+            progress.close()
+        done, total = getattr(e, "finished", None) or count_finished(mine, out)
+        print(
+            f"{prefix}interrupted: {done} of {total} videos finished; run the same command again to resume",
+            file=sys.stderr,
+            flush=True,
+        )
+        return e.exit_code
+    except OSError as e:
+        if progress is not None:
+            progress.close()
+        what = str(e) if isinstance(e, WriteError) else f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+        print(f"{prefix}cogsample generate: error: {what}", file=sys.stderr, flush=True)
+        return 1
     finally:
         if progress is not None:
             progress.close()
-    for r in results:
-        print(r.files["video"])
     log(f"done in {time.perf_counter() - start:.1f} s")
     return 0
 
@@ -179,7 +297,12 @@ def _add_generate(sub) -> None:
         help="builtin (default), builtin-i2v, or a local diffusers-format CogVideoX folder",
     )
     g.add_argument("--prompt", action="append", help="a prompt (repeat for several videos)")
-    g.add_argument("--prompts-file", help="a text file with one prompt per line")
+    g.add_argument(
+        "--prompts-file",
+        help="one prompt a line, or JSONL (.jsonl, or lines starting with '{'): one object a line with 'prompt' and "
+        "any per-video option (image, seed, negative_prompt, frames, height, width, steps, scale, ...); the "
+        "command line's options are the defaults",
+    )
     g.add_argument("--negative-prompt", help="the unconditional branch's prompt (implies --uncond negative-prompt)")
     g.add_argument(
         "--uncond",
@@ -233,7 +356,26 @@ def _add_generate(sub) -> None:
         help="start from this noise instead of drawing it: a .safetensors or .pt tensor of the sampled latent "
         "shape (1 or one row per video, T, 16, H/8, W/8), e.g. what a SAT or diffusers run drew",
     )
-    g.add_argument("--quiet", action="store_true", help="print only the written video paths")
+    g.add_argument("--quiet", action="store_true", help="print only the video paths (one a line, as each is finished)")
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="make every video again (default: videos already finished in --out are skipped, unfinished ones redone)",
+    )
+    r = g.add_argument_group("many machines (pip install 'cogsample[ray]')")
+    r.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run the batch on a Ray cluster (ADDRESS, e.g. ray://head:10001 or auto; none: a local cluster); "
+        "--out must be a folder every worker sees",
+    )
+    r.add_argument(
+        "--workers",
+        type=int,
+        help="Ray workers, each with one GPU (default: one per GPU of the cluster; 1 on a cluster without GPUs)",
+    )
     f = g.add_argument_group("fewer forwards (off by default; measured by `cogsample bench`)")
     f.add_argument(
         "--fast",
@@ -303,8 +445,21 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    try:
+        torch = version("torch")
+    except PackageNotFoundError:
+        torch = "not installed"
+    return f"cogsample {__version__} (torch {torch}, Python {sys.version.split()[0]})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cogsample", description="CogVideoX sampling, bit-exact with the reference.")
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     g = sub.add_parser(

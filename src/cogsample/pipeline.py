@@ -16,6 +16,8 @@ Two reproduction profiles:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import platform
 import sys
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from . import outputs
@@ -33,6 +36,7 @@ from .denoiser import DenoiserConfig
 from .guidance import CFG, Conditioning, DynamicCFG, Guidance, GuidanceInterval, NoGuidance
 from .models.base import ModelInfo, VideoModel
 from .noise import GlobalNoise, NoiseSource, latent_shape
+from .outdir import Claim, OutDir
 from .samplers import get_sampler
 from .sampling import SamplingConfig, build_model, check_combination, release
 from .scalings import VideoScaling
@@ -42,7 +46,17 @@ Tensor = torch.Tensor
 Profile = Literal["sat", "diffusers"]
 Uncond = Literal["zero", "negative-prompt"]
 
-__all__ = ["GenerateOptions", "Plan", "Result", "StepEvent", "generate", "plan", "run_plan"]
+__all__ = [
+    "GenerateOptions",
+    "Pipeline",
+    "Plan",
+    "PrepareEvent",
+    "Result",
+    "StepEvent",
+    "VideoResult",
+    "plan",
+    "video_identity",
+]
 
 PROFILES = ("sat", "diffusers")
 GRIDS = ("reference", "logsnr", "power", "uniform")
@@ -105,6 +119,13 @@ class GenerateOptions:
     #: file holding the initial noise (instead of drawing it)
     vae_tiling: str = "auto"
     initial_noise: str | None = None
+    #: the row of a multi-row ``initial_noise`` that video 0 starts from (video k: row + k); None:
+    #: video k takes row k (a file with one row per video) or row 0 (a one-row file)
+    initial_noise_row: int | None = None
+
+
+#: What a process fixes for all its videos (one loaded model); everything else may vary per video.
+PROCESS_OPTIONS = ("model", "device", "dtype", "offload", "profile", "out")
 
 
 @dataclass
@@ -146,13 +167,29 @@ class StepEvent:
 
 
 @dataclass(frozen=True)
+class PrepareEvent:
+    """Work a model does once per size before video ``video``'s first step (the built-in model
+    renders its clips): ``done`` of ``total`` parts of ``what``."""
+
+    video: int
+    videos: int
+    done: int
+    total: int
+    what: str
+
+
+@dataclass(frozen=True)
 class Result:
+    """A video written to the out folder. ``skipped``: it was finished before (by an earlier run or
+    another process) and not made again; then ``video`` is None and ``latents`` are read back."""
+
     prompt: str
     seed: int
     files: dict[str, Path]
-    latents: Tensor
-    video: Tensor  # (F, 3, H, W) in [0, 1]
+    latents: Tensor | None  # None when skipped (read them from files["latents"])
+    video: Tensor | None  # (F, 3, H, W) in [0, 1]
     timings: dict[str, float]
+    skipped: bool = False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -343,9 +380,13 @@ def apply_speedups(cfg: SamplingConfig, opts: GenerateOptions, info: ModelInfo) 
     return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
-def _load_image(path: str) -> Any:
+def _load_image(path: Any) -> Any:
     from PIL import Image, UnidentifiedImageError
 
+    if isinstance(path, Image.Image):
+        return path.convert("RGB")
+    if not isinstance(path, (str, Path)):
+        raise ValueError(f"image must be a file path or a PIL image, got {type(path).__name__}")
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"image {path!r} does not exist or is not a file")
@@ -442,13 +483,18 @@ def plan(opts: GenerateOptions) -> Plan:
     if image is not None:
         image = _prepare_image(image, opts, info, height, width, size_from_image)
 
-    initial = None if opts.initial_noise is None else load_initial_noise(opts.initial_noise, shape, len(prompts))
-    out = outputs.check_writable(opts.out)
-    stems: list[str] = []
-    for k, p in enumerate(prompts):
-        stems.append(outputs.free_stem(out, f"{outputs.slug(p)}-s{opts.seed + k}", set(stems)))
+    row = opts.initial_noise_row
+    if row is not None and (isinstance(row, bool) or not isinstance(row, int) or row < 0):
+        raise ValueError(f"initial_noise_row must be an integer >= 0, got {row!r}")
+    if row is not None and opts.initial_noise is None:
+        raise ValueError("initial_noise_row picks a row of --initial-noise, which is not given")
+    initial = None
+    if opts.initial_noise is not None:
+        initial = load_initial_noise(opts.initial_noise, shape, len(prompts), first_row=row)
+    if not isinstance(opts.out, (str, Path)) or not str(opts.out):
+        raise ValueError(f"out must be a directory path, got {opts.out!r}")
     fps = opts.fps or int(info.extra.get("fps", 8))
-    return Plan(
+    p = Plan(
         options=dataclasses.replace(opts, prompts=prompts),
         info=info,
         frames=frames,
@@ -461,20 +507,78 @@ def plan(opts: GenerateOptions) -> Plan:
         negative_prompt=negative,
         dtype=dtype,
         device=device,
-        out=out,
-        stems=stems,
+        out=Path(opts.out),
+        stems=[],
         fps=fps,
         image=image,
         text_len=info.text_len(opts.profile),
         initial_noise=initial,
     )
+    p.stems = [video_stem(p, k) for k in range(len(prompts))]
+    return p
 
 
-def load_initial_noise(path: str, shape: Sequence[int], videos: int) -> Tensor:
+def _sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _image_digest(image: Any) -> str:
+    if isinstance(image, (str, Path)):
+        return _sha256(image)
+    rgb = image.convert("RGB")  # a PIL image given to Pipeline: its pixels define it
+    return hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
+
+
+def video_identity(p: Plan, k: int) -> dict[str, Any]:
+    """What defines video ``k`` of ``p``: every resolved input that changes its latents or files
+    (prompt, seed, model, size, sampling, dtype, the bytes of its image and initial noise, ...),
+    and nothing that does not (out folder, device index, offload, process). Equal identities give
+    equal videos, so they share a name (:func:`video_stem`)."""
+    o = p.options
+    model = o.model if _is_builtin(o.model) else str(Path(o.model).resolve())
+    noise = None
+    if o.initial_noise is not None:
+        noise = {"sha256": _sha256(o.initial_noise), "row": _noise_row(p, k)}
+    return {
+        "naming": 1,
+        "model": model,
+        "profile": o.profile,
+        "prompt": o.prompts[k],
+        "seed": o.seed + k,
+        "negative_prompt": p.negative_prompt,
+        "uncond": p.uncond,
+        "image": None if o.image is None else _image_digest(o.image),
+        "frames": p.frames,
+        "height": p.height,
+        "width": p.width,
+        "fps": p.fps,
+        "dtype": str(p.dtype).removeprefix("torch."),
+        "sampling": p.sampling.to_dict(),
+        "vae_tiling": o.vae_tiling,
+        "initial_noise": noise,
+        "uint8": UINT8[o.profile],
+    }
+
+
+def video_stem(p: Plan, k: int) -> str:
+    """Video ``k``'s file name stem: ``<prompt slug>-s<seed>-<10 hex of its identity's SHA-256>``.
+    The same request always gets the same name (so a rerun finds its finished videos) and any
+    change to what defines the video gets another (so nothing is overwritten)."""
+    text = json.dumps(video_identity(p, k), sort_keys=True, separators=(",", ":"), default=str)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+    return f"{outputs.slug(p.options.prompts[k], 40)}-s{p.options.seed + k}-{digest}"
+
+
+def load_initial_noise(path: str, shape: Sequence[int], videos: int, first_row: int | None = None) -> Tensor:
     """The initial noise in ``path`` (``.safetensors``: its one tensor, or the one named ``noise``;
     ``.pt``: a tensor, or such a mapping) as ``(B, T, C, H, W)`` float32 on the CPU, checked against
     the sampled latent ``shape`` ``(1, T, C, H, W)``: ``B`` is 1 (every video starts from it) or
-    ``videos`` (video k from row k); a ``(T, C, H, W)`` tensor counts as ``B = 1``."""
+    ``videos`` (video k from row k); with ``first_row`` r, video k takes row r + k of any ``B``
+    that has it. A ``(T, C, H, W)`` tensor counts as ``B = 1``."""
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"initial_noise {path!r} does not exist or is not a file")
@@ -503,8 +607,11 @@ def load_initial_noise(path: str, shape: Sequence[int], videos: int) -> Tensor:
         raise ValueError(f"initial_noise {path!r} must hold a floating-point tensor, got {type(data).__name__}")
     want = tuple(shape[1:])
     x = data.unsqueeze(0) if data.ndim == len(want) else data
-    if x.ndim != len(want) + 1 or tuple(x.shape[1:]) != want or x.shape[0] not in (1, videos):
+    rows_ok = x.shape[0] >= first_row + videos if first_row is not None else x.shape[0] in (1, videos)
+    if x.ndim != len(want) + 1 or tuple(x.shape[1:]) != want or not rows_ok:
         rows = "1" if videos == 1 else f"1 or {videos}"
+        if first_row is not None:
+            rows = f"at least {first_row + videos} (initial_noise_row {first_row})"
         raise ValueError(
             f"initial_noise {path!r} has shape {tuple(data.shape)}; this request samples latents "
             f"({rows}, {', '.join(map(str, want))}) (B, T, C, H/8, W/8), B = {rows}"
@@ -527,18 +634,19 @@ def _check_model_size(info: ModelInfo, model: str, frames: int, height: int, wid
 # running
 
 
-def load_model(p: Plan) -> VideoModel:
-    if _is_builtin(p.options.model):
+def load_model(
+    model: str, *, device: torch.device, dtype: torch.dtype, profile: str = "sat", offload: str = "none"
+) -> VideoModel:
+    """Load ``model`` (``builtin``, ``builtin-i2v`` or a CogVideoX folder) onto ``device``."""
+    if _is_builtin(model):
         from .models.builtin import BuiltinModel
 
-        return BuiltinModel(i2v=p.info.i2v, device=p.device, dtype=p.dtype)
+        return BuiltinModel(i2v=model == "builtin-i2v", device=device, dtype=dtype)
     from .models.cogvideox import load_cogvideox
 
     # SAT leaves 1.5's image latent unscaled where diffusers divides it by the scaling factor
-    scaling = "diffusers" if p.options.profile == "diffusers" else "sat"
-    return load_cogvideox(
-        p.options.model, dtype=p.dtype, device=p.device, image_scaling=scaling, offload=p.options.offload
-    )
+    scaling = "diffusers" if profile == "diffusers" else "sat"
+    return load_cogvideox(model, dtype=dtype, device=device, image_scaling=scaling, offload=offload)
 
 
 def _image_tensor(image: Any, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -580,72 +688,6 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def run_plan(
-    p: Plan,
-    *,
-    model: VideoModel | None = None,
-    progress: Callable[[StepEvent], None] | None = None,
-    log: Callable[[str], None] | None = None,
-) -> list[Result]:
-    """Load the model (unless given), encode every prompt, free the text encoder, then sample,
-    decode and save each video in turn. Returns one :class:`Result` per prompt."""
-    say = log or (lambda _msg: None)
-    opts = p.options
-    t0 = time.perf_counter()
-    if model is None:
-        say(f"loading {p.info.name} on {p.device} ({str(p.dtype).removeprefix('torch.')})")
-        model = load_model(p)
-    t_load = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    contexts = [model.encode_prompts([q], max_length=p.text_len) for q in opts.prompts]
-    negative = None
-    if p.negative_prompt is not None:
-        negative = model.encode_prompts([p.negative_prompt], max_length=p.text_len)
-    model.release_text_encoder()
-    t_encode = time.perf_counter() - t0
-
-    img = None if p.image is None else _image_tensor(p.image, p.device, p.dtype)
-    ofs = torch.full((1,), 2.0, device=p.device, dtype=p.dtype) if p.info.uses_ofs else None
-
-    spec = p.sampling.spec
-    results = []
-    for k, (prompt, context) in enumerate(zip(opts.prompts, contexts, strict=True)):
-        seed = opts.seed + k
-        noise = _noise(p, seed)
-        image_latents = None if img is None else _image_latents(model, img, noise, p.shape[1])
-        cond = Conditioning(context=context, uncond_context=negative, image_latents=image_latents, ofs=ofs)
-        x = _initial(p, noise, k)
-        guided, grid = build_model(model.network, x, cond, p.sampling)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            callback = _progress_callback(progress, grid, k, len(opts.prompts), start)
-            try:
-                latents = spec.fn(guided, x, grid, noise, callback=callback, **p.sampling.options)
-            finally:
-                release(guided)
-        if p.device.type == "cuda":
-            torch.cuda.synchronize(p.device)
-        t_sample = time.perf_counter() - start
-
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            clean = latents[:, p.pad_frames :].to(p.dtype)
-            for_vae = model.latents_for_vae(clean)
-            model.prepare_decode()
-            tiling = vae_tiling(p.options.vae_tiling, model, clean.shape, p.device, opts.profile)
-            video = model.decode(clean, tiling=tiling["tiled"], reference=opts.profile)[0].float().cpu()
-        t_decode = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        timings = {"load_s": t_load, "encode_s": t_encode, "sample_s": t_sample, "decode_s": t_decode}
-        files = _save(p, k, prompt, seed, latents, for_vae, video, timings, tiling)
-        timings["save_s"] = time.perf_counter() - t0
-        say(f"wrote {files['video']} ({t_sample:.1f} s sampling, {t_decode:.1f} s decoding)")
-        results.append(Result(prompt, seed, files, latents, video, timings))
-    return results
-
-
 def _initial(p: Plan, noise: NoiseSource, k: int) -> Tensor:
     """Video ``k``'s initial latent: drawn, or given (``--initial-noise``). Given, the ``sat``
     profile still makes (and drops) the reference's draw, so the in-loop noise is the seed's as
@@ -656,8 +698,15 @@ def _initial(p: Plan, noise: NoiseSource, k: int) -> Tensor:
         x = noise.initial(p.shape, dtype=dtype, device=p.device)
     if p.initial_noise is None:
         return x
-    given = p.initial_noise[k if p.initial_noise.shape[0] > 1 else 0][None]
+    given = p.initial_noise[_noise_row(p, k)][None]
     return given.to(device=p.device, dtype=dtype)
+
+
+def _noise_row(p: Plan, k: int) -> int:
+    """The row of the ``--initial-noise`` file that video ``k`` starts from."""
+    if p.options.initial_noise_row is not None:
+        return p.options.initial_noise_row + k
+    return k if p.initial_noise is not None and p.initial_noise.shape[0] > 1 else 0
 
 
 def free_memory(device: torch.device) -> int | None:
@@ -692,33 +741,6 @@ def vae_tiling(
     return {"mode": mode, "tiled": tiled, "untiled_bytes_estimate": need, "free_bytes": free}
 
 
-def _save(
-    p: Plan,
-    k: int,
-    prompt: str,
-    seed: int,
-    latents: Tensor,
-    for_vae: Tensor,
-    video: Tensor,
-    timings: dict,
-    tiling: dict[str, Any],
-) -> dict[str, Path]:
-    """Write the four files of video ``k``, each atomically; on failure none of them is left."""
-    files = {role: p.out / f"{p.stems[k]}{suf}" for role, suf in outputs.SUFFIXES.items()}
-    frames_u8 = outputs.to_uint8(video, UINT8[p.options.profile])
-    meta = _metadata(p, prompt, seed, files, latents, timings)
-    meta["vae_tiling"] = tiling
-    outputs.write_all(
-        [
-            (files["latents"], lambda d: outputs.write_latents(d, {"latents": latents, "latents_for_vae": for_vae})),
-            (files["video"], lambda d: outputs.write_mp4(d, frames_u8, p.fps)),
-            (files["sheet"], lambda d: outputs.write_contact_sheet(d, frames_u8)),
-            (files["meta"], lambda d: outputs.write_json(d, meta)),
-        ]
-    )
-    return files
-
-
 def _progress_callback(
     progress: Callable[[StepEvent], None] | None, grid: Any, video: int, videos: int, start: float
 ) -> Callable[[int, Tensor, Tensor], None] | None:
@@ -735,8 +757,12 @@ def _progress_callback(
     return callback
 
 
-def _metadata(p: Plan, prompt: str, seed: int, files: dict[str, Path], latents: Tensor, timings: dict) -> dict:
-    opts = p.options
+def _image_path(image: Any) -> str | None:
+    return str(image) if isinstance(image, (str, Path)) else None
+
+
+def _metadata(r: VideoResult, files: dict[str, Path], run: dict[str, Any]) -> dict:
+    p, prompt, seed, latents, opts = r.plan, r.prompt, r.seed, r.latents, r.plan.options
     return {
         "prompt": prompt,
         "negative_prompt": p.negative_prompt,
@@ -750,7 +776,7 @@ def _metadata(p: Plan, prompt: str, seed: int, files: dict[str, Path], latents: 
             "uses_ofs": p.info.uses_ofs,
             "patch_size_t": p.info.patch_size_t,
         },
-        "image": opts.image,
+        "image": _image_path(opts.image),
         "frames": p.frames,
         "height": p.height,
         "width": p.width,
@@ -766,7 +792,9 @@ def _metadata(p: Plan, prompt: str, seed: int, files: dict[str, Path], latents: 
         "device": str(p.device),
         "files": {k: v.name for k, v in files.items()},
         "versions": _versions(),
-        "timings_s": timings,
+        "timings_s": r.timings,
+        "vae_tiling": r.vae_tiling,
+        **run,
         "command": _command(p, prompt, seed),
         "argv": sys.argv,
     }
@@ -809,8 +837,8 @@ def _command(p: Plan, prompt: str, seed: int) -> list[str]:
         cmd += ["--sampler", o.sampler]
     if p.negative_prompt is not None:
         cmd += ["--negative-prompt", p.negative_prompt]
-    if o.image:
-        cmd += ["--image", o.image]
+    if _image_path(o.image):
+        cmd += ["--image", _image_path(o.image)]
     if o.grid != "reference":
         cmd += ["--grid", o.grid]
     if o.cfg_index != "reference":
@@ -830,6 +858,269 @@ def _command(p: Plan, prompt: str, seed: int) -> list[str]:
     return cmd
 
 
-def generate(opts: GenerateOptions, **kw: Any) -> list[Result]:
-    """:func:`plan` then :func:`run_plan`."""
-    return run_plan(plan(opts), **kw)
+# ----------------------------------------------------------------------------------------------
+# the Python entry point
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    """One generated video, in memory (nothing written): what ``Pipeline(...)(prompt)`` returns.
+
+    ``latents``: ``(1, T, C, H/8, W/8)`` as sampled (float32 in the ``sat`` profile, CogVideoX 1.5's
+    padding frame included); ``video``: ``(F, 3, H, W)`` float32 in [0, 1]; ``frames``:
+    ``(F, H, W, 3)`` uint8, converted as the profile's reference converts (what the mp4 holds)."""
+
+    prompt: str
+    seed: int
+    latents: Tensor
+    latents_for_vae: Tensor
+    video: Tensor
+    frames: np.ndarray
+    fps: int
+    timings: dict[str, float]
+    vae_tiling: dict[str, Any]
+    plan: Plan
+    k: int = 0
+
+    @property
+    def stem(self) -> str:
+        """The file name stem this video gets in an out folder (:func:`video_stem`)."""
+        return self.plan.stems[self.k]
+
+    def save(self, out: str | Path, *, overwrite: bool = False) -> dict[str, Path]:
+        """Write the four files into ``out`` under the out folder's rules (:mod:`cogsample.outdir`):
+        a finished video of the same name is the same video and is kept unless ``overwrite``."""
+        d = OutDir(out)
+        d.check_writable()
+        with d.claimed(self.stem, wait=True) as claim:
+            assert claim is not None
+            if d.finished(self.stem) and not overwrite:
+                return d.files(self.stem)
+            d.remove(claim)
+            return write_video(d, claim, self)
+
+
+def write_video(out: OutDir, claim: Claim, r: VideoResult, run: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Commit ``r``'s four files under ``claim`` (the JSON last); ``run`` adds to the JSON (engine,
+    rank, world size, worker). On failure nothing of it is left (:meth:`OutDir.commit`)."""
+    run = {"engine": "local", "rank": 0, "world_size": 1, **(run or {})}
+    files = out.files(claim.stem)
+    meta = _metadata(r, files, run)
+    tensors = {"latents": r.latents, "latents_for_vae": r.latents_for_vae}
+    return out.commit(
+        claim,
+        [
+            ("latents", lambda d: outputs.write_latents(d, tensors)),
+            ("video", lambda d: outputs.write_mp4(d, r.frames, r.fps)),
+            ("sheet", lambda d: outputs.write_contact_sheet(d, r.frames)),
+            ("meta", lambda d: outputs.write_json(d, meta)),
+        ],
+    )
+
+
+class Pipeline:
+    """A loaded model and the process-wide choices made with it (:data:`PROCESS_OPTIONS`).
+
+    ``pipe = Pipeline.load("builtin" | "/models/CogVideoX-5b", device=..., dtype=..., profile=...)``;
+    ``pipe(prompt, image=None, **options)`` -> :class:`VideoResult`, where ``options`` are any
+    other :class:`GenerateOptions` field (``seed``, ``frames``, ``steps``, ``scale``, ...) or
+    ``fast=True``. Nothing is written; :meth:`VideoResult.save` writes. Prompts are encoded on
+    first use and kept; :meth:`encode` then :meth:`release_text_encoder` frees the text encoder
+    for a known list of prompts, as the batch runner does."""
+
+    def __init__(
+        self,
+        model: VideoModel,
+        *,
+        model_name: str,
+        device: torch.device,
+        dtype: torch.dtype,
+        profile: str = "sat",
+        offload: str = "none",
+    ):
+        self.model = model
+        self.model_name = model_name
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.profile = profile
+        self.offload = offload
+        self._contexts: dict[tuple[str, int], tuple[Tensor, float]] = {}
+        self._released = False
+
+    @classmethod
+    def load(
+        cls,
+        model: str = "builtin",
+        *,
+        device: str | None = None,
+        dtype: str | None = None,
+        profile: str = "sat",
+        offload: str = "none",
+        log: Callable[[str], None] | None = None,
+    ) -> Pipeline:
+        """Check the process-wide options (before reading any weight), then load ``model``."""
+        _check_choice("profile", profile, PROFILES)
+        _check_choice("offload", offload, OFFLOAD)
+        dev = _resolve_device(device)
+        info = inspect_model(model)
+        dt = _resolve_dtype(dtype, dev, info, _is_builtin(model))
+        if offload != "none":
+            if _is_builtin(model):
+                raise ValueError(f"offload {offload!r} moves a CogVideoX model's parts; the built-in model has none")
+            from .offload import check_offload
+
+            check_offload(offload, dev)
+        if log is not None:
+            log(f"loading {info.name} on {dev} ({str(dt).removeprefix('torch.')})")
+        loaded = load_model(model, device=dev, dtype=dt, profile=profile, offload=offload)
+        return cls(loaded, model_name=model, device=dev, dtype=dt, profile=profile, offload=offload)
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def options(self, prompt: str | Sequence[str], **options: Any) -> GenerateOptions:
+        """The :class:`GenerateOptions` of a call: ``options`` on top of this pipeline's own."""
+        fixed = sorted(k for k in options if k in PROCESS_OPTIONS)
+        if fixed:
+            raise ValueError(
+                f"{', '.join(fixed)} {'is' if len(fixed) == 1 else 'are'} fixed when the pipeline is loaded "
+                f"(Pipeline.load(..., {fixed[0]}=...)); a call takes the per-video options"
+            )
+        fast = options.pop("fast", False)
+        allowed = {f.name for f in dataclasses.fields(GenerateOptions)} - {"prompts", *PROCESS_OPTIONS}
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(unknown)}; allowed: fast, {', '.join(sorted(allowed))}")
+        prompts = (prompt,) if isinstance(prompt, str) else tuple(prompt)
+        opts = GenerateOptions(
+            prompts=prompts,
+            model=self.model_name,
+            device=str(self.device),
+            dtype=str(self.dtype).removeprefix("torch."),
+            profile=self.profile,  # type: ignore[arg-type]
+            offload=self.offload,
+            **options,
+        )
+        return fast_options(opts, steps_given="steps" in options) if fast else opts
+
+    def plan(self, prompt: str | Sequence[str], **options: Any) -> Plan:
+        """:func:`plan` of :meth:`options`: every check, nothing run."""
+        return plan(self.options(prompt, **options))
+
+    def __call__(self, prompt: str, image: Any = None, **options: Any) -> VideoResult:
+        """One video of ``prompt`` (and ``image``: a path or a PIL image, for an I2V model)."""
+        if not isinstance(prompt, str):
+            raise ValueError(f"prompt must be a string (one video a call), got {type(prompt).__name__}")
+        if image is not None:
+            options["image"] = image
+        return self.run(self.plan(prompt, **options))
+
+    # -- prompts -------------------------------------------------------------------------------
+
+    def encode(self, prompts: Sequence[str], text_len: int) -> None:
+        """Encode each of ``prompts`` (``text_len`` tokens) now, so the text encoder can go."""
+        for q in dict.fromkeys(prompts):
+            self.context(q, text_len)
+
+    def context(self, prompt: str, text_len: int) -> Tensor:
+        """``prompt``'s encoding (``(1, L, D)``), from the cache or encoded now."""
+        key = (prompt, text_len)
+        hit = self._contexts.get(key)
+        if hit is None:
+            if self._released:
+                raise ValueError(
+                    f"prompt {prompt!r} was not encoded before the text encoder was released: "
+                    "encode every prompt first (Pipeline.encode)"
+                )
+            t0 = time.perf_counter()
+            hit = self._contexts[key] = (self.model.encode_prompts([prompt], max_length=text_len), 0.0)
+            hit = self._contexts[key] = (hit[0], time.perf_counter() - t0)
+        return hit[0]
+
+    def release_text_encoder(self) -> None:
+        """Free the text encoder (several GB for CogVideoX); later prompts must be encoded before."""
+        if self._released:
+            return
+        self.model.release_text_encoder()
+        self._released = True
+
+    # -- running -------------------------------------------------------------------------------
+
+    def _check(self, p: Plan) -> None:
+        o = p.options
+        mine = (self.model_name, self.device, self.dtype, self.profile)
+        theirs = (o.model, p.device, p.dtype, o.profile)
+        if mine != theirs:
+            raise ValueError(
+                f"the plan is for model {o.model!r} on {p.device} ({p.dtype}, profile {o.profile}); this "
+                f"pipeline runs {self.model_name!r} on {self.device} ({self.dtype}, profile {self.profile})"
+            )
+
+    def run(
+        self,
+        p: Plan,
+        k: int = 0,
+        *,
+        progress: Callable[[Any], None] | None = None,
+        video: int | None = None,
+        videos: int | None = None,
+    ) -> VideoResult:
+        """Sample and decode video ``k`` of ``p`` (nothing written). ``progress`` gets a
+        :class:`PrepareEvent` for once-per-size work, then a :class:`StepEvent` per step, labelled
+        video ``video`` of ``videos`` (default ``k`` of the plan's)."""
+        self._check(p)
+        model, opts = self.model, p.options
+        prompt, seed = opts.prompts[k], opts.seed + k
+        video = k if video is None else video
+        videos = len(opts.prompts) if videos is None else videos
+        t0 = time.perf_counter()
+        context = self.context(prompt, p.text_len)
+        negative = None if p.negative_prompt is None else self.context(p.negative_prompt, p.text_len)
+        t_encode = self._contexts[(prompt, p.text_len)][1] + (time.perf_counter() - t0)
+
+        if progress is not None:
+
+            def prepared(done: int, total: int, what: str) -> None:
+                progress(PrepareEvent(video, videos, done, total, what))
+
+            model.prepare(p.shape, progress=prepared)
+        else:
+            model.prepare(p.shape)
+        img = None if p.image is None else _image_tensor(p.image, p.device, p.dtype)
+        ofs = torch.full((1,), 2.0, device=p.device, dtype=p.dtype) if p.info.uses_ofs else None
+        noise = _noise(p, seed)
+        image_latents = None if img is None else _image_latents(model, img, noise, p.shape[1])
+        cond = Conditioning(context=context, uncond_context=negative, image_latents=image_latents, ofs=ofs)
+        x = _initial(p, noise, k)
+        guided, grid = build_model(model.network, x, cond, p.sampling)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            callback = _progress_callback(progress, grid, video, videos, start)
+            try:
+                latents = p.sampling.spec.fn(guided, x, grid, noise, callback=callback, **p.sampling.options)
+            finally:
+                release(guided)
+        if p.device.type == "cuda":
+            torch.cuda.synchronize(p.device)
+        t_sample = time.perf_counter() - start
+
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            clean = latents[:, p.pad_frames :].to(p.dtype)
+            for_vae = model.latents_for_vae(clean)
+            model.prepare_decode()
+            tiling = vae_tiling(opts.vae_tiling, model, clean.shape, p.device, opts.profile)
+            decoded = model.decode(clean, tiling=tiling["tiled"], reference=opts.profile)[0].float().cpu()
+        t_decode = time.perf_counter() - t0
+        return VideoResult(
+            prompt=prompt,
+            seed=seed,
+            latents=latents,
+            latents_for_vae=for_vae,
+            video=decoded,
+            frames=outputs.to_uint8(decoded, UINT8[opts.profile]),
+            fps=p.fps,
+            timings={"encode_s": t_encode, "sample_s": t_sample, "decode_s": t_decode},
+            vae_tiling=tiling,
+            plan=p,
+            k=k,
+        )

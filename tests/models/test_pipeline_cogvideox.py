@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from cogsample import pipeline
+from cogsample import batch, pipeline
 from cogsample.pipeline import plan
 
 pytest.importorskip("diffusers")
@@ -48,7 +48,7 @@ def test_generate_on_a_tiny_folder(tiny_folders, tmp_path, image_file, kind, sam
         tiny_folders[kind], tmp_path, sampler=sampler, guidance=guidance, image=image_file if i2v else None
     )
     p = plan(opts)
-    (res,) = pipeline.run_plan(p)
+    (res,) = batch.run_plan(p)
     lat = load_file(str(res.files["latents"]))
     t = 3 + p.pad_frames
     assert lat["latents"].shape == (1, t, 16, 4, 6)
@@ -68,14 +68,14 @@ def test_generate_on_a_tiny_folder(tiny_folders, tmp_path, image_file, kind, sam
 def test_half_precision_runs_end_to_end(tiny_folders, tmp_path, dtype):
     p = plan(tiny_request(tiny_folders["t2v-1.5"], tmp_path, dtype=dtype))
     assert p.dtype == getattr(torch, dtype)
-    (res,) = pipeline.run_plan(p)
+    (res,) = batch.run_plan(p)
     assert res.latents.dtype == torch.float32  # the SAT samplers keep their state in float32
     assert torch.isfinite(res.video).all() and res.video.shape == (9, 3, 32, 48)
     assert json.loads(res.files["meta"].read_text())["dtype"] == dtype
 
 
 def test_t2v_with_an_image_and_i2v_without_fail_before_loading(tiny_folders, tmp_path, image_file, monkeypatch):
-    monkeypatch.setattr(pipeline, "load_model", lambda _p: pytest.fail("loaded"))
+    monkeypatch.setattr(pipeline, "load_model", lambda *_a, **_k: pytest.fail("loaded"))
     with pytest.raises(ValueError, match=r"--image given, but model .* is text-to-video"):
         plan(tiny_request(tiny_folders["t2v"], tmp_path, image=image_file))
     with pytest.raises(ValueError, match="is image-to-video: give --image"):
@@ -86,7 +86,7 @@ def test_t2v_with_an_image_and_i2v_without_fail_before_loading(tiny_folders, tmp
 
 @pytest.mark.parametrize("part", ["transformer", "vae", "tokenizer"])
 def test_a_folder_missing_a_part_is_named(tiny_folders, tmp_path, part, monkeypatch):
-    monkeypatch.setattr(pipeline, "load_model", lambda _p: pytest.fail("loaded"))
+    monkeypatch.setattr(pipeline, "load_model", lambda *_a, **_k: pytest.fail("loaded"))
     broken = tmp_path / "broken"
     shutil.copytree(tiny_folders["t2v"], broken)
     shutil.rmtree(broken / part)
@@ -166,6 +166,6 @@ def test_diffusers_profile_equals_diffusers_pipeline(
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        (res,) = pipeline.generate(opts)
+        (res,) = batch.generate(opts)
     assert res.latents.shape == want.shape
     assert torch.equal(res.latents, want), (res.latents - want).abs().max()

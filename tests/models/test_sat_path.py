@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from cogsample import outputs, pipeline
+from cogsample import batch, outputs, pipeline
 from cogsample.models.cogvideox import VAE_FRAME_BATCH, CogVideoXModel, load_cogvideox
 from cogsample.pipeline import GenerateOptions, plan
 
@@ -49,7 +49,7 @@ def test_sat_encodes_224_tokens_for_1_5_models(tiny_folders, tmp_path):
         assert p.text_len == 16
     assert plan(tiny_request(tiny_folders["t2v"], tmp_path)).text_len == 16  # 1.0: SAT's configs say 226, as diffusers
     p = plan(tiny_request(tiny_folders["t2v-1.5"], tmp_path))
-    (res,) = pipeline.run_plan(p)
+    (res,) = batch.run_plan(p)
     assert json.loads(res.files["meta"].read_text())["text_len"] == 224
 
 
@@ -90,12 +90,12 @@ def test_a_video_of_a_batch_equals_the_same_prompt_and_seed_alone(tiny_folders, 
     size = {"height": 64, "width": 96, "vae_tiling": "on", "profile": profile, "image": image, "seed": 5}
     folder = tiny_folders[kind]
     prompts = ("a dog runs on the grass", "a red car drives through the city at night")
-    batch = pipeline.generate(tiny_request(folder, tmp_path / "batch", prompts=prompts, **size))
-    alone = pipeline.generate(tiny_request(folder, tmp_path / "alone", prompts=prompts[1:], **{**size, "seed": 6}))
-    assert batch[1].seed == alone[0].seed == 6
-    assert torch.equal(batch[1].latents, alone[0].latents)
-    assert torch.equal(batch[1].video, alone[0].video)
-    meta = json.loads(batch[1].files["meta"].read_text())
+    many = batch.generate(tiny_request(folder, tmp_path / "batch", prompts=prompts, **size))
+    alone = batch.generate(tiny_request(folder, tmp_path / "alone", prompts=prompts[1:], **{**size, "seed": 6}))
+    assert many[1].seed == alone[0].seed == 6
+    assert torch.equal(many[1].latents, alone[0].latents)
+    assert torch.equal(many[1].video, alone[0].video)
+    meta = json.loads(many[1].files["meta"].read_text())
     assert meta["vae_tiling"]["mode"] == "on" and meta["vae_tiling"]["tiled"] is True
 
 
@@ -131,7 +131,7 @@ def test_uint8_conversion_truncates_for_sat_and_rounds_for_diffusers():
 
 @pytest.mark.parametrize("profile", ["sat", "diffusers"])
 def test_written_frames_use_the_profiles_conversion(tiny_folders, tmp_path, profile):
-    (res,) = pipeline.generate(tiny_request(tiny_folders["t2v"], tmp_path, profile=profile))
+    (res,) = batch.generate(tiny_request(tiny_folders["t2v"], tmp_path, profile=profile))
     sheet = np.asarray(Image.open(res.files["sheet"]))
     first = outputs.to_uint8(res.video, pipeline.UINT8[profile])[0]
     assert np.array_equal(sheet[:32, :48], first)
@@ -208,7 +208,7 @@ def test_offloaded_parts_leave_the_device_before_the_tiling_decision(tiny_folder
     model = load_cogvideox(tiny_folders["t2v"])
     model.offloader = types.SimpleNamespace(release=lambda: events.append("release"), forget=lambda _name: None)
     monkeypatch.setattr(pipeline, "free_memory", lambda _d: events.append("free") or 10**12)
-    pipeline.run_plan(plan(tiny_request(tiny_folders["t2v"], tmp_path)), model=model)
+    batch.run_plan(plan(tiny_request(tiny_folders["t2v"], tmp_path)), model=model)
     assert events[:2] == ["release", "free"]
 
 
@@ -237,15 +237,15 @@ def test_the_untiled_estimate_covers_the_measured_peaks():
 
 
 def test_vae_tiling_is_checked_recorded_and_reproduced(tiny_folders, tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline, "load_model", lambda _p: pytest.fail("loaded"))
+    monkeypatch.setattr(pipeline, "load_model", lambda *_a, **_k: pytest.fail("loaded"))
     with pytest.raises(ValueError, match="vae_tiling must be one of auto, on, off; got 'sometimes'"):
         plan(tiny_request(tiny_folders["t2v"], tmp_path, vae_tiling="sometimes"))
     monkeypatch.undo()
-    (res,) = pipeline.generate(tiny_request(tiny_folders["t2v"], tmp_path, vae_tiling="off"))
+    (res,) = batch.generate(tiny_request(tiny_folders["t2v"], tmp_path, vae_tiling="off"))
     meta = json.loads(res.files["meta"].read_text())
     assert meta["vae_tiling"]["mode"] == "off" and meta["vae_tiling"]["tiled"] is False
     assert meta["command"][-2:] == ["--vae-tiling", "off"]
-    (auto,) = pipeline.generate(tiny_request(tiny_folders["t2v"], tmp_path / "auto"))
+    (auto,) = batch.generate(tiny_request(tiny_folders["t2v"], tmp_path / "auto"))
     m = json.loads(auto.files["meta"].read_text())["vae_tiling"]
     assert m["mode"] == "auto" and m["tiled"] is False and 0 < m["untiled_bytes_estimate"] < m["free_bytes"]
 
@@ -267,7 +267,7 @@ def test_2b_folders_default_to_fp16_on_a_gpu_and_others_to_bf16(tiny_folders):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize(("kind", "want"), [("t2v-2b", "float16"), ("t2v", "bfloat16")])
 def test_generate_on_a_gpu_runs_in_the_release_dtype(tiny_folders, tmp_path, kind, want):
-    (res,) = pipeline.generate(tiny_request(tiny_folders[kind], tmp_path, device="cuda"))
+    (res,) = batch.generate(tiny_request(tiny_folders[kind], tmp_path, device="cuda"))
     meta = json.loads(res.files["meta"].read_text())
     assert meta["dtype"] == want and meta["device"].startswith("cuda")
     assert meta["vae_tiling"]["tiled"] is False and meta["vae_tiling"]["free_bytes"] > 0
@@ -283,16 +283,16 @@ def test_initial_noise_replaces_the_draw_and_keeps_the_sat_stream(tiny_folders, 
     # is still made, so the in-loop noise is the seed's. (A real network: the exact built-in model's
     # first step at zero SNR does not look at the initial latent at all.)
     folder = tiny_folders["t2v"]
-    (base,) = pipeline.generate(tiny_request(folder, tmp_path / "a", seed=3))
+    (base,) = batch.generate(tiny_request(folder, tmp_path / "a", seed=3))
     torch.manual_seed(3)
     drawn = torch.randn(1, 3, 16, 4, 6)
     save_file({"noise": drawn}, str(tmp_path / "n.safetensors"))
-    (same,) = pipeline.generate(
+    (same,) = batch.generate(
         tiny_request(folder, tmp_path / "b", seed=3, initial_noise=str(tmp_path / "n.safetensors"))
     )
     assert torch.equal(same.latents, base.latents)
     torch.save(-drawn[0], tmp_path / "neg.pt")  # (T, C, H, W) in a .pt file
-    (other,) = pipeline.generate(tiny_request(folder, tmp_path / "c", seed=3, initial_noise=str(tmp_path / "neg.pt")))
+    (other,) = batch.generate(tiny_request(folder, tmp_path / "c", seed=3, initial_noise=str(tmp_path / "neg.pt")))
     assert not torch.equal(other.latents, base.latents)
     meta = json.loads(other.files["meta"].read_text())
     assert meta["initial_noise"] == str(tmp_path / "neg.pt")
@@ -305,10 +305,10 @@ def test_initial_noise_rows_go_to_their_videos(tiny_folders, tmp_path):
     save_file({"x": noise}, str(tmp_path / "two.safetensors"))
     save_file({"x": noise[1:]}, str(tmp_path / "one.safetensors"))
     prompts = ("a dog runs", "a red car")
-    both = pipeline.generate(
+    both = batch.generate(
         tiny_request(folder, tmp_path / "a", prompts=prompts, initial_noise=str(tmp_path / "two.safetensors"))
     )
-    (alone,) = pipeline.generate(
+    (alone,) = batch.generate(
         tiny_request(
             folder, tmp_path / "b", prompts=prompts[1:], seed=43, initial_noise=str(tmp_path / "one.safetensors")
         )
@@ -331,7 +331,7 @@ def test_initial_noise_rows_go_to_their_videos(tiny_folders, tmp_path):
     ],
 )
 def test_bad_initial_noise_is_named_before_any_work(tmp_path, monkeypatch, tensors, match):
-    monkeypatch.setattr(pipeline, "load_model", lambda _p: pytest.fail("loaded"))
+    monkeypatch.setattr(pipeline, "load_model", lambda *_a, **_k: pytest.fail("loaded"))
     path = tmp_path / "n.safetensors"
     save_file(tensors, str(path))
     with pytest.raises(ValueError, match="initial_noise .*" + match):
@@ -366,7 +366,7 @@ def test_diffusers_profile_with_initial_noise_equals_the_pipeline_given_latents(
     ).frames
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        (res,) = pipeline.generate(
+        (res,) = batch.generate(
             tiny_request(
                 folder, tmp_path, profile="diffusers", steps=4, seed=7, initial_noise=str(tmp_path / "n.safetensors")
             )

@@ -203,7 +203,7 @@ def compare_diffusers(
     quick: bool = False, *, steps: int | None = None, repeats: int | None = None, seed: int = SEED
 ) -> dict[str, Any]:
     """Wall time of a whole video and of the denoising loop, cogsample's ``diffusers`` profile
-    (:func:`~cogsample.pipeline.run_plan`) against ``CogVideoXPipeline`` on the same modules.
+    (:func:`~cogsample.batch.run_plan`) against ``CogVideoXPipeline`` on the same modules.
 
     * ``loop_s_per_step``: each step's duration, from one step's end to the next (step callbacks
       on both sides; the first step from the start of the first transformer forward), over every
@@ -219,7 +219,8 @@ def compare_diffusers(
       diffusers), and ``gc_collect_s``: one ``gc.collect()`` in this process, which cogsample's
       ``run_plan`` pays per call (``release_text_encoder``) and diffusers does not.
     """
-    from ..pipeline import GenerateOptions, plan, run_plan
+    from ..batch import run_plan
+    from ..pipeline import GenerateOptions, plan
 
     steps = steps or (4 if quick else 20)
     repeats = repeats or (2 if quick else 5)
@@ -248,7 +249,9 @@ def compare_diffusers(
             clock.reset()
             t0 = time.perf_counter()
             with _quiet():
-                (res,) = run_plan(p, model=model, progress=lambda _event: ends.append(time.perf_counter()))
+                (res,) = run_plan(
+                    p, model=model, overwrite=True, progress=lambda _event: ends.append(time.perf_counter())
+                )
             wall = time.perf_counter() - t0
             model.text_encoder = text_encoder  # run_plan released it; the next run needs it
             t = res.timings
@@ -655,8 +658,9 @@ def _memory_child(library: str, folder: str, steps: int, out: str) -> dict[str, 
     size = {"num_frames" if k == "frames" else k: v for k, v in BENCH_VIDEO.items()}
     with _quiet():
         if library == "cogsample":
+            from ..batch import run_plan
             from ..models.cogvideox import load_cogvideox
-            from ..pipeline import GenerateOptions, plan, run_plan
+            from ..pipeline import GenerateOptions, plan
 
             try:  # run_plan writes an mp4 with PyAV: its libraries are not generation memory
                 import av  # noqa: F401
@@ -676,7 +680,7 @@ def _memory_child(library: str, folder: str, steps: int, out: str) -> dict[str, 
             )
 
             def generate() -> None:
-                run_plan(plan(opts), model=model)
+                run_plan(plan(opts), model=model, overwrite=True)
         else:
             from diffusers import CogVideoXPipeline
 

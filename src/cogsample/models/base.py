@@ -92,6 +92,10 @@ class VideoModel:
     def decode(self, latents: Tensor, *, tiling: bool = False, reference: str = "diffusers") -> Tensor:
         raise NotImplementedError
 
+    def prepare(self, shape: Sequence[int], progress: Callable[[int, int, str], None] | None = None) -> None:
+        """Once-per-size work before sampling latents of ``shape`` ``(B, T, C, h, w)`` (the built-in
+        model renders its clips), reporting ``progress(done, total, what)``; nothing by default."""
+
     def prepare_decode(self) -> None:
         """Free what decoding does not need on the device (called before the tiling decision)."""
 

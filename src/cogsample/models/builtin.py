@@ -596,8 +596,17 @@ class MixtureNetwork:
         # the device has it (MPS does not)
         return torch.float32 if device.type == "mps" else torch.float64
 
-    def means(self, t: int, h: int, w: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64):
-        """Clip latents ``mu_k`` for latent size ``(t, h, w)``, rendered at ``(4(t-1)+1, 8h, 8w)``; cached."""
+    def means(
+        self,
+        t: int,
+        h: int,
+        w: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float64,
+        progress: Callable[[int, int, str], None] | None = None,
+    ):
+        """Clip latents ``mu_k`` for latent size ``(t, h, w)``, rendered at ``(4(t-1)+1, 8h, 8w)``;
+        cached. ``progress(done, total, what)`` is told of each clip rendered."""
         device = torch.device(device)
         key = (t, h, w, str(device), dtype)
         hit = self._cache.get(key)
@@ -613,7 +622,10 @@ class MixtureNetwork:
         # in cache (larger chunks are slower), large enough that tiny sizes take few ops
         step = max(1, 400_000 // (4 * height * width))
         rows = []
-        for clip in self.clips:
+        what = f"rendering the built-in model's clips at {frames}x{height}x{width}"
+        for n, clip in enumerate(self.clips):
+            if progress is not None:
+                progress(n, len(self.clips), what)
             # block means in float32 (error ~1e-7), then the small pooled tensor to float64
             c = self.vae._blocks(clip.render_times(times[:1], height, width)).double()
             lat = [torch.einsum("oc,bchw->bohw", enc0, c).unsqueeze(1)]
@@ -624,6 +636,8 @@ class MixtureNetwork:
                 c = self.vae._blocks(video).double().reshape(j1 - j0, 12, h, w)
                 lat.append(torch.einsum("oc,bchw->bohw", enc, c).unsqueeze(0))
             rows.append(torch.cat(lat, dim=1).reshape(-1))
+        if progress is not None:
+            progress(len(self.clips), len(self.clips), what)
         mu = torch.stack(rows).to(device=device, dtype=dtype)
         d0 = LATENT_CHANNELS * h * w
         means = _Means(mu, mu[:, :d0], mu[:, d0:])
@@ -756,6 +770,11 @@ class BuiltinModel(VideoModel):
         """``(B, T, 16, h, w)`` -> ``(B, 4(T-1)+1, 3, 8h, 8w)`` float32 in [0, 1]; a linear map, the
         same for every ``reference``, with nothing to tile."""
         return self.vae.decode(latents)
+
+    def prepare(self, shape: Sequence[int], progress: Callable[[int, int, str], None] | None = None) -> None:
+        """Render the clips' latents for ``shape`` now (the first step would), telling ``progress``."""
+        device = torch.empty(0, device=self.device).device  # "cuda" -> "cuda:0", as the network's inputs say
+        self.network.means(shape[1], shape[3], shape[4], device, self.network.compute_dtype(device), progress)
 
     def check_size(self, frames: int, height: int, width: int) -> None:
         """Any 4k+1 frames and multiples of 16 (the clips render at every size)."""
