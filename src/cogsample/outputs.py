@@ -140,12 +140,13 @@ def write_contact_sheet(dest: Path, frames: np.ndarray, **kw: Any) -> None:
 
 
 def write_latents(dest: Path, tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     # clone: two keys may view one buffer (latents_for_vae can be the latents themselves)
     data = {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}
+    blob = save(data, metadata=dict(metadata or {}))
     with atomic_path(dest) as tmp:
-        save_file(data, str(tmp), metadata=dict(metadata or {}))
+        tmp.write_bytes(blob)  # Python's own write: a full disk is an OSError, not a library's error
 
 
 def write_json(dest: Path, data: Mapping[str, Any]) -> None:
