@@ -233,7 +233,7 @@ def test_torchrun_two_ranks_split_the_batch_and_equal_one_process(tmp_path, prom
     ]
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1"}
     with _started(cmd, env=env) as proc:
-        stdout, stderr = proc.communicate(timeout=TIMEOUT)
+        _, stderr = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 0, stderr
     _assert_same(out, reference)
     ranks = {}

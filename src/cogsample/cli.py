@@ -209,8 +209,10 @@ def _generate(args: argparse.Namespace) -> int:
             )
         )
 
+    paths = sys.stdout  # the video paths, and only they, go here (Ray's messages go to stderr)
+
     def finished(r) -> None:
-        print(r.files["video"], flush=True)
+        print(r.files["video"], file=paths, flush=True)
         if r.skipped:
             log(f"finished before: {r.files['video']}")
 
@@ -219,18 +221,21 @@ def _generate(args: argparse.Namespace) -> int:
     try:
         with signals_raise():
             if args.ray is not None:
+                import contextlib
+
                 from .raybatch import run_on_ray
 
-                run_on_ray(
-                    jobs,
-                    out,
-                    address=args.ray or None,
-                    workers=args.workers,
-                    overwrite=args.overwrite,
-                    on_result=finished,
-                    log=log,
-                    quiet=args.quiet,
-                )
+                with contextlib.redirect_stdout(sys.stderr):
+                    run_on_ray(
+                        jobs,
+                        out,
+                        address=args.ray or None,
+                        workers=args.workers,
+                        overwrite=args.overwrite,
+                        on_result=finished,
+                        log=log,
+                        quiet=args.quiet,
+                    )
             else:
                 from .pipeline import Pipeline
 
