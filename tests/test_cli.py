@@ -75,3 +75,13 @@ def test_generate_says_when_it_reproduces_a_broken_diffusers_grid(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "cogsample generate: warning (DiffusersGridWarning)" in run.stderr
     assert "7 steps" in run.stderr and "does not end clean" in run.stderr
+
+
+def test_version(capsys):
+    import pytest
+
+    import cogsample
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith(f"cogsample {cogsample.__version__} (torch ")

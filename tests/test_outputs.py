@@ -99,3 +99,38 @@ def test_check_writable_rejects_a_file(tmp_path):
     f.write_text("")
     with pytest.raises(ValueError, match=r"out directory .* is not writable"):
         outputs.check_writable(f)
+
+
+_ENCODE = """
+import hashlib, io, sys
+import numpy as np
+from cogsample import outputs
+from pathlib import Path
+rng = np.random.default_rng(0)
+t = np.arange(17)[:, None, None]
+y, x = np.mgrid[0:96, 0:128]
+frames = ((np.sin(x / 9 + t / 2) + np.cos(y / 7 - t / 3))[..., None] * 60 + 128 + rng.normal(0, 6, (17, 96, 128, 3)))
+outputs.write_mp4(Path(sys.argv[1]), frames.clip(0, 255).astype(np.uint8), fps=8)
+"""
+
+
+def test_mp4_bytes_depend_on_the_frames_only(tmp_path):
+    """x264's default thread count follows the CPUs a process may use, and its output follows the
+    thread count: encodes pinned to one CPU and to all, run at the same time, must still agree."""
+    import os
+    import subprocess
+    import sys
+
+    cpus = sorted(os.sched_getaffinity(0))
+    masks = [{cpus[0]}, set(cpus), {cpus[-1]}, set(cpus)]
+    procs = []
+    for k, mask in enumerate(masks):
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _ENCODE, str(tmp_path / f"{k}.mp4")],
+                preexec_fn=lambda m=mask: os.sched_setaffinity(0, m),
+            )
+        )
+    assert [p.wait(timeout=120) for p in procs] == [0] * len(procs)
+    blobs = {(tmp_path / f"{k}.mp4").read_bytes() for k in range(len(masks))}
+    assert len(blobs) == 1

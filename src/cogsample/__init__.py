@@ -4,6 +4,7 @@ from .denoiser import Denoiser, DenoiserConfig, Level
 from .guidance import CFG, Conditioning, DynamicCFG, GuidanceInterval, GuidedModel, NoGuidance
 from .models.base import CallableNetwork
 from .noise import DiffusersNoise, GlobalNoise, ReplayNoise, SeededNoise, latent_shape
+from .pipeline import GenerateOptions, Pipeline, VideoResult
 from .profiles import diffusers_sampling, sat_sampling
 from .samplers import SAMPLERS, get_sampler
 from .sampling import SamplingConfig, sample
@@ -26,6 +27,7 @@ __all__ = [
     "DynamicCFG",
     "EDMScaling",
     "EpsScaling",
+    "GenerateOptions",
     "GlobalNoise",
     "Grid",
     "GuidanceInterval",
@@ -33,12 +35,14 @@ __all__ = [
     "LegacyDDPM",
     "Level",
     "NoGuidance",
+    "Pipeline",
     "ReplayNoise",
     "SamplingConfig",
     "SeededNoise",
     "SpacedDDPM",
     "VScaling",
     "VScalingEDMNoise",
+    "VideoResult",
     "VideoScaling",
     "ZeroSNRDDPM",
     "diffusers_sampling",

@@ -527,9 +527,8 @@ def _sha256(path: str | Path) -> str:
 
 
 def _image_digest(image: Any) -> str:
-    if isinstance(image, (str, Path)):
-        return _sha256(image)
-    rgb = image.convert("RGB")  # a PIL image given to Pipeline: its pixels define it
+    # its pixels define the video, whether given as a file or a PIL image (Pipeline)
+    rgb = _load_image(image)
     return hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
 
 
