@@ -107,9 +107,9 @@ import numpy as np
 from cogsample import outputs
 from pathlib import Path
 rng = np.random.default_rng(0)
-t = np.arange(17)[:, None, None]
-y, x = np.mgrid[0:96, 0:128]
-frames = ((np.sin(x / 9 + t / 2) + np.cos(y / 7 - t / 3))[..., None] * 60 + 128 + rng.normal(0, 6, (17, 96, 128, 3)))
+t = np.arange(25)[:, None, None]
+y, x = np.mgrid[0:240, 0:368]  # x264 uses fewer threads than asked on small frames: this size shows it
+frames = (np.sin(x / 9 + t / 2) + np.cos(y / 7 - t / 3))[..., None] * 60 + 128 + rng.normal(0, 6, (25, 240, 368, 3))
 outputs.write_mp4(Path(sys.argv[1]), frames.clip(0, 255).astype(np.uint8), fps=8)
 """
 
