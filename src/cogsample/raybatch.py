@@ -12,6 +12,7 @@ unfinished videos left.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import time
 from collections import deque
@@ -141,11 +142,12 @@ def run_on_ray(
     tell = on_result or (lambda _r: None)
     ours = not ray.is_initialized()
     if ours:
+        quiet_kw = {"log_to_driver": not quiet, **({"logging_level": logging.ERROR} if quiet else {})}
         if address:
-            ray.init(address=address, log_to_driver=not quiet)
+            ray.init(address=address, **quiet_kw)
         else:
             cpus = max(os.cpu_count() or 1, workers or 1)
-            ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=not quiet)
+            ray.init(address="local", num_cpus=cpus, include_dashboard=False, **quiet_kw)
     try:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         n = workers or max(1, gpus)
