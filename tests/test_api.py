@@ -64,3 +64,16 @@ def test_an_i2v_call_takes_a_pil_image_or_a_path(tmp_path):
     a = pipe("a red ball", image=img, **SMALL)
     b = pipe("a red ball", image=tmp_path / "first.png", **SMALL)
     assert torch.equal(a.latents, b.latents) and a.stem == b.stem
+
+
+def test_readme_python_entry_point_example_runs(tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = next(c for c in re.findall(r"```python\n(.*?)```", text, re.S) if "Pipeline.load" in c)
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["result"].frames.shape == (25, 240, 368, 3)
+    assert len(list((tmp_path / "runs").iterdir())) == 4
