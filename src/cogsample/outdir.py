@@ -82,7 +82,7 @@ class OutDir:
     def leftovers(self, stem: str) -> list[Path]:
         """What an unfinished (or interrupted) ``stem`` left: its temporary files, and its final
         files when its JSON is missing. Only meaningful to the claim's holder."""
-        found = [p for p in self._temporaries(stem)]
+        found = list(self._temporaries(stem))
         if not self.files(stem)["meta"].exists():
             found += [p for p in self.files(stem).values() if p.exists()]
         return found

@@ -1031,8 +1031,8 @@ class Pipeline:
                     "encode every prompt first (Pipeline.encode)"
                 )
             t0 = time.perf_counter()
-            hit = self._contexts[key] = (self.model.encode_prompts([prompt], max_length=text_len), 0.0)
-            hit = self._contexts[key] = (hit[0], time.perf_counter() - t0)
+            context = self.model.encode_prompts([prompt], max_length=text_len)
+            hit = self._contexts[key] = (context, time.perf_counter() - t0)
         return hit[0]
 
     def release_text_encoder(self) -> None:
