@@ -102,10 +102,14 @@ def test_check_writable_rejects_a_file(tmp_path):
 
 
 _ENCODE = """
-import hashlib, io, sys
+import ctypes, glob, os, sys
+import av
 import numpy as np
 from cogsample import outputs
 from pathlib import Path
+if sys.argv[2] == "no-simd":  # libav's C code paths, as on a processor without SIMD
+    lib = glob.glob(os.path.join(os.path.dirname(av.__file__), "..", "av.libs", "libavutil*"))
+    ctypes.CDLL(lib[0]).av_force_cpu_flags(0)
 rng = np.random.default_rng(0)
 t = np.arange(25)[:, None, None]
 y, x = np.mgrid[0:240, 0:368]  # x264 uses fewer threads than asked on small frames: this size shows it
@@ -115,22 +119,68 @@ outputs.write_mp4(Path(sys.argv[1]), frames.clip(0, 255).astype(np.uint8), fps=8
 
 
 def test_mp4_bytes_depend_on_the_frames_only(tmp_path):
-    """x264's default thread count follows the CPUs a process may use, and its output follows the
-    thread count: encodes pinned to one CPU and to all, run at the same time, must still agree."""
+    """The same frames give the same bytes whatever the CPUs a process may use (x264's default
+    thread count, and swscale's, follow ``sched_getaffinity``, and their output the thread count)
+    and whichever of libav's code paths runs (swscale's SIMD and C colour conversions round
+    differently): encodes pinned to one CPU and to all, one on libav's C paths, all at once."""
     import os
     import subprocess
     import sys
 
     cpus = sorted(os.sched_getaffinity(0))
-    masks = [{cpus[0]}, set(cpus), {cpus[-1]}, set(cpus)]
+    masks = [{cpus[0]}, set(cpus), {cpus[-1]}, set(cpus), set(cpus)]
+    modes = ["auto"] * 4 + ["no-simd"]
     procs = []
-    for k, mask in enumerate(masks):
+    for k, (mask, mode) in enumerate(zip(masks, modes, strict=True)):
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-c", _ENCODE, str(tmp_path / f"{k}.mp4")],
+                [sys.executable, "-c", _ENCODE, str(tmp_path / f"{k}.mp4"), mode],
                 preexec_fn=lambda m=mask: os.sched_setaffinity(0, m),
             )
         )
     assert [p.wait(timeout=120) for p in procs] == [0] * len(procs)
     blobs = {(tmp_path / f"{k}.mp4").read_bytes() for k in range(len(masks))}
     assert len(blobs) == 1
+
+
+def _yuv601(rgb: np.ndarray) -> np.ndarray:
+    """The BT.601 limited-range definition in float64, chroma from each 2x2 block's mean."""
+    r, g, b = np.moveaxis(rgb.astype(np.float64), -1, 0)
+    luma = 0.299 * r + 0.587 * g + 0.114 * b
+    cb = 128 + 224 / 255 * (b - luma) / 1.772
+    cr = 128 + 224 / 255 * (r - luma) / 1.402
+    h, w = luma.shape
+    quad = lambda c: c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3)).reshape(h // 4, w)  # noqa: E731
+    return np.concatenate([16 + 219 / 255 * luma, quad(cb), quad(cr)])
+
+
+def test_rgb_to_yuv420p_is_bt601_limited_range():
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    got = outputs.rgb_to_yuv420p(rgb)
+    want = _yuv601(rgb)
+    assert got.shape == (72, 64) and got.dtype == np.uint8
+    # rounding, plus the coefficients' own rounding to 2^-16: under 3 x 255 x 2^-17 < 0.006
+    assert np.abs(got - want).max() <= 0.506
+    solid = {(0, 0, 0): (16, 128, 128), (255, 255, 255): (235, 128, 128), (128, 128, 128): (126, 128, 128),
+             (255, 0, 0): (81, 90, 240), (0, 255, 0): (145, 54, 34), (0, 0, 255): (41, 240, 110)}  # fmt: skip
+    for colour, (y, u, v) in solid.items():
+        yuv = outputs.rgb_to_yuv420p(np.tile(np.array(colour, np.uint8), (4, 6, 1)))
+        assert (yuv[:4] == y).all() and (yuv[4:5] == u).all() and (yuv[5:] == v).all(), colour
+
+
+def test_mp4_decodes_to_the_frames(tmp_path):
+    """Lossless (crf 0) the mp4 holds exactly :func:`rgb_to_yuv420p` of the frames, tagged as such."""
+    import av
+
+    y, x = np.mgrid[0:64, 0:96]
+    rgb = np.stack([128 + 90 * np.sin(x / 11), 128 + 90 * np.cos(y / 9), 128 + 70 * np.sin((x + y) / 13)], -1)
+    frames = np.repeat(rgb.astype(np.uint8)[None], 3, axis=0)
+    outputs.write_mp4(tmp_path / "v.mp4", frames, fps=8, crf=0)
+    with av.open(str(tmp_path / "v.mp4")) as c:
+        decoded = [f for f in c.decode(video=0)]
+    assert decoded[0].colorspace == av.video.reformatter.Colorspace.ITU601
+    assert decoded[0].color_range == av.video.reformatter.ColorRange.MPEG
+    assert len(decoded) == len(frames)
+    for f, rgb in zip(decoded, frames, strict=True):
+        assert np.array_equal(f.to_ndarray(), outputs.rgb_to_yuv420p(rgb))
