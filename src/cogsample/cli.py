@@ -193,7 +193,7 @@ def _generate(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"cogsample generate: error: {e}", file=sys.stderr)
         return 2
-    if args.quiet and not base.model.startswith("builtin"):
+    if args.quiet and base.model not in ("builtin", "builtin-i2v"):
         _quiet_libraries()
     mine = launch.share(items)
     if args.ray is None:
@@ -299,7 +299,8 @@ def _add_generate(sub) -> None:
     g.add_argument(
         "--model",
         default="builtin",
-        help="builtin (default), builtin-i2v, or a local diffusers-format CogVideoX folder",
+        help="builtin (default), builtin-i2v, builtin-trained, builtin-trained-i2v, or a local diffusers-format "
+        "CogVideoX folder",
     )
     g.add_argument("--prompt", action="append", help="a prompt (repeat for several videos)")
     g.add_argument(
@@ -412,10 +413,41 @@ def _interval(text: str) -> tuple[float, float]:
 
 
 def _captions(args: argparse.Namespace) -> int:
-    from .models.builtin import captions
+    if args.model.startswith("builtin-trained"):
+        from .models.family import FAMILY
 
-    for c in captions():
+        names = [c.caption for c in FAMILY]
+    else:
+        from .models.builtin import captions
+
+        names = captions()
+    for c in names:
         print(c)
+    return 0
+
+
+def _train_tiny(args: argparse.Namespace) -> int:
+    from .models.trained import TrainConfig, train
+
+    try:
+        steps = TrainConfig().steps if args.steps is None else args.steps
+        cfg = TrainConfig(steps=steps, batch=args.batch, seed=args.seed)
+        out = Path(args.out)
+        if (out / "config.json").exists() and not args.overwrite:
+            raise ValueError(f"--out {args.out!r} already holds a transformer (config.json); pass --overwrite")
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {args.out!r} exists and is not a directory")
+    except ValueError as e:
+        print(f"cogsample train-tiny: error: {e}", file=sys.stderr)
+        return 2
+    log = (lambda _m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    record = train(out, cfg, log=log, every=args.log_every)
+    if args.plot:
+        from .bench.plots import plot_loss
+
+        plot_loss(record, Path(args.plot))
+    print(f"{out}: {record['parameters']} parameters, {cfg.steps} steps in {record['seconds']:.0f} s, "
+          f"held-out loss {record['eval_loss']:.4f}")  # fmt: skip
     return 0
 
 
@@ -480,7 +512,24 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("samplers", help="list the samplers, their SAT names and options")
     s.set_defaults(func=_samplers)
     c = sub.add_parser("captions", help="list the built-in model's clips (what its prompts can ask for)")
+    c.add_argument("--model", default="builtin", choices=("builtin", "builtin-trained"), help="which clip set")
     c.set_defaults(func=_captions)
+    t = sub.add_parser(
+        "train-tiny",
+        help="train the trained built-in model's transformer from scratch (the shipped weights: the defaults)",
+        description="Train a small diffusers CogVideoX transformer on the clip family with CogVideoX's objective "
+        "(v-prediction, ZeroSNR DDPM, caption dropout), deterministically on one machine. Writes a diffusers "
+        "transformer folder (EMA weights) and train.json (the loss curve, the wall time).",
+    )
+    t.add_argument("--out", required=True, help="directory for the transformer folder")
+    t.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the shipped weights' 5000)")
+    t.add_argument("--batch", type=int, default=64, help="samples per step (default 64)")
+    t.add_argument("--seed", type=int, default=0, help="seed of every draw (default 0)")
+    t.add_argument("--log-every", type=int, default=50, help="steps per loss line (default 50)")
+    t.add_argument("--plot", default=None, metavar="PNG", help="also plot the loss curve there")
+    t.add_argument("--overwrite", action="store_true", help="replace a transformer already in --out")
+    t.add_argument("--quiet", action="store_true", help="no loss lines")
+    t.set_defaults(func=_train_tiny)
     b = sub.add_parser(
         "bench",
         help="quality per forward, forward-saving options and speed vs diffusers: JSON, PNG plots and a table",

@@ -79,7 +79,9 @@ DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
-BUILTIN = ("builtin", "builtin-i2v")
+BUILTIN = ("builtin", "builtin-i2v", "builtin-trained", "builtin-trained-i2v")
+#: The built-in models whose network is exact (no transformer).
+EXACT = ("builtin", "builtin-i2v")
 #: DynamicCFG's exponent in every released CogVideoX config and in diffusers.
 DYNAMIC_CFG_EXP = 5.0
 
@@ -202,10 +204,14 @@ def _is_builtin(model: str) -> bool:
 
 def inspect_model(model: str) -> ModelInfo:
     """The model's :class:`ModelInfo` from its configs alone (no weights)."""
-    if _is_builtin(model):
+    if model in EXACT:
         from .models.builtin import builtin_info
 
         return builtin_info(i2v=model == "builtin-i2v")
+    if _is_builtin(model):
+        from .models.trained import trained_info
+
+        return trained_info(i2v=model.endswith("-i2v"))
     try:
         from .models.cogvideox import inspect_folder
     except ImportError as e:
@@ -370,9 +376,9 @@ def apply_speedups(cfg: SamplingConfig, opts: GenerateOptions, info: ModelInfo) 
     if opts.skip_unit_cfg:
         changes["skip_unit_cfg"] = True
     if opts.cache is not None:
-        kind = opts.cache_kind or ("output" if _is_builtin(opts.model) else "first-block")
+        kind = opts.cache_kind or ("output" if opts.model in EXACT else "first-block")
         _check_choice("cache_kind", kind, CACHE_KINDS)
-        if kind == "first-block" and _is_builtin(opts.model):
+        if kind == "first-block" and opts.model in EXACT:
             raise ValueError(
                 "cache_kind 'first-block' caches a CogVideoX transformer's blocks: use 'output' with the built-in model"
             )
@@ -436,7 +442,7 @@ def plan(opts: GenerateOptions) -> Plan:
     dtype = _resolve_dtype(opts.dtype, device, info, builtin)
 
     if opts.image is not None and not info.i2v:
-        hint = " (use --model builtin-i2v)" if builtin else ""
+        hint = f" (use --model {opts.model}-i2v)" if builtin else ""
         raise ValueError(f"--image given, but model {info.name!r} is text-to-video{hint}")
     if opts.image is None and info.i2v:
         raise ValueError(f"model {info.name!r} is image-to-video: give --image PATH")
@@ -622,7 +628,12 @@ def load_initial_noise(path: str, shape: Sequence[int], videos: int, first_row: 
 
 def _check_model_size(info: ModelInfo, model: str, frames: int, height: int, width: int) -> None:
     """Model-specific size limits, from the configs alone."""
+    if model in EXACT:
+        return
     if _is_builtin(model):
+        from .models.trained import check_trained_size
+
+        check_trained_size(frames, height, width)
         return
     from .models.cogvideox import check_size_for
 
@@ -636,11 +647,15 @@ def _check_model_size(info: ModelInfo, model: str, frames: int, height: int, wid
 def load_model(
     model: str, *, device: torch.device, dtype: torch.dtype, profile: str = "sat", offload: str = "none"
 ) -> VideoModel:
-    """Load ``model`` (``builtin``, ``builtin-i2v`` or a CogVideoX folder) onto ``device``."""
-    if _is_builtin(model):
+    """Load ``model`` (one of :data:`BUILTIN` or a CogVideoX folder) onto ``device``."""
+    if model in EXACT:
         from .models.builtin import BuiltinModel
 
         return BuiltinModel(i2v=model == "builtin-i2v", device=device, dtype=dtype)
+    if _is_builtin(model):
+        from .models.trained import TrainedModel
+
+        return TrainedModel(i2v=model.endswith("-i2v"), device=device, dtype=dtype)
     from .models.cogvideox import load_cogvideox
 
     # SAT leaves 1.5's image latent unscaled where diffusers divides it by the scaling factor

@@ -98,3 +98,69 @@ def test_matches_rule():
     assert not q.matches({"kl": 0.4, "mode_tv": 0.25, "on_prompt": 1.0}, ref)
     assert q.matches({"kl": 0.4, "mode_tv": 0.25, "on_prompt": 1.0}, ref, tv_floor=0.3)
     assert not q.matches({"kl": 0.4, "mode_tv": 0.1, "on_prompt": 0.9}, ref)
+
+
+def test_quick_bench_scores_every_model_and_checks_fast(quick_run):
+    _out, res = quick_run
+    models = res["models"]
+    assert set(models) == {"builtin", "builtin-trained", "family-exact"}
+    assert any("trained" in k for k in models)
+    for m in models.values():
+        assert m["runs"][0]["reference"]["forwards"] == 100
+        assert isinstance(m["fast_matches_reference"], bool)
+        best = m["forwards_to_match_reference"]
+        assert best is None or (best["forwards"] <= 100 and best == m["stable_matches"][0])
+    assert models["family-exact"]["held_out"] and "guidance" not in models["family-exact"]
+    for key in ("builtin", "builtin-trained"):
+        assert set(models[key]["guidance"]) == {"scale 1", "scale 6"}
+        assert models[key]["guidance"]["scale 6"]["forwards"] == 100
+    # the trained model's samples are scored against its own data: the clip family at 9 x 64 x 96
+    assert models["builtin-trained"]["setup"]["frames"] == 9 and models["builtin-trained"]["setup"]["samples"] == 6
+    choice = res["fast_choice"]
+    if choice is not None:
+        assert set(choice["per_model"]) == {"builtin", "builtin-trained"}
+        assert choice["steps"] == max(p["steps"] for p in choice["per_model"].values())
+
+
+def _run(rows):
+    """A run_quality result holding ``(candidate, steps, forwards, matches)`` rows."""
+    return {"results": [{"candidate": c, "steps": n, "forwards": f, "matches": ok} for c, n, f, ok in rows]}
+
+
+def test_stable_match_needs_every_larger_step_count_and_every_seed():
+    a = _run([("x", 4, 7, False), ("x", 8, 15, True), ("x", 10, 19, False), ("x", 15, 29, True), ("x", 20, 39, True)])
+    assert q.stable_match([a], "x") == {"candidate": "x", "steps": 15, "forwards": 29}
+    b = _run([("x", 15, 30, True), ("x", 20, 39, True)])
+    assert q.stable_match([a, b], "x") == {"candidate": "x", "steps": 15, "forwards": 30}
+    c = _run([("x", 15, 29, True), ("x", 20, 39, False)])
+    assert q.stable_match([a, c], "x") is None
+    assert q.stable_match([a], "y") is None
+
+
+def test_fast_choice_is_the_cheapest_match_on_every_swept_model():
+    from cogsample.bench.suite import choose_fast
+
+    m1 = _run([("A", 8, 13, True), ("A", 12, 19, True), ("B", 8, 15, False), ("B", 10, 16, True), ("B", 12, 19, True)])
+    m2 = _run([("A", 8, 13, False), ("A", 12, 19, True), ("B", 8, 15, False), ("B", 10, 16, True), ("B", 12, 19, True)])
+    held = _run([("A", 8, 13, False)])  # held out: never part of the choice
+    models = {"one": {"runs": [m1]}, "two": {"runs": [m2]}, "held": {"held_out": True, "runs": [held]}}
+    choice = choose_fast(models)
+    assert (choice["candidate"], choice["steps"], choice["forwards"]) == ("B", 10, 16)
+    m2["results"][-1]["matches"] = False  # B fails at 12 on model two: A at 12 is the choice
+    assert (choose_fast(models)["candidate"], choose_fast(models)["steps"]) == ("A", 12)
+
+
+def test_the_bench_scores_the_fast_flag_the_cli_runs():
+    """``fast_matches_reference`` is about the configuration ``--fast`` really runs."""
+    from cogsample.batch import batch_options
+    from cogsample.bench.suite import fast_candidate
+    from cogsample.pipeline import GenerateOptions, apply_speedups, inspect_model, resolve_sampling
+
+    cand, steps = fast_candidate()
+    for model in ("builtin", "builtin-trained"):
+        ((_, opts),) = batch_options(
+            GenerateOptions(prompts=("x",), model=model), [("", {"prompt": "a ball"})], fast=True
+        )
+        info = inspect_model(model)
+        cli = apply_speedups(resolve_sampling(opts, info), opts, info)
+        assert cli.to_dict() == cand.config(steps).to_dict()

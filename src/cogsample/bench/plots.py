@@ -6,7 +6,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_ode_error", "plot_quality"]
+__all__ = ["plot_loss", "plot_ode_error", "plot_quality"]
 
 
 def _pyplot() -> Any:
@@ -85,3 +85,24 @@ def plot_ode_error(quality: dict[str, Any], path: Path) -> Path:
     path = _save(fig, path)
     plt.close(fig)
     return path
+
+
+def plot_loss(record: dict[str, Any], path: Path) -> Path:
+    """The training loss (mean over each logged window) against steps, log scale, with the wall time."""
+    plt = _pyplot()
+    curve = record["curve"]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    ax.plot([c["step"] for c in curve], [c["loss"] for c in curve], lw=1.2)
+    ax.axhline(record["eval_loss"], color="gray", ls="--", lw=0.8, label=f"held-out loss {record['eval_loss']:.4f}")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("v-prediction MSE")
+    cfg = record["config"]
+    ax.set_title(
+        f"train-tiny: {record['parameters'] / 1e6:.2f}M parameters, batch {cfg['batch']}, "
+        f"{record['seconds'] / 60:.1f} min on {record['threads']} threads",
+        fontsize=9,
+    )
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

@@ -26,7 +26,20 @@ from ..guidance import GuidanceInterval
 from ..noise import SeededNoise
 from ..samplers import SAMPLERS
 from ..sampling import SamplingConfig, build_model, release
-from .quality import QUICK, Candidate, Env, Setup, _metrics, reference_default, run_quality
+from .quality import (
+    HELD_OUT,
+    QUICK,
+    SCALE,
+    TRAINED,
+    Candidate,
+    Env,
+    Setup,
+    _metrics,
+    evaluate,
+    reference_default,
+    run_quality,
+    stable_match,
+)
 
 __all__ = ["SECTIONS", "candidates", "machine", "run_bench", "table"]
 
@@ -115,13 +128,16 @@ def _run(env: Env, config: SamplingConfig) -> tuple[torch.Tensor, int, float, di
     return x, counting.forwards, seconds, counts
 
 
-def _variants(base: SamplingConfig, cache_thresholds: Sequence[float]) -> list[tuple[str, SamplingConfig]]:
+def _variants(
+    base: SamplingConfig, cache_thresholds: Sequence[float], kinds: Sequence[str] = ("output",)
+) -> list[tuple[str, SamplingConfig]]:
     out = [
         ("guidance interval [0.4, 1)", dataclasses.replace(base, guidance=GuidanceInterval(base.guidance, 0.4, 1.0))),
         ("skip uncond where scale == 1", dataclasses.replace(base, skip_unit_cfg=True)),
     ]
     out += [
-        (f"output cache, threshold {t:g}", dataclasses.replace(base, cache=CacheConfig(t, "output")))
+        (f"{kind} cache, threshold {t:g}", dataclasses.replace(base, cache=CacheConfig(t, kind)))
+        for kind in kinds
         for t in cache_thresholds
     ]
     return out
@@ -133,11 +149,12 @@ def options_builtin(
     """Each option against its base on the built-in model: forwards and wall-time speed-up,
     change in the quality figures, relative L2 distance of the latents from the base run."""
     env = Env.build(setup)
+    kinds = ("output",)  # the first-block cache is measured on a diffusers transformer below
     rows = []
     for base_name, base in bases:
         x0, f0, _, _ = _run(env, base)
         q0 = _metrics(env, x0)
-        for name, cfg in _variants(base, (0.1, 0.3)):
+        for name, cfg in _variants(base, (0.1, 0.3), kinds):
             # base and option alternate, so drift and other load on the machine hit both alike
             base_t, opt_t = [], []
             for _ in range(repeats):
@@ -181,6 +198,150 @@ def _fast_base(quality: dict[str, Any] | None, quick: bool) -> tuple[str, Sampli
 
 
 # ----------------------------------------------------------------------------------------------
+# quality on every model, and the --fast choice
+
+#: Step counts of the sweep, and the noise seeds of its repeats (a choice must hold on each).
+STEPS, QUICK_STEPS = (4, 6, 8, 10, 12, 15, 20, 30, 50), (4, 8)
+SEEDS, QUICK_SEEDS = (1234, 4321), (1234,)
+
+
+def model_setups(quick: bool) -> dict[str, Setup]:
+    """The models the choice is made on (the exact built-in one and the trained one)."""
+    if quick:
+        return {"builtin": QUICK, "builtin-trained": dataclasses.replace(TRAINED, seeds=2)}
+    return {"builtin": Setup(), "builtin-trained": TRAINED}
+
+
+def fast_candidate() -> tuple[Candidate, int]:
+    """``--fast`` (:data:`cogsample.pipeline.FAST`) as a bench candidate and its step count."""
+    from ..pipeline import FAST
+
+    start = FAST["cfg_interval"][0] if FAST.get("cfg_interval") else 0.0
+    cand = Candidate(
+        FAST["sampler"], grid=FAST["grid"], cfg=FAST["cfg_index"], interval=start, skip_unit=FAST["skip_unit_cfg"]
+    )
+    return cand, FAST["steps"]
+
+
+def _sweep(
+    setup: Setup, cands: Sequence[Candidate], steps: Sequence[int], seeds: Sequence[int], ode_steps: int, say: Callable
+) -> list[dict[str, Any]]:
+    """``run_quality`` for each seed; after the first, only what could still match at every seed
+    (a candidate with a stable match so far, at its stable step count and above)."""
+    env = Env.build(dataclasses.replace(setup, seed=seeds[0]))
+    runs = [run_quality(cands, steps, env=env, ode_steps=ode_steps, log=say)]
+    for seed in seeds[1:]:
+        env = Env.build(dataclasses.replace(setup, seed=seed))
+        keep = {c.name: stable_match(runs, c.name) for c in cands}
+        per = {name: [n for n in steps if n >= st["steps"]] for name, st in keep.items() if st}
+        runs.append(run_quality([c for c in cands if c.name in per], per, env=env, log=say))
+    return runs
+
+
+def _trained_missing() -> str | None:
+    try:
+        import diffusers  # noqa: F401
+    except ImportError as e:
+        return f"needs diffusers ({e})"
+    from ..models.trained import WEIGHTS
+
+    if not (WEIGHTS / "config.json").is_file():
+        return f"no trained weights in {WEIGHTS}"
+    return None
+
+
+def quality_section(quick: bool, say: Callable[[str], None]) -> dict[str, Any]:
+    """Every candidate on every model of :func:`model_setups` at every step count and seed; then
+    the candidates that matched on both, on the held-out model; and guidance at scale 1 vs 6."""
+    cands = candidates(quick)
+    fast, _ = fast_candidate()
+    if fast.name not in {c.name for c in cands}:
+        cands.append(fast)
+    steps, seeds = (QUICK_STEPS, QUICK_SEEDS) if quick else (STEPS, SEEDS)
+    models: dict[str, Any] = {}
+    for key, setup in model_setups(quick).items():
+        missing = _trained_missing() if key == "builtin-trained" else None
+        if missing:
+            models[key] = {"skipped": missing}
+            continue
+        t = time.perf_counter()
+        ode = (24 if quick else 120) if key == "builtin" else 0  # the trained one: too slow, and no exact ODE
+        runs = _sweep(setup, cands, steps, seeds, ode, say)
+        models[key] = {"setup": runs[0]["setup"], "runs": runs, "guidance": guidance_effect(setup, say)}
+        models[key]["seconds"] = time.perf_counter() - t
+    # the held-out model sees only what could be chosen: candidates stable on every model above
+    ran = [m for m in models.values() if "runs" in m]
+    both = [c for c in cands if ran and all(stable_match(m["runs"], c.name) for m in ran)]
+    if fast not in both:
+        both.append(fast)
+    held = dataclasses.replace(HELD_OUT, seeds=2) if quick else HELD_OUT
+    t = time.perf_counter()
+    models["family-exact"] = {"held_out": True, "setup": None, "runs": _sweep(held, both, steps, seeds, 0, say)}
+    models["family-exact"]["setup"] = models["family-exact"]["runs"][0]["setup"]
+    models["family-exact"]["seconds"] = time.perf_counter() - t
+    return models
+
+
+def guidance_effect(setup: Setup, say: Callable[[str], None]) -> dict[str, Any]:
+    """The reference default (50 steps) at guidance scale 1 and 6: what guidance does to
+    ``on_prompt`` and the mode balance on this model."""
+    env = Env.build(setup)
+    out = {}
+    for scale in (1.0, SCALE):
+        cand = dataclasses.replace(reference_default(), scale=scale)
+        r = evaluate(env, cand, 50)
+        out[f"scale {scale:g}"] = {k: r[k] for k in ("forwards", "on_prompt", "mode_tv", "kl", "var_ratio")}
+        say(f"[{setup.model}] guidance scale {scale:g}: on_prompt {r['on_prompt']:.2f}, mode_tv {r['mode_tv']:.3f}")
+    return out
+
+
+def choose_fast(models: dict[str, Any]) -> dict[str, Any] | None:
+    """The cheapest candidate whose stable match (:func:`stable_match`) holds on every swept model
+    except the held-out one: its step count is the largest of theirs, forwards the most spent there."""
+    swept = {k: m for k, m in models.items() if m.get("runs") and not m.get("held_out")}
+    if not swept:
+        return None
+    names = {r["candidate"] for m in swept.values() for r in m["runs"][0]["results"]}
+    options = []
+    for name in sorted(names):
+        per = {k: stable_match(m["runs"], name) for k, m in swept.items()}
+        if not all(per.values()):
+            continue
+        n = max(p["steps"] for p in per.values())
+        fwd = max(
+            r["forwards"] for m in swept.values() for run in m["runs"] for r in run["results"]
+            if r["candidate"] == name and r["steps"] == n
+        )  # fmt: skip
+        options.append({"candidate": name, "steps": n, "forwards": fwd, "per_model": per})
+    return min(options, key=lambda o: (o["forwards"], o["steps"], o["candidate"]), default=None)
+
+
+def summarize(res: dict[str, Any]) -> None:
+    """Per model: ``forwards_to_match_reference`` (the fewest forwards of a stable match) and
+    ``fast_matches_reference`` (``--fast`` matches at its step count and every larger one, at every
+    seed). A pure function of the stored runs and :data:`~cogsample.pipeline.FAST`."""
+    fast, fast_steps = fast_candidate()
+    for m in res["models"].values():
+        if "runs" not in m:
+            continue
+        runs = m["runs"]
+        names = {r["candidate"] for run in runs for r in run["results"]}
+        stable = [s for s in (stable_match(runs, n) for n in sorted(names)) if s]
+        m["stable_matches"] = sorted(stable, key=lambda s: (s["forwards"], s["candidate"]))
+        m["forwards_to_match_reference"] = m["stable_matches"][0] if stable else None
+        if m["forwards_to_match_reference"]:
+            m["forwards_to_match_reference"]["reference_forwards"] = runs[0]["reference"]["forwards"]
+        st = stable_match(runs, fast.name)
+        m["fast"] = {"candidate": fast.name, "steps": fast_steps, "stable_from_steps": st and st["steps"]}
+        m["fast_matches_reference"] = bool(st and st["steps"] <= fast_steps)
+    best = res["models"]["builtin"].get("forwards_to_match_reference")
+    if best:
+        cand = next(c for c in [*candidates(False), *candidates(True), fast] if c.name == best["candidate"])
+        best = {**best, "config": cand.config(best["steps"]).to_dict()}
+    res["forwards_to_match_reference"] = best
+
+
+# ----------------------------------------------------------------------------------------------
 # the whole run
 
 
@@ -212,30 +373,25 @@ def run_bench(
     start = time.perf_counter()
     res: dict[str, Any] = {"size": "quick" if quick else "default", "machine": machine(), "plots": {}}
     setup = QUICK if quick else Setup()
-    steps = (4, 8) if quick else (5, 8, 10, 15, 20, 30, 50)
     quality = None
     if "quality" in sections:
         say(f"quality per forward ({'quick' if quick else 'default'} size)")
         t = time.perf_counter()
-        quality = run_quality(candidates(quick), steps, setup, ode_steps=24 if quick else 120, log=say)
-        quality["seconds"] = time.perf_counter() - t
+        res["models"] = quality_section(quick, say)
+        res["fast_choice"] = choose_fast(res["models"])
+        summarize(res)
+        quality = res["models"]["builtin"]["runs"][0]
         res["quality"] = quality
-        best = quality["best"]
-        res["forwards_to_match_reference"] = (
-            None
-            if best is None
-            else {
-                "forwards": best["forwards"],
-                "reference_forwards": quality["reference"]["forwards"],
-                "candidate": best["candidate"],
-                "steps": best["steps"],
-                "config": best["config"],
-            }
-        )
+        res["quality_seconds"] = time.perf_counter() - t
         from .plots import plot_ode_error, plot_quality
 
         res["plots"]["quality"] = str(plot_quality(quality, out / "quality_per_forward.png"))
         res["plots"]["ode_error"] = str(plot_ode_error(quality, out / "ode_error.png"))
+        trained = res["models"].get("builtin-trained", {})
+        if trained.get("runs"):
+            path = out / "quality_per_forward_trained.png"
+            res["plots"]["quality_trained"] = str(plot_quality(trained["runs"][0], path))
+    _write(out, res)  # what is done so far survives a later section's failure
     if "options" in sections:
         say("forward-saving options on the built-in model")
         t = time.perf_counter()
@@ -250,6 +406,21 @@ def run_bench(
             _fast_base(quality, quick),
         ]
         res["options"] = {"builtin": options_builtin(setup, bases, 1 if quick else 3, say)}
+        missing = _trained_missing()
+        if missing:
+            res["options"]["builtin-trained"] = {"skipped": missing}
+        else:
+            say("forward-saving options on the trained built-in model")
+            trained_setup = model_setups(quick)["builtin-trained"]
+            trained_bases = bases[:2]
+            fast = (res.get("models") or {}).get("builtin-trained", {}).get("forwards_to_match_reference")
+            if fast:
+                cand = next(c for c in [*candidates(False), *candidates(True)] if c.name == fast["candidate"])
+                cfg = cand.config(fast["steps"])
+                guidance = cfg.guidance.guidance if isinstance(cfg.guidance, GuidanceInterval) else cfg.guidance
+                base = dataclasses.replace(cfg, guidance=guidance, skip_unit_cfg=False)
+                trained_bases.append((f"{cand.sampler}, {cand.grid}, {fast['steps']} steps", base))
+            res["options"]["builtin-trained"] = options_builtin(trained_setup, trained_bases, 1, say)
         try:
             import diffusers  # noqa: F401
 
@@ -260,6 +431,7 @@ def run_bench(
             say("forward-saving options on a tiny diffusers transformer")
             res["options"]["diffusers"] = options_diffusers(quick=quick)
         res["options"]["seconds"] = time.perf_counter() - t
+    _write(out, res)
     if "speed" in sections:
         say("speed and memory against diffusers")
         t = time.perf_counter()
@@ -274,12 +446,16 @@ def run_bench(
     bad = _finite(res)
     if bad:
         raise RuntimeError(f"non-finite figures in the bench results: {bad[:5]}")
+    res["json"] = str(_write(out, res))
+    return res
+
+
+def _write(out: Path, res: dict[str, Any]) -> Path:
     path = out / "bench.json"
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(res, indent=1, default=str) + "\n")
     tmp.replace(path)
-    res["json"] = str(path)
-    return res
+    return path
 
 
 def _brief(d: Any, depth: int = 0) -> Any:
@@ -299,43 +475,65 @@ def table(res: dict[str, Any]) -> str:
         f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}"
         + (f", {m['cuda_device']}" if "cuda_device" in m else "")
     )
-    match = res.get("forwards_to_match_reference")
-    if "quality" in res:
-        q = res["quality"]
-        ref = q["reference"]
-        lines.append(
-            f"reference default (vpsde_dpmpp_2m, 50 steps, DynamicCFG 6): {ref['forwards']} forwards, "
-            f"kl {ref['kl']:.4f}, mode_tv {ref['mode_tv']:.3f}, on_prompt {ref['on_prompt']:.2f}"
-        )
-        if match:
-            r = q["best"]
+    if "models" in res:
+        for key, m in res["models"].items():
+            if "skipped" in m:
+                lines.append(f"[{key}] skipped: {m['skipped']}")
+                continue
+            ref = m["runs"][0]["reference"]
+            su = m["setup"]
             lines.append(
-                f"forwards_to_match_reference: {match['forwards']} ({match['candidate']}, {match['steps']} steps; "
-                f"kl {r['kl']:.4f}, mode_tv {r['mode_tv']:.3f}, on_prompt {r['on_prompt']:.2f})"
+                f"[{key}{' (held out)' if m.get('held_out') else ''}] {su['samples']} samples x "
+                f"{len(m['runs'])} seeds; "
+                f"reference default (vpsde_dpmpp_2m, 50 steps, DynamicCFG 6): {ref['forwards']} forwards, "
+                f"kl {ref['kl']:.4f}, mode_tv {ref['mode_tv']:.3f}, on_prompt {ref['on_prompt']:.2f}"
             )
-        else:
-            lines.append("forwards_to_match_reference: no configuration matched")
+            best = m.get("forwards_to_match_reference")
+            lines.append(
+                "  forwards_to_match_reference: "
+                + (f"{best['forwards']} ({best['candidate']}, {best['steps']} steps)" if best else "none matched")
+            )
+            f = m["fast"]
+            lines.append(
+                f"  fast_matches_reference: {m['fast_matches_reference']} (--fast at {f['steps']} steps; "
+                f"matches from {f['stable_from_steps'] or '-'} steps on)"
+            )
+            for scale, g in m.get("guidance", {}).items():
+                lines.append(
+                    f"  guidance {scale}: on_prompt {g['on_prompt']:.2f}, mode_tv {g['mode_tv']:.3f}, kl {g['kl']:.4f}"
+                )
+        choice = res.get("fast_choice")
+        lines.append(
+            "fast choice (cheapest stable match on every swept model): "
+            + (f"{choice['candidate']} at {choice['steps']} steps, {choice['forwards']} forwards" if choice else "none")
+        )
         lines.append("")
-        lines.append(f"{'configuration':50s} {'fewest fwd matching':>20s} {'kl @ ~30 fwd':>14s}")
-        names = sorted({r["candidate"] for r in q["results"]})
+        keys = [k for k, m in res["models"].items() if "runs" in m]
+        lines.append(f"{'configuration: fewest forwards of a stable match':56s}" + "".join(f"{k:>18s}" for k in keys))
+        names = sorted({r["candidate"] for k in keys for r in res["models"][k]["runs"][0]["results"]})
         for name in names:
-            rs = [r for r in q["results"] if r["candidate"] == name]
-            ok = [r["forwards"] for r in rs if r["matches"]]
-            near30 = min(rs, key=lambda r: abs(r["forwards"] - 30))
-            lines.append(f"{name:50s} {min(ok) if ok else '-':>20} {near30['kl']:>14.4f}")
+            cells = []
+            for k in keys:
+                st = next((x for x in res["models"][k].get("stable_matches", []) if x["candidate"] == name), None)
+                cells.append(f"{st['forwards']} ({st['steps']} st)" if st else "-")
+            lines.append(f"{name:56s}" + "".join(f"{c:>18s}" for c in cells))
     if "options" in res:
         lines.append("")
-        head = (
-            f"{'option (built-in model)':30s} {'base':38s} {'fwd':>9s} {'time x':>7s} {'d kl':>8s} "
-            f"{'d tv':>7s} {'rel L2':>9s}"
-        )
-        lines.append(head)
-        for r in res["options"]["builtin"]:
-            lines.append(
-                f"{r['option']:30s} {r['base']:38s} {r['base_forwards']:>4d}->{r['forwards']:<4d} "
-                f"{r['time_speedup']:>7.2f} {r['delta_kl']:>+8.4f} {r['delta_mode_tv']:>+7.3f} "
-                f"{r['latent_rel_l2']:>9.2e}"
+        for key in ("builtin", "builtin-trained"):
+            rows = res["options"].get(key)
+            if not isinstance(rows, list):
+                continue
+            head = (
+                f"{'option (' + key + ' model)':30s} {'base':38s} {'fwd':>9s} {'time x':>7s} {'d kl':>8s} "
+                f"{'d tv':>7s} {'rel L2':>9s}"
             )
+            lines.append(head)
+            for r in rows:
+                lines.append(
+                    f"{r['option']:30s} {r['base']:38s} {r['base_forwards']:>4d}->{r['forwards']:<4d} "
+                    f"{r['time_speedup']:>7.2f} {r['delta_kl']:>+8.4f} {r['delta_mode_tv']:>+7.3f} "
+                    f"{r['latent_rel_l2']:>9.2e}"
+                )
         dif = res["options"].get("diffusers", {})
         for r in dif.get("rows", []):
             lines.append(

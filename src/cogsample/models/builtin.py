@@ -39,6 +39,7 @@ Tensor = torch.Tensor
 __all__ = [
     "CLIPS",
     "DEFAULT_TAU",
+    "MOTIONS",
     "SCHEDULER_CONFIG",
     "BlockVAE",
     "BuiltinModel",
@@ -47,6 +48,7 @@ __all__ = [
     "builtin_info",
     "captions",
     "match_prompt",
+    "parse_prompt",
     "posterior_mean",
     "posterior_mean_given_first",
 ]
@@ -133,6 +135,22 @@ def _slide(dx: float, dy: float) -> Motion:
         return asp * (0.5 + dx * u), 0.5 + dy * u, torch.ones_like(t), torch.zeros_like(t)
 
     return motion
+
+
+#: The named motions: canonical name -> (the motion words a prompt names it by, its path, the
+#: phrase a caption uses). The clip library below and :mod:`cogsample.models.family` draw on it.
+MOTIONS: dict[str, tuple[tuple[str, ...], Motion, str]] = {
+    "bounce": (("bounce",), _bounce, "bouncing"),
+    "rotate": (("rotate",), _rotate, "rotating"),
+    "grow": (("grow",), _grow, "growing"),
+    "shrink": (("shrink",), _shrink, "shrinking"),
+    "pulse": (("pulse",), _pulse, "pulsing"),
+    "orbit": (("orbit",), _orbit, "circling"),
+    "right": (("move", "right"), _slide(0.33, 0.0), "moving from left to right"),
+    "left": (("move", "left"), _slide(-0.33, 0.0), "moving from right to left"),
+    "down": (("move", "down"), _slide(0.0, 0.32), "sliding down"),
+    "up": (("move", "up"), _slide(0.0, -0.3), "rising"),
+}
 
 
 def _sd_box(px: Tensor, py: Tensor, hx: Tensor, hy: Tensor) -> Tensor:

@@ -1,0 +1,119 @@
+"""The trained built-in model: its text encoder, training (a short run lowers the held-out loss,
+deterministically), the shipped weights (they load and a prompt gives its clip) and the size rule."""
+
+import json
+
+import pytest
+import torch
+
+from cogsample.models.builtin import MixtureNetwork
+from cogsample.models.family import FAMILY
+
+pytest.importorskip("diffusers")
+
+from cogsample.models import trained as tr
+
+
+def test_caption_encoder_slots_synonyms_and_the_empty_prompt():
+    enc = tr.CaptionEncoder()
+    a, b, c, empty = enc.encode(["a red ball bouncing on a blue background", "a crimson sphere hopping on a navy bg",
+                                 "a red ball", ""])  # fmt: skip
+    assert a.shape == (tr.TEXT_SLOTS, tr.TEXT_DIM)
+    assert torch.equal(a, b)  # synonyms name the same canonical words
+    assert torch.equal(c[:2], a[:2]) and not c[2:].any()  # unnamed slots are zero
+    assert not empty.any()  # the unconditional branch: what caption dropout trains
+    # fixed +-1/sqrt(D) vectors: the same on every machine
+    v = tr.CaptionEncoder.slot("color", {"red"})
+    assert torch.equal(v.abs(), torch.full_like(v, tr.TEXT_DIM**-0.5)) and 0 < int((v > 0).sum()) < tr.TEXT_DIM
+    assert torch.equal(enc.clip_tokens(FAMILY[:1])[0], enc.encode([FAMILY[0].caption])[0])
+    # text tokens carry no position in CogVideoX: a colour and a background of one name must differ
+    fg, bg = enc.encode(["a white ball", "a ball on a white background"])
+    assert torch.equal(fg[0], bg[3]) is False and not fg[3].any() and not bg[0].any()
+
+
+def test_train_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="steps must be an integer >= 1, got 0"):
+        tr.TrainConfig(steps=0)
+    with pytest.raises(ValueError, match=r"drop must be in \[0, 1\], got 1.5"):
+        tr.TrainConfig(drop=1.5)
+
+
+def test_a_short_training_run_lowers_the_held_out_loss_and_is_deterministic(tmp_path):
+    cfg = tr.TrainConfig(steps=40, batch=16, warmup=5, seed=3)
+    rec = tr.train(tmp_path / "a", cfg, every=10)
+    assert rec["eval_loss"] < 0.8 * rec["initial_eval_loss"]
+    assert [c["step"] for c in rec["curve"]] == [10, 20, 30, 40]
+    again = tr.train(tmp_path / "b", cfg, every=10)
+    assert [c["loss"] for c in again["curve"]] == [c["loss"] for c in rec["curve"]]
+    model = tr.load_transformer(tmp_path / "a")
+    assert model.config.num_layers == tr.TRANSFORMER_CONFIG["num_layers"]
+    assert json.loads((tmp_path / "a" / "train.json").read_text())["config"]["steps"] == 40
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return tr.TrainedModel()
+
+
+def test_shipped_weights_are_the_documented_transformer(shipped):
+    config = dict(shipped.transformer.config)
+    assert {k: config[k] for k in tr.TRANSFORMER_CONFIG} == tr.TRANSFORMER_CONFIG
+    record = json.loads((tr.WEIGHTS / "train.json").read_text())
+    assert record["config"]["steps"] == tr.TrainConfig().steps
+    assert record["eval_loss"] < record["initial_eval_loss"] / 5
+
+
+def _sample(model, prompts, seed=0, steps=50):
+    from cogsample.bench.quality import reference_default
+    from cogsample.guidance import Conditioning
+    from cogsample.noise import SeededNoise, latent_shape
+    from cogsample.sampling import build_model
+
+    shape = latent_shape(len(prompts), tr.FRAMES, tr.HEIGHT, tr.WIDTH)
+    x = SeededNoise([seed + i for i in range(len(prompts))]).initial(shape)
+    cfg = reference_default().config(steps)
+    m, grid = build_model(model.network, x, Conditioning(context=model.encode_prompts(prompts)), cfg)
+    return cfg.spec.fn(m, x, grid, SeededNoise([seed + 100 + i for i in range(len(prompts))]), **cfg.options)
+
+
+def _nearest(out):
+    mu = MixtureNetwork(FAMILY).means(out.shape[1], out.shape[3], out.shape[4]).mu
+    return [FAMILY[k] for k in torch.cdist(out.reshape(out.shape[0], -1).double(), mu).argmin(1).tolist()]
+
+
+def test_a_full_caption_gives_its_colour_and_background(shipped):
+    """What 5000 steps on two CPU cores learned (README): background and colour mostly right
+    (by chance 1 in 4 and 1 in 5), shape and motion far less often."""
+    picks = [FAMILY[k] for k in (0, 101, 257, 388, 530, 615)]
+    got = _nearest(_sample(shipped, [c.caption for c in picks]))
+    backgrounds = sum(g.background == c.background for g, c in zip(got, picks, strict=True))
+    colours = sum(g.color == c.color for g, c in zip(got, picks, strict=True))
+    assert backgrounds >= 4 and colours >= 3, [g.caption for g in got]
+
+
+def test_a_partial_prompt_gives_what_it_names(shipped):
+    prompts = ["a yellow square bouncing"] * 4 + ["a red ball on a black background"] * 4
+    got = _nearest(_sample(shipped, prompts, seed=50))
+    colours = sum(g.color == ("yellow" if "yellow" in p else "red") for g, p in zip(got, prompts, strict=True))
+    assert colours >= 6 and sum(g.background == "black" for g in got[4:]) >= 3, [g.caption for g in got]
+
+
+def test_the_training_size_only(shipped):
+    with pytest.raises(ValueError, match=r"frames must be 9 for the trained built-in model .* got 13"):
+        shipped.check_size(13, 64, 96)
+    with pytest.raises(ValueError, match=r"width must be 96 .* got 128"):
+        shipped.check_size(9, 64, 128)
+    shipped.check_size(9, 64, 96)
+
+
+def test_text_to_video_network_feeds_zero_image_channels(shipped):
+    from cogsample.models.cogvideox import CogVideoXTransformerNetwork
+
+    x = torch.randn(2, 3, 16, 8, 12)
+    t = torch.tensor([500.0, 20.0])
+    ctx = shipped.encode_prompts(["a red ball", ""])
+    joint = CogVideoXTransformerNetwork(shipped.transformer)
+    want = joint(torch.cat([x, torch.zeros_like(x)], dim=2), t, ctx)
+    assert torch.equal(shipped.network(x, t, ctx), want)
+    with pytest.raises(ValueError, match=r"takes x of \(N, T, 16, h, w\), got \(2, 3, 32, 8, 12\)"):
+        shipped.network(torch.zeros(2, 3, 32, 8, 12), t, ctx)
