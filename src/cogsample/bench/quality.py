@@ -200,16 +200,13 @@ class Env:
             network = MixtureNetwork(FAMILY, setup.tau)
             weights = torch.tensor([family_weights(p) for p in prompts], dtype=torch.float64)
             context = weights.to(torch.float32).unsqueeze(1)
-            if setup.model == "builtin-trained":
-                from ..models.trained import TrainedModel
+        mu = network.means(t, h, w).mu  # the exact model's clip latents score the trained one's samples
+        if setup.model == "builtin-trained":
+            from ..models.trained import TrainedModel
 
-                trained = TrainedModel()
-                trained.check_size(setup.frames, setup.height, setup.width)
-                context = trained.encode_prompts(prompts)
-                mu = network.means(t, h, w).mu
-                network = trained.network
-                return cls(setup, network, Conditioning(context=context), x_t, mu, weights.log(), [p for p, _ in rows])
-        mu = network.means(t, h, w).mu
+            trained = TrainedModel()
+            trained.check_size(setup.frames, setup.height, setup.width)
+            network, context = trained.network, trained.encode_prompts(prompts)
         return cls(setup, network, Conditioning(context=context), x_t, mu, weights.log(), [p for p, _ in rows])
 
 
