@@ -42,6 +42,7 @@ __all__ = [
     "MOTIONS",
     "SCHEDULER_CONFIG",
     "BlockVAE",
+    "BlockVAEModel",
     "BuiltinModel",
     "Clip",
     "MixtureNetwork",
@@ -730,7 +731,35 @@ def builtin_info(i2v: bool = False) -> ModelInfo:
     )
 
 
-class BuiltinModel(VideoModel):
+class BlockVAEModel(VideoModel):
+    """A :class:`VideoModel` whose VAE is :class:`BlockVAE` (``self.vae``): the built-in models'
+    shared image encoding and decoding."""
+
+    vae: BlockVAE
+
+    def encode_image(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``(B, 3, H, W)`` in [-1, 1] -> latent frame 0, ``(B, 1, 16, H/8, W/8)``. The encoder is
+        deterministic: ``generator`` is accepted for the pipeline's sake and never drawn from."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W) in [-1, 1], got {tuple(images.shape)}")
+        z = self.vae.encode_frame((images.to(torch.float64) + 1) / 2)
+        return z.to(device=self.device, dtype=self.dtype)
+
+    def encode_video(self, video: Tensor) -> Tensor:
+        """``(B, F, 3, H, W)`` in [0, 1] -> ``(B, T, 16, H/8, W/8)``."""
+        return self.vae.encode(video.to(torch.float64)).to(device=self.device, dtype=self.dtype)
+
+    def latents_for_vae(self, latents: Tensor) -> Tensor:
+        """The identity: :meth:`decode` takes the sampler's latents unchanged."""
+        return latents
+
+    def decode(self, latents: Tensor, *, tiling: bool = False, reference: str = "diffusers") -> Tensor:
+        """``(B, T, 16, h, w)`` -> ``(B, 4(T-1)+1, 3, 8h, 8w)`` float32 in [0, 1]; a linear map, the
+        same for every ``reference``, with nothing to tile."""
+        return self.vae.decode(latents)
+
+
+class BuiltinModel(BlockVAEModel):
     """The exact clip-mixture model as a :class:`VideoModel` (see the module docstring).
 
     ``encode_prompts`` gives ``(B, 1, K)`` mixture weights over :data:`CLIPS`; ``encode_image`` and
@@ -767,27 +796,6 @@ class BuiltinModel(VideoModel):
         for p in prompts:  # a loop, not a comprehension, so the warning names our caller's line
             rows.append(match_prompt(p, self.clips))
         return torch.tensor(rows, dtype=self.dtype, device=self.device).unsqueeze(1)
-
-    def encode_image(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """``(B, 3, H, W)`` in [-1, 1] -> latent frame 0, ``(B, 1, 16, H/8, W/8)``. The encoder is
-        deterministic: ``generator`` is accepted for the pipeline's sake and never drawn from."""
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be (B, 3, H, W) in [-1, 1], got {tuple(images.shape)}")
-        z = self.vae.encode_frame((images.to(torch.float64) + 1) / 2)
-        return z.to(device=self.device, dtype=self.dtype)
-
-    def encode_video(self, video: Tensor) -> Tensor:
-        """``(B, F, 3, H, W)`` in [0, 1] -> ``(B, T, 16, H/8, W/8)``."""
-        return self.vae.encode(video.to(torch.float64)).to(device=self.device, dtype=self.dtype)
-
-    def latents_for_vae(self, latents: Tensor) -> Tensor:
-        """The identity: :meth:`decode` takes the sampler's latents unchanged."""
-        return latents
-
-    def decode(self, latents: Tensor, *, tiling: bool = False, reference: str = "diffusers") -> Tensor:
-        """``(B, T, 16, h, w)`` -> ``(B, 4(T-1)+1, 3, 8h, 8w)`` float32 in [0, 1]; a linear map, the
-        same for every ``reference``, with nothing to tile."""
-        return self.vae.decode(latents)
 
     def prepare(self, shape: Sequence[int], progress: Callable[[int, int, str], None] | None = None) -> None:
         """Render the clips' latents for ``shape`` now (the first step would), telling ``progress``."""

@@ -39,8 +39,8 @@ import torch
 
 from ..noise import LATENT_CHANNELS, latent_shape
 from ..schedules import ZeroSNRDDPM
-from .base import ModelInfo, VideoModel
-from .builtin import DEFAULT_TAU, BlockVAE, MixtureNetwork, parse_prompt
+from .base import ModelInfo
+from .builtin import DEFAULT_TAU, BlockVAE, BlockVAEModel, MixtureNetwork, parse_prompt
 from .cogvideox import CogVideoXTransformerNetwork
 from .family import FAMILY
 
@@ -177,7 +177,7 @@ class TextToVideoNetwork(CogVideoXTransformerNetwork):
         return super().__call__(torch.cat([x, torch.zeros_like(x)], dim=2), t, context, ofs)
 
 
-class TrainedModel(VideoModel):
+class TrainedModel(BlockVAEModel):
     """The trained network as a :class:`VideoModel`: :class:`CaptionEncoder` for text, the built-in
     :class:`BlockVAE` for images and decoding, the transformer through the same adapter as a real
     CogVideoX folder (:class:`~cogsample.models.cogvideox.CogVideoXTransformerNetwork`)."""
@@ -206,19 +206,6 @@ class TrainedModel(VideoModel):
         if isinstance(prompts, str):
             prompts = [prompts]
         return self.text.encode(prompts).to(device=self.device, dtype=self.dtype)
-
-    def encode_image(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """``(B, 3, H, W)`` in [-1, 1] -> latent frame 0, ``(B, 1, 16, H/8, W/8)`` (deterministic)."""
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be (B, 3, H, W) in [-1, 1], got {tuple(images.shape)}")
-        z = self.vae.encode_frame((images.to(torch.float64) + 1) / 2)
-        return z.to(device=self.device, dtype=self.dtype)
-
-    def latents_for_vae(self, latents: Tensor) -> Tensor:
-        return latents
-
-    def decode(self, latents: Tensor, *, tiling: bool = False, reference: str = "diffusers") -> Tensor:
-        return self.vae.decode(latents)
 
     def check_size(self, frames: int, height: int, width: int) -> None:
         check_trained_size(frames, height, width)
