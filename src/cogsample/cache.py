@@ -5,10 +5,11 @@ What is cached:
 
 * :class:`OutputCache` wraps any :class:`~cogsample.denoiser.Network` (the built-in
   ``MixtureNetwork`` included): a reused call returns the whole output of the last computed call.
-* :class:`FirstBlockCache` patches a diffusers ``CogVideoXTransformer3DModel``: block 0 always
-  runs; a reused call skips blocks ``1..N-1`` and adds their residual from the last computed call
-  (last block's output minus block 0's output, for the video and the text stream both) to block
-  0's fresh output. Everything outside the blocks (embeddings, final norm, projection) always runs.
+* a first-block cache patches a network's transformer: block 0 always runs; a reused call skips
+  blocks ``1..N-1`` and adds their residual from the last computed call to block 0's fresh output.
+  It is model machinery and lives with its model: for diffusers' CogVideoX transformer,
+  :class:`~cogsample.models.first_block_cache.FirstBlockCache`, made by the network's
+  ``first_block_cache(config)`` (:func:`apply_cache` asks the network for it).
 
 The indicator. Call ``k`` is compared with call ``k-1`` (computed or reused)::
 
@@ -46,23 +47,17 @@ import dataclasses
 import math
 import numbers
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
-from torch import nn
 
 from .denoiser import Network
-
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    from .models.cogvideox import CogVideoXTransformerNetwork
 
 Tensor = torch.Tensor
 
 __all__ = [
     "CacheConfig",
     "CachedNetwork",
-    "FirstBlockCache",
-    "FirstBlockCachedNetwork",
     "OutputCache",
     "apply_cache",
 ]
@@ -185,7 +180,7 @@ def _ratio(num: float, den: float) -> float:
 
 
 class _Decider:
-    """The reuse rule shared by both caches: counters, warmup, accumulation, max_skips."""
+    """The reuse rule shared by every step cache: counters, warmup, accumulation, max_skips."""
 
     def __init__(self, config: CacheConfig):
         if not isinstance(config, CacheConfig):
@@ -290,210 +285,24 @@ class OutputCache(_Decider):
         return out
 
 
-# --------------------------------------------------------------------------- first-block cache
-
-
-class _CachedBlocks(nn.Module):
-    """Stands in for the transformer's whole block list as its only entry: diffusers' loop
-    ``for block in self.transformer_blocks`` then calls this once per forward, which runs block 0
-    and then either the other blocks or the cached residual. The original ModuleList stays
-    registered (as ``blocks``) so that ``.to()``, ``.eval()`` and hooks still reach every block."""
-
-    def __init__(self, blocks: nn.ModuleList, cache: FirstBlockCache):
-        super().__init__()
-        self.blocks = blocks
-        self._cache = [cache]  # in a list: a plain reference, not a registered submodule
-
-    def forward(
-        self,
-        hidden_states: Tensor,
-        encoder_hidden_states: Tensor,
-        temb: Tensor,
-        image_rotary_emb: tuple[Tensor, Tensor] | None = None,
-        attention_kwargs: dict[str, Any] | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        return self._cache[0]._forward(
-            self.blocks, hidden_states, encoder_hidden_states, temb, image_rotary_emb, attention_kwargs
-        )
-
-
-class FirstBlockCache(_Decider):
-    """First-block caching for diffusers' ``CogVideoXTransformer3DModel``.
-
-    Each forward runs block 0 and measures ``r = block0(h) - h``; while the accumulated
-    ``sum_k |r_k - r_{k-1}|_1 / |r_{k-1}|_1`` stays under ``config.threshold`` (module docstring)
-    blocks ``1..N-1`` are skipped and their last computed residual is added to block 0's output,
-    for hidden and text states both. Counters ``calls``, ``computed``, ``reused`` count forwards.
-
-    ``attach(transformer)`` replaces ``transformer.transformer_blocks`` with a one-entry
-    ModuleList around the original; ``detach()`` puts the original object back. While attached
-    the state-dict keys gain a level (``transformer_blocks.0.blocks.i``): detach before saving
-    or loading weights. ``config.kind`` is not read here (see :func:`apply_cache`).
-    """
-
-    def __init__(self, config: CacheConfig):
-        super().__init__(config)
-        self.transformer: nn.Module | None = None
-        self._original: nn.ModuleList | None = None
-        self._wrapper: nn.ModuleList | None = None
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget the cached residuals and the counters: the next forward computes (a new video)."""
-        self.reset_counts()
-        self._forget()
-
-    def _forget(self) -> None:
-        self._key: tuple | None = None
-        self._rotary = _Ref(None)
-        self._attention_kwargs: dict[str, Any] | None = None
-        self._res_h: Tensor | None = None  # blocks 1..N-1's residual, video stream
-        self._res_e: Tensor | None = None  # and text stream
-        self._r: Tensor | None = None  # the previous forward's block-0 residual
-        self._r_norm: Tensor | None = None
-        self._text: Tensor | None = None  # the previous forward's text tokens entering block 0
-
-    @property
-    def attached(self) -> bool:
-        return self.transformer is not None
-
-    def attach(self, transformer: nn.Module) -> FirstBlockCache:
-        """Wrap ``transformer.transformer_blocks`` (>= 2 blocks) and reset; returns self."""
-        if self.transformer is not None:
-            raise RuntimeError("this FirstBlockCache is already attached to a transformer: detach() it first")
-        blocks = getattr(transformer, "transformer_blocks", None)
-        if not isinstance(blocks, nn.ModuleList):
-            raise TypeError(
-                "first-block caching needs a diffusers CogVideoXTransformer3DModel (a module with a "
-                f"transformer_blocks ModuleList), got {type(transformer).__name__}"
-            )
-        if any(isinstance(b, _CachedBlocks) for b in blocks):
-            raise RuntimeError("this transformer already has a first-block cache attached: detach that one first")
-        if len(blocks) < 2:
-            raise ValueError(
-                f"first-block caching needs a transformer with at least 2 blocks (it skips blocks 1..N-1), "
-                f"got {len(blocks)}"
-            )
-        self._original = blocks
-        self._wrapper = nn.ModuleList([_CachedBlocks(blocks, self)])
-        transformer.transformer_blocks = self._wrapper
-        self.transformer = transformer
-        self.reset()
-        return self
-
-    def detach(self) -> nn.Module:
-        """Put the original ``transformer_blocks`` object back and drop the cached tensors (the
-        counters stay readable until the next attach or reset); returns the transformer."""
-        transformer = self.transformer
-        if transformer is None:
-            raise RuntimeError("this FirstBlockCache is not attached")
-        if transformer.transformer_blocks is not self._wrapper:
-            raise RuntimeError("transformer_blocks was replaced after attach(): cannot restore it safely")
-        transformer.transformer_blocks = self._original
-        self.transformer = self._original = self._wrapper = None
-        self._forget()
-        return transformer
-
-    def _forward(
-        self,
-        blocks: nn.ModuleList,
-        hidden: Tensor,
-        text: Tensor,
-        temb: Tensor,
-        rotary: tuple[Tensor, Tensor] | None,
-        attention_kwargs: dict[str, Any] | None,
-    ) -> tuple[Tensor, Tensor]:
-        self.calls += 1
-        kwargs = dict(temb=temb, image_rotary_emb=rotary, attention_kwargs=attention_kwargs)
-        h, e = blocks[0](hidden_states=hidden, encoder_hidden_states=text, **kwargs)
-        r = h - hidden
-        key = (tuple(hidden.shape), tuple(text.shape), tuple(temb.shape), hidden.dtype, hidden.device)
-        comparable = (
-            self._res_h is not None
-            and key == self._key
-            and self._rotary.matches(rotary)
-            and attention_kwargs == self._attention_kwargs
-        )
-        r_norm = _l1(r)
-        reuse = False
-        if self.may_reuse(comparable):
-            assert self._r is not None and self._text is not None
-            text_diff = torch.linalg.vector_norm(text - self._text, math.inf).float()
-            stats = torch.stack([_l1(r - self._r), self._r_norm, text_diff])
-            # The one device -> host read per forward (inherent: the skip is a Python branch).
-            dr, nr, dtext = stats.tolist()
-            # other text tokens (another prompt) never reuse, whatever block 0 says
-            reuse = self.decide(_ratio(dr, nr)) and dtext == 0
-        if reuse:
-            assert self._res_h is not None and self._res_e is not None
-            out = h + self._res_h, e + self._res_e
-        else:
-            h1, e1 = h, e
-            for block in blocks[1:]:
-                h, e = block(hidden_states=h, encoder_hidden_states=e, **kwargs)
-            out = h, e
-            # state changes only once the blocks have returned: a forward that raises leaves none
-            self._res_h, self._res_e = h - h1, e - e1
-            self._key, self._rotary, self._attention_kwargs = key, _Ref(rotary), attention_kwargs
-        self._r, self._r_norm, self._text = r, r_norm, text.detach().clone()
-        self.record(reuse)
-        return out
-
-
-class FirstBlockCachedNetwork:
-    """A :class:`~cogsample.models.cogvideox.CogVideoXTransformerNetwork` whose transformer has a
-    :class:`FirstBlockCache` attached: called like the network; ``calls``, ``computed``,
-    ``reused`` and ``reset()`` are the cache's (the counters survive ``detach()``);
-    ``detach()`` removes the cache and returns the plain network."""
-
-    def __init__(self, network: CogVideoXTransformerNetwork, config: CacheConfig):
-        self.network = network
-        self.cache = FirstBlockCache(config).attach(network.transformer)
-
-    def __call__(self, x: Tensor, t: Tensor, context: Tensor, ofs: Tensor | None = None) -> Tensor:
-        if not self.cache.attached:
-            raise RuntimeError("this cached network was detached: call the network detach() returned")
-        return self.network(x, t, context, ofs=ofs)
-
-    @property
-    def calls(self) -> int:
-        return self.cache.calls
-
-    @property
-    def computed(self) -> int:
-        return self.cache.computed
-
-    @property
-    def reused(self) -> int:
-        return self.cache.reused
-
-    def reset(self) -> None:
-        self.cache.reset()
-
-    def detach(self) -> Network:
-        """Remove the cache from the transformer (once; later calls only return the network)."""
-        if self.cache.attached:
-            self.cache.detach()
-        return self.network
-
-
 def apply_cache(network: Network, config: CacheConfig) -> CachedNetwork:
     """``network`` behind the step cache ``config.kind`` names.
 
-    ``"output"``: :class:`OutputCache` (any network). ``"first-block"``: a
-    :class:`FirstBlockCachedNetwork`, which needs a
-    :class:`~cogsample.models.cogvideox.CogVideoXTransformerNetwork` (TypeError otherwise) and
-    patches its transformer until ``detach()``.
+    ``"output"``: :class:`OutputCache` (any network). ``"first-block"``: what the network's own
+    ``first_block_cache(config)`` makes (a CogVideoX transformer's network has one,
+    :class:`~cogsample.models.cogvideox.CogVideoXTransformerNetwork`; it patches the transformer
+    until ``detach()``); TypeError for a network without one.
     """
     if not isinstance(config, CacheConfig):
         raise TypeError(f"config must be a CacheConfig, got {type(config).__name__}")
     if config.kind == "output":
         return OutputCache(network, config)
-    from .models.cogvideox import CogVideoXTransformerNetwork
-
-    if not isinstance(network, CogVideoXTransformerNetwork):
+    # the network knows its own blocks: the core asks it rather than knowing any model
+    make = getattr(network, "first_block_cache", None)
+    if not callable(make):
         raise TypeError(
-            "kind='first-block' caches the blocks of a diffusers CogVideoX transformer and needs a "
-            f"CogVideoXTransformerNetwork, got {type(network).__name__}; use kind='output' for any other network"
+            "kind='first-block' caches the blocks of a diffusers CogVideoX transformer and needs a network "
+            f"with first_block_cache(config), such as a CogVideoXTransformerNetwork, got {type(network).__name__}; "
+            "use kind='output' for any other network"
         )
-    return FirstBlockCachedNetwork(network, config)
+    return make(config)

@@ -18,15 +18,17 @@ import json
 import logging
 import warnings
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..cache import CacheConfig
 from ..offload import Offload, OffloadMode, check_offload, offload_parts
 from .base import ModelInfo, VideoModel
+from .first_block_cache import FirstBlockCachedNetwork
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from PIL import Image
@@ -229,6 +231,14 @@ class CogVideoXTransformerNetwork:
             )
         if t.numel() not in (1, n):
             raise ValueError(f"t must hold 1 or N = {n} values, got shape {tuple(t.shape)}")
+
+    def first_block_cache(
+        self, config: CacheConfig, reduce: Callable[[Tensor], Tensor] | None = None
+    ) -> FirstBlockCachedNetwork:
+        """This network with a :class:`~cogsample.models.first_block_cache.FirstBlockCache` attached
+        to its transformer until ``detach()`` (what :func:`~cogsample.cache.apply_cache` makes for
+        ``kind="first-block"``); ``reduce``: see there."""
+        return FirstBlockCachedNetwork(self, config, reduce)
 
     def timestep(self, t: Tensor | float, n: int) -> Tensor:
         """``t`` as an ``(n,)`` float32 tensor on the transformer's device.

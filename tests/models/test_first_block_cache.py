@@ -1,4 +1,4 @@
-"""First-block caching (cogsample.cache.FirstBlockCache) on tiny random-weight diffusers CogVideoX
+"""First-block caching (cogsample.models.first_block_cache) on tiny random-weight diffusers CogVideoX
 transformers with 3 blocks (the tiny folders' transformers have 1, nothing to skip)."""
 
 from __future__ import annotations
@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cogsample.cache import CacheConfig, FirstBlockCache, FirstBlockCachedNetwork, apply_cache
+from cogsample.cache import CacheConfig, apply_cache
 from cogsample.guidance import Conditioning
 from cogsample.models.cogvideox import CogVideoXTransformerNetwork
+from cogsample.models.first_block_cache import FirstBlockCache, FirstBlockCachedNetwork
 from cogsample.models.tiny import TinySize
 from cogsample.models.tiny import tiny_transformer as build_transformer
 from cogsample.noise import SeededNoise
@@ -192,3 +193,73 @@ def test_needs_two_blocks():
         FirstBlockCache(CacheConfig(0.1)).attach(tiny_transformer(num_layers=1))
     with pytest.raises(TypeError, match="CogVideoXTransformer3DModel"):
         FirstBlockCache(CacheConfig(0.1)).attach(torch.nn.Linear(2, 2))
+
+
+def test_apply_cache_asks_the_network(transformer):
+    net = CogVideoXTransformerNetwork(transformer)
+    cached = net.first_block_cache(CacheConfig(0.1, kind="first-block"))
+    try:
+        assert isinstance(cached, FirstBlockCachedNetwork) and cached.network is net and cached.cache.reduce is None
+    finally:
+        cached.detach()
+
+    class Own:
+        """A network of another kind that brings its own first-block cache."""
+
+        def __init__(self):
+            self.asked = []
+
+        def __call__(self, x, t, context, ofs=None):
+            return x
+
+        def first_block_cache(self, config):
+            self.asked.append(config)
+            return "made by the network"
+
+    own, config = Own(), CacheConfig(0.1, kind="first-block")
+    assert apply_cache(own, config) == "made by the network" and own.asked == [config]
+
+
+def run_reduced(transformer, reduce, config, inputs):
+    """Counters and last change of a first-block cache with ``reduce`` over ``inputs``."""
+    net = CogVideoXTransformerNetwork(transformer)
+    cached = net.first_block_cache(config, reduce=reduce)
+    try:
+        outs = [cached(*a) for a in inputs]
+        return (cached.calls, cached.computed, cached.reused), cached.cache.last_change, outs
+    finally:
+        cached.detach()
+
+
+def test_reduce_sees_the_stats_and_a_scale_leaves_the_decisions(transformer):
+    """``reduce`` gets the stacked (3,) indicator sums once per forward that reads them; a common
+    scale (a SUM over ranks of equal shards) changes no ratio and keeps a zero text change zero."""
+    inputs = [*steps(5), steps(1)[0]]  # the last call repeats the first call's input
+    inputs[3] = (inputs[3][0], inputs[3][1], inputs[3][2] + 0.5)  # another prompt at call 4
+    config = CacheConfig(0.3, kind="first-block", max_skips=2)
+    seen = []
+
+    def double(stats):
+        seen.append(stats.clone())
+        return 2 * stats
+
+    counts, change, outs = run_reduced(transformer, None, config, inputs)
+    assert counts[1] > 1 and counts[2] > 0  # both branches taken: the test decides something
+    got_counts, got_change, got_outs = run_reduced(transformer, double, config, inputs)
+    assert (got_counts, got_change) == (counts, change)
+    for a, b in zip(outs, got_outs, strict=True):
+        assert torch.equal(a, b)
+    assert len(seen) == counts[0] - 1  # every call but the first reads the indicator here
+    assert all(s.shape == (3,) and s.dtype == torch.float32 for s in seen)
+    assert seen[2][2] > 0 and seen[0][2] == 0  # the text term: zero, and not for the other prompt
+
+
+def test_reduce_decides(transformer):
+    """The decision reads the reduced stats: all-zero sums (nothing moved anywhere) reuse what the
+    local ones would recompute."""
+    inputs = steps(4)
+    config = CacheConfig(1e-9, kind="first-block", max_skips=10)
+    assert run_reduced(transformer, None, config, inputs)[0] == (4, 4, 0)
+    assert run_reduced(transformer, torch.zeros_like, config, inputs)[0] == (4, 1, 3)
+    with pytest.raises(TypeError, match="reduce must be callable"):
+        FirstBlockCache(config, reduce=2.0)
