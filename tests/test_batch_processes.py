@@ -11,10 +11,10 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from processes import started as _started
 from safetensors.torch import load_file
 
 SIZE = ["--frames", "17", "--height", "96", "--width", "128", "--steps", "20"]
@@ -32,22 +32,6 @@ def prompts_file(tmp_path):
 
 def _cmd(out, *extra):
     return [sys.executable, "-m", "cogsample", "generate", *SIZE, "--out", str(out), *extra]
-
-
-@contextmanager
-def _started(cmd, **kw):
-    """A process in its own session; killed (the whole group) if still running at the end."""
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kw
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=TIMEOUT)
-        for stream in (proc.stdout, proc.stderr):
-            stream.close()
 
 
 def _run(cmd, **kw):

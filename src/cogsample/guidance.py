@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -23,6 +23,8 @@ Tensor = torch.Tensor
 
 __all__ = [
     "CFG",
+    "BatchedBranches",
+    "Branches",
     "Conditioning",
     "DynamicCFG",
     "Guidance",
@@ -178,6 +180,38 @@ class Conditioning:
     ofs: Tensor | None = None
 
 
+class Branches:
+    """How a guided call evaluates ``fn(x, level, context, image_latents, ofs)`` for its branches,
+    given the :class:`Conditioning` it was bound to: both (``(uncond, cond)`` outputs) or the
+    conditional rows alone. :class:`BatchedBranches` is one call on ``2B`` rows;
+    :class:`cogsample.parallel.CFGParallel` puts the branches on two ranks."""
+
+    def both(self, fn: Callable[..., Tensor], x: Tensor, level: Level) -> tuple[Tensor, Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+    def conditional(self, fn: Callable[..., Tensor], x: Tensor, level: Level) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+class BatchedBranches(Branches):
+    """One network call on ``2B`` rows, ``[uncond; cond]`` (the reference's batch), split after."""
+
+    def __init__(self, cond: Conditioning):
+        self.cond = cond
+        uncond = cond.uncond_context if cond.uncond_context is not None else torch.zeros_like(cond.context)
+        self._context2 = torch.cat([uncond, cond.context])
+        img = cond.image_latents
+        self._image2 = None if img is None else torch.cat([img, img])
+
+    def both(self, fn: Callable[..., Tensor], x: Tensor, level: Level) -> tuple[Tensor, Tensor]:
+        u, c = fn(torch.cat([x, x]), level, self._context2, self._image2, self.cond.ofs).chunk(2)
+        return u, c
+
+    def conditional(self, fn: Callable[..., Tensor], x: Tensor, level: Level) -> Tensor:
+        c = self.cond
+        return fn(x, level, c.context, c.image_latents, c.ofs)
+
+
 class GuidedModel:
     """``model(x, level) -> x0``: a denoiser, its conditioning and a guidance rule, as samplers see it.
 
@@ -189,7 +223,8 @@ class GuidedModel:
     the reference's video samplers and for diffusers' ``noise_pred.float()``); None keeps it.
     ``requested_steps``: see :func:`guidance_scales`. ``skip_unit_scale``: run the conditional rows
     alone on steps whose scale is exactly 1, where ``u + 1 (c - u)`` is ``c`` up to one rounding
-    (off by default: the reference evaluates the full batch).
+    (off by default: the reference evaluates the full batch). ``branches``: where the branches
+    run, anything with ``bind(cond) -> Branches`` (None: :class:`BatchedBranches`, one batch).
     """
 
     def __init__(
@@ -204,6 +239,7 @@ class GuidedModel:
         requested_steps: int | None = None,
         output: Literal["x0", "v"] = "x0",
         skip_unit_scale: bool = False,
+        branches: Any = None,
     ):
         if output not in ("x0", "v"):
             raise ValueError(f"output must be 'x0' or 'v', got {output!r}")
@@ -215,10 +251,7 @@ class GuidedModel:
         self.prediction_dtype = prediction_dtype
         scales = guidance_scales(guidance, timesteps, num_steps, requested_steps)
         self.step_scales = [None if skip_unit_scale and s == 1.0 else s for s in scales]
-        uncond = cond.uncond_context if cond.uncond_context is not None else torch.zeros_like(cond.context)
-        self._context2 = torch.cat([uncond, cond.context])
-        img = cond.image_latents
-        self._image2 = None if img is None else torch.cat([img, img])
+        self.branches: Branches = BatchedBranches(cond) if branches is None else branches.bind(cond)
         #: network evaluations per sample so far: 2 for a guided call, 1 for a conditional-only one
         self.forwards = 0
 
@@ -235,14 +268,13 @@ class GuidedModel:
 
     def _guided(self, fn: Callable[..., Tensor], x: Tensor, level: Level) -> Tensor:
         scale = self.step_scales[level.step]
-        c = self.cond
+        dtype = self.prediction_dtype
         if scale is None:
             self.forwards += 1
-            out = fn(x, level, c.context, c.image_latents, c.ofs)
-            return out if self.prediction_dtype is None else out.to(self.prediction_dtype)
+            out = self.branches.conditional(fn, x, level)
+            return out if dtype is None else out.to(dtype)
         self.forwards += 2
-        out = fn(torch.cat([x, x]), level, self._context2, self._image2, c.ofs)
-        if self.prediction_dtype is not None:
-            out = out.to(self.prediction_dtype)
-        u, cnd = out.chunk(2)
+        u, cnd = self.branches.both(fn, x, level)
+        if dtype is not None:
+            u, cnd = u.to(dtype), cnd.to(dtype)
         return u + scale * (cnd - u)

@@ -253,16 +253,18 @@ def sample(
     noise: NoiseSource | None = None,
     callback: Callback = None,
     image: Tensor | None = None,
+    branches: Any = None,
 ) -> Tensor:
     """Denoise unit-variance noise ``x (B, T, C, H, W)`` into latents with ``network``.
 
     ``noise`` supplies the in-loop draws of stochastic samplers (default: torch's global RNG, as
     the reference; :class:`~cogsample.noise.DiffusersNoise` for diffusers' generator stream);
-    ``image`` is the clean latent an SDEdit sampler edits. Returns latents of x's shape (float32
+    ``image`` is the clean latent an SDEdit sampler edits; ``branches``: where the CFG branches run
+    (:class:`~cogsample.parallel.CFGParallel` on two ranks; None: one batch). Returns latents of x's shape (float32
     for the SAT alpha-space samplers, x's dtype for diffusers').
     """
     config = config or SamplingConfig()
-    model, grid = build_model(network, x, cond, config)
+    model, grid = build_model(network, x, cond, config, branches=branches)
     spec = config.spec
     extra: dict[str, Any] = {}
     if "image" in spec.needs:
@@ -275,11 +277,14 @@ def sample(
         release(model)
 
 
-def build_model(network: Network, x: Tensor, cond: Conditioning, config: SamplingConfig) -> tuple[GuidedModel, Grid]:
+def build_model(
+    network: Network, x: Tensor, cond: Conditioning, config: SamplingConfig, *, branches: Any = None
+) -> tuple[GuidedModel, Grid]:
     """Validate everything, then wrap ``network`` into the ``model(x, level)`` the sampler calls:
     x0, or the guided raw network output for samplers that consume it (``spec.consumes``).
     With ``config.cache`` the network goes behind a step cache: call :func:`release` after
-    sampling (a first-block cache patches the transformer until then)."""
+    sampling (a first-block cache patches the transformer until then). ``branches``: where the
+    CFG branches run (:class:`~cogsample.guidance.GuidedModel`)."""
     validate_inputs(x, cond)
     grid = config.grid()
     check_combination(config, grid)
@@ -296,6 +301,7 @@ def build_model(network: Network, x: Tensor, cond: Conditioning, config: Samplin
         requested_steps=grid.requested_steps,
         output=config.spec.consumes,
         skip_unit_scale=config.skip_unit_cfg,
+        branches=branches,
     )
     model.owned_cache = cache
     return model, grid
