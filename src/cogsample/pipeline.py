@@ -30,11 +30,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from . import outputs
+from . import models, outputs
 from .cache import CacheConfig
 from .denoiser import DenoiserConfig
 from .guidance import CFG, Conditioning, DynamicCFG, Guidance, GuidanceInterval, NoGuidance
-from .models.base import ModelInfo, VideoModel
+from .images import image_to_tensor, resize_image_for_i2v
+from .models import BUILTIN as BUILTIN  # the built-in model names, re-exported (they live in the registry)
+from .models import EXACT, ModelInfo, VideoModel
 from .noise import GlobalNoise, NoiseSource, latent_shape
 from .outdir import Claim, OutDir
 from .samplers import get_sampler
@@ -79,9 +81,6 @@ DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
-BUILTIN = ("builtin", "builtin-i2v", "builtin-trained", "builtin-trained-i2v")
-#: The built-in models whose network is exact (no transformer).
-EXACT = ("builtin", "builtin-i2v")
 #: DynamicCFG's exponent in every released CogVideoX config and in diffusers.
 DYNAMIC_CFG_EXP = 5.0
 
@@ -199,30 +198,12 @@ class Result:
 
 
 def _is_builtin(model: str) -> bool:
-    return model in BUILTIN
+    return models.is_builtin(model)
 
 
 def inspect_model(model: str) -> ModelInfo:
-    """The model's :class:`ModelInfo` from its configs alone (no weights)."""
-    if model in EXACT:
-        from .models.builtin import builtin_info
-
-        return builtin_info(i2v=model == "builtin-i2v")
-    if _is_builtin(model):
-        from .models.trained import trained_info
-
-        return trained_info(i2v=model.endswith("-i2v"))
-    try:
-        from .models.cogvideox import inspect_folder
-    except ImportError as e:
-        raise ValueError(
-            f"model {model!r} is a CogVideoX folder, which needs diffusers and transformers: "
-            f"pip install 'cogsample[cogvideox]' ({e})"
-        ) from e
-    try:
-        return inspect_folder(model)
-    except FileNotFoundError as e:
-        raise ValueError(f"model {model!r}: {e}") from e
+    """The model's :class:`ModelInfo` from its configs alone (no weights): :func:`cogsample.models.inspect`."""
+    return models.inspect(model)
 
 
 def _check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
@@ -265,9 +246,9 @@ def _scheduler_config(info: ModelInfo) -> dict[str, Any]:
     """The folder's scheduler config; the built-in model takes CogVideoX-5B's."""
     if info.scheduler is not None:
         return dict(info.scheduler)
-    from .models.builtin import SCHEDULER_CONFIG
+    from .profiles import COGVIDEOX_5B_SCHEDULER
 
-    return dict(SCHEDULER_CONFIG)
+    return dict(COGVIDEOX_5B_SCHEDULER)
 
 
 def resolve_sampling(opts: GenerateOptions, info: ModelInfo) -> SamplingConfig:
@@ -406,17 +387,18 @@ def _load_image(path: Any) -> Any:
         raise ValueError(f"image {path!r} cannot be read as an image: {e}") from e
 
 
-def _prepare_image(image: Any, opts: GenerateOptions, info: ModelInfo, height: int, width: int, from_image: bool):
-    """The I2V first frame at ``height x width``, as each profile prepares it."""
+def _prepare_image(image: Any, opts: GenerateOptions, height: int, width: int, short_side: int | None):
+    """The I2V first frame at ``height x width``, as each profile prepares it (``short_side``: the
+    size came from the image, :meth:`ModelInfo.size_for_image`)."""
     if opts.profile == "diffusers":
         from diffusers.video_processor import VideoProcessor
 
         # diffusers' own preprocessing (a plain resize to the size), so the profile sees its pixels
         return VideoProcessor(vae_scale_factor=8).preprocess(image, height=height, width=width)
-    from .models.cogvideox import resize_image_for_i2v
-
     # the reference: 1.5 scales the short side to 768 px; otherwise cover-resize and centre-crop
-    return resize_image_for_i2v(image) if from_image else resize_image_for_i2v(image, height, width)
+    if short_side is not None:
+        return resize_image_for_i2v(image, short_side=short_side)
+    return resize_image_for_i2v(image, height, width)
 
 
 def plan(opts: GenerateOptions) -> Plan:
@@ -452,16 +434,16 @@ def plan(opts: GenerateOptions) -> Plan:
 
     frames = opts.frames if opts.frames is not None else info.frames
     height, width = opts.height, opts.width
-    size_from_image = image is not None and info.patch_size_t is not None and height is None and width is None
-    if size_from_image:
-        # CogVideoX 1.5 I2V takes its size from the image, as the reference does
-        from .models.cogvideox import i2v_size
-
-        height, width = i2v_size(*image.size[::-1])
+    # CogVideoX 1.5 I2V takes its size from the image, as the reference does
+    from_image = None
+    if image is not None and height is None and width is None:
+        from_image = info.size_for_image(*image.size[::-1])
+    if from_image is not None:
+        height, width = from_image
     height = height if height is not None else info.height
     width = width if width is not None else info.width
     shape = latent_shape(1, frames, height, width, info.latent_channels)  # names the bad parameter
-    _check_model_size(info, opts.model, frames, height, width)
+    info.check_size(frames, height, width)  # the model's own limits, from its configs alone
 
     pad = 0
     if info.patch_size_t:
@@ -489,7 +471,7 @@ def plan(opts: GenerateOptions) -> Plan:
     if "image" in sampling.spec.needs:
         raise ValueError(f"sampler {sampling.sampler!r} edits a given clean latent (SDEdit); generate cannot run it")
     if image is not None:
-        image = _prepare_image(image, opts, info, height, width, size_from_image)
+        image = _prepare_image(image, opts, height, width, None if from_image is None else info.image_short_side)
 
     row = opts.initial_noise_row
     if row is not None and (isinstance(row, bool) or not isinstance(row, int) or row < 0):
@@ -628,20 +610,6 @@ def load_initial_noise(path: str, shape: Sequence[int], videos: int, first_row: 
     return x.to(torch.float32)
 
 
-def _check_model_size(info: ModelInfo, model: str, frames: int, height: int, width: int) -> None:
-    """Model-specific size limits, from the configs alone."""
-    if model in EXACT:
-        return
-    if _is_builtin(model):
-        from .models.trained import check_trained_size
-
-        check_trained_size(frames, height, width)
-        return
-    from .models.cogvideox import check_size_for
-
-    check_size_for(info, frames, height, width)
-
-
 # ----------------------------------------------------------------------------------------------
 # running
 
@@ -649,28 +617,15 @@ def _check_model_size(info: ModelInfo, model: str, frames: int, height: int, wid
 def load_model(
     model: str, *, device: torch.device, dtype: torch.dtype, profile: str = "sat", offload: str = "none"
 ) -> VideoModel:
-    """Load ``model`` (one of :data:`BUILTIN` or a CogVideoX folder) onto ``device``."""
-    if model in EXACT:
-        from .models.builtin import BuiltinModel
-
-        return BuiltinModel(i2v=model == "builtin-i2v", device=device, dtype=dtype)
-    if _is_builtin(model):
-        from .models.trained import TrainedModel
-
-        return TrainedModel(i2v=model.endswith("-i2v"), device=device, dtype=dtype)
-    from .models.cogvideox import load_cogvideox
-
-    # SAT leaves 1.5's image latent unscaled where diffusers divides it by the scaling factor
-    scaling = "diffusers" if profile == "diffusers" else "sat"
-    return load_cogvideox(model, dtype=dtype, device=device, image_scaling=scaling, offload=offload)
+    """Load ``model`` (one of :data:`BUILTIN` or a CogVideoX folder) onto ``device``
+    (:func:`cogsample.models.load`)."""
+    return models.load(model, device=device, dtype=dtype, profile=profile, offload=offload)
 
 
 def _image_tensor(image: Any, device: torch.device, dtype: torch.dtype) -> Tensor:
     """PIL image -> (1, 3, H, W) in [-1, 1] (or diffusers' already preprocessed tensor)."""
     if isinstance(image, torch.Tensor):
         return image.to(device=device, dtype=dtype)
-    from .models.cogvideox import image_to_tensor
-
     return image_to_tensor(image).to(device=device, dtype=dtype)
 
 

@@ -25,11 +25,8 @@ from cogsample.models.cogvideox import (
     CogVideoXModel,
     CogVideoXTransformerNetwork,
     check_size_for,
-    i2v_size,
-    image_to_tensor,
     inspect_folder,
     load_cogvideox,
-    resize_image_for_i2v,
     validate_cogvideox_folder,
 )
 
@@ -302,24 +299,6 @@ def test_encode_image_errors(tiny_models) -> None:
         model.encode_image(torch.zeros(1, 3, 40, WIDTH))
     with pytest.raises(ValueError, match="2 generators for 1 images"):
         model.encode_image(torch.zeros(1, 3, HEIGHT, WIDTH), [torch.Generator(), torch.Generator()])
-
-
-def test_i2v_image_sizes() -> None:
-    from PIL import Image
-
-    assert i2v_size(480, 832) == (768, 1328)  # 1331.2 -> 1328
-    assert i2v_size(768, 1336) == (768, 1344)  # a tie rounds up, as the reference
-    assert i2v_size(100, 100) == (768, 768)
-    assert i2v_size(1000, 500) == (1536, 768)
-    img = Image.new("RGB", (100, 50), (255, 0, 0))
-    assert resize_image_for_i2v(img).size == (1536, 768)  # PIL sizes are (width, height)
-    cropped = resize_image_for_i2v(img, 32, 48)
-    assert cropped.size == (48, 32)
-    x = image_to_tensor(cropped)
-    assert x.shape == (1, 3, 32, 48) and x.dtype == torch.float32
-    assert torch.allclose(x[0, :, 5, 5], torch.tensor([1.0, -1.0, -1.0]))
-    with pytest.raises(ValueError, match="both height and width"):
-        resize_image_for_i2v(img, 32)
 
 
 def test_i2v_image_method(tiny_models) -> None:

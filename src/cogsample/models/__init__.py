@@ -1,10 +1,74 @@
-"""Models the pipeline can drive: the built-in exact model, diffusers-format CogVideoX folders,
-and any callable with the network protocol (:class:`CallableNetwork`).
+"""Models the pipeline can drive: the built-in exact model, the trained built-in model,
+diffusers-format CogVideoX folders, and any callable with the network protocol
+(:class:`CallableNetwork`).
 
-``cogsample.models.cogvideox`` imports diffusers and transformers; nothing here does until it
-is asked for, so the built-in model runs with torch alone.
+One registry: :func:`inspect` gives a model's :class:`ModelInfo` (its facts and size rules) from
+its name or folder, reading configs only; :func:`load` loads it. ``cogsample.models.cogvideox``
+imports diffusers and transformers where it loads; nothing here imports a model module until
+that model is asked for, so the built-in model runs with torch alone.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from .base import CallableNetwork, ModelInfo, VideoModel
 
-__all__ = ["CallableNetwork", "ModelInfo", "VideoModel"]
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import torch
+
+__all__ = ["BUILTIN", "EXACT", "CallableNetwork", "ModelInfo", "VideoModel", "inspect", "is_builtin", "load"]
+
+#: The built-in models, by name (everything else names a CogVideoX folder).
+BUILTIN = ("builtin", "builtin-i2v", "builtin-trained", "builtin-trained-i2v")
+#: The built-in models whose network is exact (no transformer).
+EXACT = ("builtin", "builtin-i2v")
+
+
+def is_builtin(name: str) -> bool:
+    """Whether ``name`` is one of :data:`BUILTIN` (else a CogVideoX folder)."""
+    return name in BUILTIN
+
+
+def inspect(name: str) -> ModelInfo:
+    """The :class:`ModelInfo` of model ``name`` (one of :data:`BUILTIN` or a CogVideoX folder) from
+    its configs alone (no weights); ``ValueError`` for a folder that is missing or not CogVideoX."""
+    if name in EXACT:
+        from .builtin import builtin_info
+
+        return builtin_info(i2v=name == "builtin-i2v")
+    if is_builtin(name):
+        from .trained import trained_info
+
+        return trained_info(i2v=name.endswith("-i2v"))
+    try:
+        from .cogvideox import inspect_folder
+    except ImportError as e:
+        raise ValueError(
+            f"model {name!r} is a CogVideoX folder, which needs diffusers and transformers: "
+            f"pip install 'cogsample[cogvideox]' ({e})"
+        ) from e
+    try:
+        return inspect_folder(name)
+    except FileNotFoundError as e:
+        raise ValueError(f"model {name!r}: {e}") from e
+
+
+def load(
+    name: str, *, device: torch.device, dtype: torch.dtype, profile: str = "sat", offload: str = "none"
+) -> VideoModel:
+    """Load model ``name`` (one of :data:`BUILTIN` or a CogVideoX folder) onto ``device``, with the
+    ``profile``'s (``sat`` or ``diffusers``) image-latent scaling and the ``offload`` mode."""
+    if name in EXACT:
+        from .builtin import BuiltinModel
+
+        return BuiltinModel(i2v=name == "builtin-i2v", device=device, dtype=dtype)
+    if is_builtin(name):
+        from .trained import TrainedModel
+
+        return TrainedModel(i2v=name.endswith("-i2v"), device=device, dtype=dtype)
+    from .cogvideox import load_cogvideox
+
+    # SAT leaves 1.5's image latent unscaled where diffusers divides it by the scaling factor
+    scaling = "diffusers" if profile == "diffusers" else "sat"
+    return load_cogvideox(name, dtype=dtype, device=device, image_scaling=scaling, offload=offload)

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 
 from ..denoiser import Network
+from ..images import i2v_size
+from ..noise import TEMPORAL_COMPRESSION
 
 Tensor = torch.Tensor
 
@@ -34,6 +36,14 @@ class ModelInfo:
     ``sat_text_len``: the prompt tokens SAT's config for this model encodes (224 for CogVideoX
     1.5; None: ``max_text_len``); ``accelerator_dtype``: what the released weights run in on a GPU
     (SAT's configs and the model cards: float16 for CogVideoX-2B, bfloat16 otherwise).
+
+    Size rules (read by :meth:`check_size` and :meth:`size_for_image`): ``size_multiple``: height
+    and width are multiples of it (VAE factor x patch size); ``fixed_size``: None, or why only the
+    native ``frames x height x width`` works (the error says it: learned positional embeddings,
+    a model trained at one size); ``max_height``, ``max_width``: the largest sizes its positional
+    table covers (CogVideoX 1.5's rotary table; None: no limit); ``image_short_side``: an I2V
+    model that takes its size from the image gives it this short side (CogVideoX 1.5 I2V: 768 px;
+    None: the native size).
     """
 
     name: str
@@ -49,10 +59,59 @@ class ModelInfo:
     sat_text_len: int | None = None
     accelerator_dtype: str = "bfloat16"
     extra: dict[str, Any] = field(default_factory=dict)
+    size_multiple: int = 16
+    fixed_size: str | None = None
+    max_height: int | None = None
+    max_width: int | None = None
+    image_short_side: int | None = None
 
     def text_len(self, profile: str) -> int:
         """Prompt tokens the ``profile`` (``sat`` or ``diffusers``) encodes for this model."""
         return self.sat_text_len if profile == "sat" and self.sat_text_len is not None else self.max_text_len
+
+    def check_size(self, frames: int, height: int, width: int) -> None:
+        """``ValueError`` naming the parameter for a size this model cannot generate, before any work.
+
+        Positive integers; ``frames = 4k + 1`` (the VAE compresses time 4x); height and width
+        multiples of :attr:`size_multiple`; with :attr:`fixed_size` the native size only; at most
+        :attr:`max_height` x :attr:`max_width`. (The latent frame count may be odd where the
+        network has temporal patches: it is padded.)
+        """
+        sizes = (("frames", frames), ("height", height), ("width", width))
+        for name, v in sizes:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if (frames - 1) % TEMPORAL_COMPRESSION:
+            lo = frames - (frames - 1) % TEMPORAL_COMPRESSION
+            raise ValueError(
+                f"frames must be of the form 4k+1 (the VAE compresses time 4x), got {frames}; "
+                f"nearest: {lo} or {lo + TEMPORAL_COMPRESSION}"
+            )
+        multiple = self.size_multiple
+        for name, v in sizes[1:]:
+            if v % multiple:
+                lo = v - v % multiple
+                raise ValueError(
+                    f"{name} must be a multiple of {multiple} (VAE x patch size), got {v}; "
+                    f"nearest: {max(lo, multiple)} or {lo + multiple}"
+                )
+        if self.fixed_size is not None:
+            native = {"frames": self.frames, "height": self.height, "width": self.width}
+            for name, v in sizes:
+                if v != native[name]:
+                    raise ValueError(f"{name} must be {native[name]} for {self.fixed_size}, got {v!r}")
+        for name, v, top in (("height", height, self.max_height), ("width", width, self.max_width)):
+            if top is not None and v > top:
+                raise ValueError(f"{name} must be at most {top} for {self.name} (its rotary table), got {v}")
+
+    def size_for_image(self, image_height: int, image_width: int) -> tuple[int, int] | None:
+        """The ``(height, width)`` this model generates for an ``image_height x image_width`` px
+        first frame when no size is asked for: the short side :attr:`image_short_side`, the long side
+        the nearest multiple of 16 keeping the aspect (:func:`~cogsample.images.i2v_size`); None
+        where the model has a native size instead."""
+        if self.image_short_side is None:
+            return None
+        return i2v_size(image_height, image_width, self.image_short_side)
 
 
 class VideoModel:
@@ -68,7 +127,7 @@ class VideoModel:
       decoded as the ``reference`` implementation (``sat`` or ``diffusers``) decodes, tiled or not;
       ``untiled_decode_bytes(latents_shape, reference)``: the memory an untiled decode needs (None: unknown);
     * ``check_size(frames, height, width)``: ``ValueError`` naming the parameter for a size the
-      model cannot take, before any work.
+      model cannot take, before any work (by default :meth:`ModelInfo.check_size`).
     """
 
     info: ModelInfo
@@ -104,7 +163,8 @@ class VideoModel:
         return None
 
     def check_size(self, frames: int, height: int, width: int) -> None:
-        """Raise ``ValueError`` for a size this model cannot generate."""
+        """Raise ``ValueError`` for a size this model cannot generate (its :class:`ModelInfo`'s rules)."""
+        self.info.check_size(frames, height, width)
 
 
 class CallableNetwork:

@@ -6,6 +6,10 @@ then loads the five parts with ``local_files_only=True`` (nothing here ever reac
 core's :class:`~cogsample.denoiser.Network` protocol so that every sampler of :mod:`cogsample`
 can drive it; the transformer sees exactly the inputs the diffusers pipelines give it.
 
+The folder's size rules are data on its :class:`ModelInfo` (:meth:`ModelInfo.check_size`,
+:meth:`ModelInfo.size_for_image`); the reference's I2V image helpers live in :mod:`cogsample.images`
+(re-exported here).
+
 Layouts: latents ``(B, T, 16, H/8, W/8)`` (frames before channels, as diffusers and SAT both
 use for the transformer); the VAE takes ``(B, 16, T, H/8, W/8)``; videos ``(B, F, 3, H, W)``.
 """
@@ -26,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..cache import CacheConfig
+from ..images import i2v_size, image_to_tensor, resize_image_for_i2v  # model-agnostic; re-exported here
 from ..offload import Offload, OffloadMode, check_offload, offload_parts
 from .base import ModelInfo, VideoModel
 from .first_block_cache import FirstBlockCachedNetwork
@@ -62,6 +67,8 @@ DEFAULT_OFS = 2.0
 #: Native size (height, width) of the released 1.5 models. Their transformer config's
 #: sample_height/width (300) is the size of the rotary table, not a generation size (2400 px).
 NATIVE_15 = (768, 1360)
+#: The short side (px) CogVideoX 1.5 I2V gives the video it makes from an image (the SAT reference's rule).
+I2V_SHORT_SIDE_15 = 768
 #: Prompt tokens of SAT's CogVideoX 1.5 configs (``max_length: 224``); diffusers' folders say 226.
 SAT_TEXT_LEN_15 = 224
 #: Latent frames diffusers' VAE decodes at a time (the first batch also takes the odd one).
@@ -344,9 +351,12 @@ def _info(root: Path, configs: dict[str, dict[str, Any]]) -> ModelInfo:
         height, width = max_h, max_w
     else:
         height, width = min(NATIVE_15[0], max_h), min(NATIVE_15[1], max_w)
+    name = root.resolve().name
+    i2v = in_ch == 2 * out_ch or pipeline == "CogVideoXImageToVideoPipeline"
+    learned = bool(tc.get("use_learned_positional_embeddings", False))
     return ModelInfo(
-        name=root.resolve().name,
-        i2v=in_ch == 2 * out_ch or pipeline == "CogVideoXImageToVideoPipeline",
+        name=name,
+        i2v=i2v,
         uses_ofs=bool(tc.get("ofs_embed_dim")),
         patch_size_t=None if p_t is None else int(p_t),
         latent_channels=out_ch,
@@ -367,13 +377,24 @@ def _info(root: Path, configs: dict[str, dict[str, Any]]) -> ModelInfo:
             "vae_scaling_factor": float(vc.get("scaling_factor", 1.15258426)),
             "invert_scale_latents": bool(vc.get("invert_scale_latents", False)),
             "rotary": bool(tc.get("use_rotary_positional_embeddings", False)),
-            "learned_positional_embeddings": bool(tc.get("use_learned_positional_embeddings", False)),
+            "learned_positional_embeddings": learned,
             "max_height": max_h,
             "max_width": max_w,
             # Frame rate of the released models' videos: 8 for 1.0, 16 for 1.5.
             "fps": 8 if p_t is None else 16,
             "transformer_config": dict(tc),
         },
+        # the sizes: 8x VAE times the patch; 5B-I2V's learned positions cover the native size only;
+        # 1.5's rotary table caps height and width, and its I2V model takes the size from the image
+        size_multiple=spatial * int(tc.get("patch_size", 2)),
+        fixed_size=(
+            f"{name}: its learned positional embeddings cover {frames} frames at {height} x {width} only"
+            if learned
+            else None
+        ),
+        max_height=None if p_t is None else max_h,
+        max_width=None if p_t is None else max_w,
+        image_short_side=I2V_SHORT_SIDE_15 if p_t is not None and i2v else None,
     )
 
 
@@ -383,115 +404,15 @@ def inspect_folder(path: str | Path) -> ModelInfo:
     return _info(root, validate_cogvideox_folder(root))
 
 
-# --------------------------------------------------------------------------- I2V images
-
-
-def _nearest_multiple_of_16(n: float) -> float:
-    lower = (n // 16) * 16
-    upper = lower + 16
-    # Ties go up, like the reference's helper.
-    return lower if abs(n - lower) < abs(n - upper) else upper
-
-
-def i2v_size(image_height: int, image_width: int, short_side: int = 768) -> tuple[int, int]:
-    """CogVideoX 1.5 I2V's generation size ``(height, width)`` for an image of ``image_height x
-    image_width`` px (the SAT reference's rule): the short side becomes ``short_side`` px (96
-    latents), the long side the multiple of 16 nearest to keeping the aspect ratio (ties round
-    up); a square image gives a ``short_side`` square."""
-    if short_side % 16 or short_side < 16:
-        raise ValueError(f"short_side must be a positive multiple of 16, got {short_side}")
-    if image_width < 1 or image_height < 1:
-        raise ValueError(f"image size must be positive, got {image_height} x {image_width} (height x width)")
-    s = short_side // 8
-    if image_height < image_width:
-        h, w = s, int(_nearest_multiple_of_16(image_width / image_height * s * 8)) // 8
-    else:
-        w, h = s, int(_nearest_multiple_of_16(image_height / image_width * s * 8)) // 8
-    return h * 8, w * 8
-
-
-def resize_image_for_i2v(
-    image: Image.Image, height: int | None = None, width: int | None = None, *, short_side: int = 768
-) -> Image.Image:
-    """Resize an RGB image for image-to-video.
-
-    * ``height`` and ``width`` given (CogVideoX 1.0 I2V, fixed 480 x 720; or any chosen size):
-      scale to cover the target with the aspect ratio kept (bicubic), then crop the centre, as
-      the SAT reference's ``resize_for_rectangle_crop(..., "center")`` (which resizes the tensor
-      with torchvision; PIL's bicubic may differ from it by a grey level);
-    * neither (CogVideoX 1.5 I2V): :func:`i2v_size`'s size, resized without crop with
-      Lanczos (the reference's ``TT.Resize(..., interpolation=1)``).
-    """
-    from PIL import Image as PILImage
-
-    image = image.convert("RGB")
-    img_w, img_h = image.size
-    if (height is None) != (width is None):
-        raise ValueError("give both height and width (resize and centre-crop) or neither (the 1.5 I2V rule)")
-    if height is None or width is None:
-        h, w = i2v_size(img_h, img_w, short_side)
-        return image.resize((w, h), PILImage.Resampling.LANCZOS)
-    if height < 1 or width < 1:
-        raise ValueError(f"height and width must be positive, got {height} x {width}")
-    # max(): float rounding must not leave the covering size a pixel short of the crop.
-    if img_w / img_h > width / height:
-        size = (max(int(img_w * height / img_h), width), height)
-    else:
-        size = (width, max(int(img_h * width / img_w), height))
-    image = image.resize(size, PILImage.Resampling.BICUBIC)
-    top, left = (size[1] - height) // 2, (size[0] - width) // 2
-    return image.crop((left, top, left + width, top + height))
-
-
-def image_to_tensor(image: Image.Image) -> Tensor:
-    """``(1, 3, H, W)`` float32 in [-1, 1] from an RGB image (uint8 / 255 * 2 - 1, as diffusers'
-    ``VideoProcessor.preprocess`` and the reference's ``ToTensor() * 2 - 1``)."""
-    import numpy as np
-
-    array = np.asarray(image.convert("RGB")).astype(np.float32) / 255.0
-    return 2.0 * torch.from_numpy(array).permute(2, 0, 1)[None] - 1.0
-
-
 # --------------------------------------------------------------------------- sizes
 
 
 def check_size_for(info: ModelInfo, frames: int, height: int, width: int) -> None:
-    """``ValueError`` naming the parameter for a size the model of ``info`` cannot generate.
-
-    All: ``frames = 4k + 1``; height and width multiples of 16 (8x VAE times 2x2 patches).
-    5B-I2V (learned positional embeddings): only the native size and frame count. 1.5: height
-    and width within the rotary table (``sample_height x sample_width`` patches, 2400 px); the
-    latent frame count may be odd (padded, see :class:`CogVideoXTransformerNetwork`).
-    """
-    extra = info.extra
-    for name, v in (("frames", frames), ("height", height), ("width", width)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    if (frames - 1) % TEMPORAL_COMPRESSION:
-        lo = frames - (frames - 1) % TEMPORAL_COMPRESSION
-        raise ValueError(
-            f"frames must be of the form 4k+1 (the VAE compresses time 4x), got {frames}; nearest: {lo} or {lo + 4}"
-        )
-    multiple = extra.get("vae_scale_factor_spatial", 8) * extra.get("patch_size", 2)
-    for name, v in (("height", height), ("width", width)):
-        if v % multiple:
-            lo = v - v % multiple
-            raise ValueError(
-                f"{name} must be a multiple of {multiple} (VAE x patch size), got {v}; "
-                f"nearest: {max(lo, multiple)} or {lo + multiple}"
-            )
-    if extra.get("learned_positional_embeddings"):
-        native = {"frames": info.frames, "height": info.height, "width": info.width}
-        for name, v in (("frames", frames), ("height", height), ("width", width)):
-            if v != native[name]:
-                raise ValueError(
-                    f"{name} must be {native[name]} for {info.name}: its learned positional embeddings cover "
-                    f"{info.frames} frames at {info.height} x {info.width} only, got {v}"
-                )
-    if info.patch_size_t is not None:
-        for name, v, top in (("height", height, extra.get("max_height")), ("width", width, extra.get("max_width"))):
-            if top is not None and v > top:
-                raise ValueError(f"{name} must be at most {top} for {info.name} (its rotary table), got {v}")
+    """``ValueError`` naming the parameter for a size the model of ``info`` cannot generate:
+    :meth:`ModelInfo.check_size`, whose rules :func:`inspect_folder` fills in from the configs
+    (``frames = 4k + 1``; multiples of 16; 5B-I2V's learned positional embeddings: the native size
+    only; 1.5: within the rotary table)."""
+    info.check_size(frames, height, width)
 
 
 # --------------------------------------------------------------------------- the model
@@ -784,13 +705,6 @@ class CogVideoXModel(VideoModel):
             # Decoding ends a generation: leave the device empty, as diffusers' pipelines do.
             self.offloader.release()
         return (frames.float() * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 1, 3, 4)
-
-    # -- sizes
-
-    def check_size(self, frames: int, height: int, width: int) -> None:
-        """``ValueError`` naming the parameter for a size this model cannot generate
-        (:func:`check_size_for`)."""
-        check_size_for(self.info, frames, height, width)
 
 
 # --------------------------------------------------------------------------- loading

@@ -145,6 +145,7 @@ def trained_info(i2v: bool = False) -> ModelInfo:
         width=WIDTH,
         scheduler=None,
         extra={"fps": 8, "clips": len(FAMILY), "context_dim": TEXT_DIM, "tau": DEFAULT_TAU, "weights": "trained"},
+        fixed_size=f"the trained built-in model (trained at {FRAMES} frames of {HEIGHT}x{WIDTH} px only)",
     )
 
 
@@ -206,19 +207,6 @@ class TrainedModel(BlockVAEModel):
         if isinstance(prompts, str):
             prompts = [prompts]
         return self.text.encode(prompts).to(device=self.device, dtype=self.dtype)
-
-    def check_size(self, frames: int, height: int, width: int) -> None:
-        check_trained_size(frames, height, width)
-
-
-def check_trained_size(frames: int, height: int, width: int) -> None:
-    """The training size only: ``ValueError`` naming the parameter otherwise."""
-    for name, value, want in (("frames", frames, FRAMES), ("height", height, HEIGHT), ("width", width, WIDTH)):
-        if value != want:
-            raise ValueError(
-                f"{name} must be {want} for the trained built-in model (trained at {FRAMES} frames of "
-                f"{HEIGHT}x{WIDTH} px only), got {value!r}"
-            )
 
 
 # ----------------------------------------------------------------------------------------------
