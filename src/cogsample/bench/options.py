@@ -20,6 +20,7 @@ from ..cache import CacheConfig
 from ..guidance import Conditioning, GuidanceInterval
 from ..noise import SeededNoise, latent_shape
 from ..sampling import SamplingConfig, build_model, release
+from .common import BENCH_SIZE, BENCH_VIDEO, quiet
 from .quality import reference_default
 
 __all__ = ["options_diffusers"]
@@ -56,12 +57,11 @@ def options_diffusers(quick: bool = False) -> dict[str, Any]:
     """Wall time of each option against no option, on a tiny diffusers transformer (min of repeats)."""
     from ..models.cogvideox import load_cogvideox
     from ..models.tiny import build_tiny_folder
-    from .speed import BENCH_SIZE, BENCH_VIDEO, _quiet
 
     steps, repeats = (6, 1) if quick else (50, 2)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="cogsample-options-") as tmp:
-        with _quiet():
+        with quiet():
             folder = build_tiny_folder(Path(tmp) / "tiny", "t2v", seed=0, size=BENCH_SIZE)
             model = load_cogvideox(folder, dtype=torch.float32, device="cpu")
         context = model.encode_prompts(["a red car drives through the city at night"])

@@ -32,7 +32,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
@@ -48,6 +47,7 @@ from ..models.tiny import TinySize, build_tiny_folder
 from ..noise import DiffusersNoise, GlobalNoise, latent_shape
 from ..profiles import COGVIDEOX_5B_SCHEDULER, diffusers_sampling, sat_sampling
 from ..sampling import sample
+from .common import BENCH_SIZE, BENCH_VIDEO, cpu_name, quiet
 
 Tensor = torch.Tensor
 
@@ -64,11 +64,6 @@ __all__ = [
     "sampler_overhead",
 ]
 
-#: The benchmark's "tiny" transformer: big enough that its forward, not the sampler, dominates
-#: a step, small enough for 2 CPU cores (the text encoder and VAE keep the tests' sizes).
-BENCH_SIZE = TinySize(num_layers=4, num_heads=4, head_dim=64, text_dim=64)
-#: Video size of the tiny runs: the tiny transformer's native 9 frames at 32 x 48 px (3 x 4 x 6 latents).
-BENCH_VIDEO = {"frames": 9, "height": 32, "width": 48}
 PROMPT = "a red car drives through the city at night"
 SEED = 42
 GUIDANCE_SCALE = 6.0
@@ -123,14 +118,6 @@ def _ratio(a: float, b: float) -> float:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """No warnings (diffusers' deprecations, the profile's grid notes) in the benchmark's output."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
 
 
 def _step_times(first_forward: float | None, ends: Sequence[float]) -> list[float]:
@@ -239,7 +226,7 @@ def compare_diffusers(
             device="cpu",
             **BENCH_VIDEO,
         )
-        with _quiet():
+        with quiet():
             p = plan(opts)
         clock = _ForwardClock(model.transformer)
 
@@ -248,7 +235,7 @@ def compare_diffusers(
             ends: list[float] = []
             clock.reset()
             t0 = time.perf_counter()
-            with _quiet():
+            with quiet():
                 (res,) = run_plan(
                     p, model=model, overwrite=True, progress=lambda _event: ends.append(time.perf_counter())
                 )
@@ -285,7 +272,7 @@ def compare_diffusers(
             clock.reset()
             try:
                 t0 = time.perf_counter()
-                with _quiet():
+                with quiet():
                     frames = pipe(
                         prompt=PROMPT,
                         negative_prompt="",
@@ -445,7 +432,7 @@ def _ms_per_step(network: Any, x: Tensor, cond: Conditioning, config: Any, noise
             _sync(x_i.device)
             ends.append(time.perf_counter())
 
-        with _quiet():
+        with quiet():
             sample(network, x, cond, config, noise=noise(), callback=stamp)
         if r:  # r == 0 is the warm-up
             times += _intervals(ends)
@@ -474,7 +461,7 @@ def _diffusers_ms_per_step(stub: _StubTransformer, cond: Conditioning, video: di
             ends.append(time.perf_counter())
             return {}
 
-        with _quiet():
+        with quiet():
             pipe(
                 prompt_embeds=cond.context,
                 negative_prompt_embeds=cond.uncond_context,
@@ -656,7 +643,7 @@ def _memory_child(library: str, folder: str, steps: int, out: str) -> dict[str, 
     returns its memory figures. Run by :func:`peak_memory` in a fresh interpreter."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     size = {"num_frames" if k == "frames" else k: v for k, v in BENCH_VIDEO.items()}
-    with _quiet():
+    with quiet():
         if library == "cogsample":
             from ..batch import run_plan
             from ..models.cogvideox import load_cogvideox
@@ -734,7 +721,7 @@ def peak_memory(quick: bool = False, *, timeout_s: float = 300.0) -> dict[str, A
     processes run side by side (memory is per process; no timing is taken)."""
     steps = 2 if quick else 4
     with tempfile.TemporaryDirectory(prefix="cogsample-mem-") as tmp:
-        with _quiet():
+        with quiet():
             folder = build_tiny_folder(Path(tmp) / "tiny-t2v", "t2v", seed=0, size=BENCH_SIZE)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
         procs = {}
@@ -806,7 +793,7 @@ def _loop_compare(
     size = {"num_frames" if k == "frames" else k: v for k, v in video.items()}
 
     def run_diffusers() -> Tensor:
-        with _quiet():
+        with quiet():
             return pipe(
                 prompt_embeds=pos,
                 negative_prompt_embeds=neg,
@@ -822,7 +809,7 @@ def _loop_compare(
         def run() -> Tensor:
             noise = DiffusersNoise(torch.Generator().manual_seed(SEED))
             x = noise.initial(shape, dtype=dtype, device=device)
-            with _quiet():
+            with quiet():
                 return sample(network, x, Conditioning(pos, uncond_context=neg), sampling, noise=noise)
 
         return run
@@ -907,8 +894,6 @@ def gpu_5b(quick: bool = False) -> dict[str, Any]:
 
 def device_info() -> dict[str, Any]:
     """The machine the figures come from (and how busy it was: other processes skew timings)."""
-    from .suite import cpu_name
-
     cpu = cpu_name()
     from importlib.metadata import PackageNotFoundError, version
 

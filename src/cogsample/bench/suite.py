@@ -26,6 +26,7 @@ from ..guidance import GuidanceInterval
 from ..noise import SeededNoise
 from ..samplers import SAMPLERS
 from ..sampling import SamplingConfig, build_model, release
+from .common import cpu_name
 from .quality import (
     HELD_OUT,
     QUICK,
@@ -67,17 +68,6 @@ def candidates(quick: bool) -> list[Candidate]:
     out += [Candidate(name) for name in (*ALPHA, *SIGMA) if name in SAMPLERS]
     out += [Candidate("vpsde_dpmpp_2m", interval=0.4), Candidate("vpode_dpmpp_2m", interval=0.4)]
     return out
-
-
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` where there is one)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
 
 
 def machine() -> dict[str, Any]:
