@@ -40,7 +40,7 @@ def test_shards_cover_the_sequence_in_order():
 
 def test_world_must_split_into_groups():
     check_world(ParallelConfig(2, 2), 8)
-    with pytest.raises(ValueError, match="needs 4 processes per video .* WORLD_SIZE is 2"):
+    with pytest.raises(ValueError, match=r"needs 4 processes per video .* WORLD_SIZE is 2"):
         check_world(ParallelConfig(2, 2), 2)
 
 

@@ -4,6 +4,7 @@ from .denoiser import Denoiser, DenoiserConfig, Level
 from .guidance import CFG, Conditioning, DynamicCFG, GuidanceInterval, GuidedModel, NoGuidance
 from .models.base import CallableNetwork
 from .noise import DiffusersNoise, GlobalNoise, ReplayNoise, SeededNoise, latent_shape
+from .parallel import CFGParallel, ParallelConfig, ParallelGroups
 from .pipeline import GenerateOptions, Pipeline, VideoResult
 from .profiles import diffusers_sampling, sat_sampling
 from .samplers import SAMPLERS, get_sampler
@@ -18,6 +19,7 @@ __all__ = [
     "CFG",
     "EDM",
     "SAMPLERS",
+    "CFGParallel",
     "CallableNetwork",
     "Conditioning",
     "Denoiser",
@@ -35,6 +37,8 @@ __all__ = [
     "LegacyDDPM",
     "Level",
     "NoGuidance",
+    "ParallelConfig",
+    "ParallelGroups",
     "Pipeline",
     "ReplayNoise",
     "SamplingConfig",

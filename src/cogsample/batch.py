@@ -10,6 +10,9 @@ share it and however they end.
 * **Running**: :func:`run_batch` makes each unfinished video under its claim, prints it as soon
   as it is finished (``on_result``), and leaves videos another live process holds for last,
   waiting for them then, so a process that dies mid-video never loses one.
+* **Video groups** (``--parallel``): the ranks of a group make each video together; the leader
+  alone decides (claims, skips) and writes, and tells the others which video is next
+  (:class:`~cogsample.parallel.ParallelGroups`), so every rank runs the same videos in order.
 * **Signals**: :func:`signals_raise` turns SIGINT and SIGTERM into :class:`Interrupted`, which
   unwinds through the writers (temporary files removed, claims released).
 """
@@ -275,6 +278,7 @@ def run_batch(
     on_result: Callable[[Result], None] | None = None,
     progress: Callable[[Any], None] | None = None,
     log: Callable[[str], None] | None = None,
+    group: Any = None,
 ) -> list[Result]:
     """Make every item not yet finished in ``out`` (all of them with ``overwrite``), each under
     its claim; one :class:`~cogsample.pipeline.Result` per distinct video, in order.
@@ -284,7 +288,76 @@ def run_batch(
     ``run`` is recorded in each JSON (engine, rank, world size, worker). ``on_result`` hears of
     each video as soon as it is finished, skipped ones first. Videos another live process holds
     are made (or found finished) last, after waiting for it. With ``overwrite``, a video finished
-    after this call started (by a process beside it) counts as made, not to be made again."""
+    after this call started (by a process beside it) counts as made, not to be made again.
+
+    ``group``: the :class:`~cogsample.parallel.ParallelGroups` of a video group; every rank of it
+    calls this with the same ``items``; the leader works as above and tells the others what to
+    load and which video to make with it; they write nothing and return ``[]``."""
+    if group is not None and not group.leader:
+        _follow(items, group, pipeline, progress)
+        return []
+    steps = _Steps(group)
+    try:
+        return _run_batch(items, out, pipeline, overwrite, run, on_result, progress, log, steps)
+    finally:
+        steps.end()
+
+
+class _Steps:
+    """The leader's messages to the rest of its video group (nothing without a group): ``load``
+    (the stems to encode), ``make`` (the next stem), ``end``; ``end`` once, also after an error
+    outside a video (inside one the others are in its collectives, and the launcher ends them)."""
+
+    def __init__(self, group: Any):
+        self.group = group
+        self.ended = group is None
+        self.in_video = False
+
+    def send(self, *msg: Any) -> None:
+        if not self.ended:
+            self.group.send(msg)
+
+    def end(self) -> None:
+        if not self.ended and not self.in_video:
+            self.group.send(("end",))
+        self.ended = True
+
+
+def _follow(items: Sequence[BatchItem], group: Any, pipeline: Any, progress: Any) -> None:
+    """A non-leading rank of a video group: load, encode and make what the leader says, in step."""
+    by_stem = {item.stem: item for item in items}
+    pipe = None
+    while True:
+        msg = group.send(None)
+        if msg[0] == "end":
+            return
+        if msg[0] == "load":
+            pipe = pipeline if isinstance(pipeline, Pipeline) else pipeline()
+            for stem in msg[1]:
+                _encode(pipe, by_stem[stem])
+            pipe.release_text_encoder()
+        elif msg[0] == "make":
+            assert pipe is not None
+            item = by_stem[msg[1]]
+            pipe.run(item.plan, item.k, progress=progress, video=msg[2], videos=msg[3], decode=False)
+
+
+def _encode(pipe: Pipeline, item: BatchItem) -> None:
+    p = item.plan
+    pipe.encode([item.prompt, *([p.negative_prompt] if p.negative_prompt is not None else [])], p.text_len)
+
+
+def _run_batch(
+    items: Sequence[BatchItem],
+    out: str | Path | OutDir,
+    pipeline: Pipeline | Callable[[], Pipeline],
+    overwrite: bool,
+    run: Mapping[str, Any] | None,
+    on_result: Callable[[Result], None] | None,
+    progress: Callable[[Any], None] | None,
+    log: Callable[[str], None] | None,
+    steps: _Steps,
+) -> list[Result]:
     say = log or (lambda _m: None)
     tell = on_result or (lambda _r: None)
     d = out if isinstance(out, OutDir) else OutDir(out)
@@ -310,12 +383,12 @@ def run_batch(
     if not pending:
         return [results[item.stem] for item in unique]
 
+    steps.send("load", [item.stem for item in pending])
     t0 = time.perf_counter()
     pipe = pipeline if isinstance(pipeline, Pipeline) else pipeline()
     t_load = time.perf_counter() - t0
     for item in pending:
-        p = item.plan
-        pipe.encode([item.prompt, *([p.negative_prompt] if p.negative_prompt is not None else [])], p.text_len)
+        _encode(pipe, item)
     pipe.release_text_encoder()
 
     def make(item: BatchItem, claim: Claim, index: int) -> None:
@@ -330,7 +403,10 @@ def run_batch(
             left = d.clean(claim)
             if left:
                 say(f"removed {len(left)} file(s) an interrupted run left of {item.stem}")
+        steps.send("make", item.stem, index, len(unique))
+        steps.in_video = True
         r = pipe.run(item.plan, item.k, progress=progress, video=index, videos=len(unique))
+        steps.in_video = False
         t1 = time.perf_counter()
         files = write_video(d, claim, r, dict(run or {}))
         timings = {"load_s": t_load, **r.timings, "save_s": time.perf_counter() - t1}

@@ -141,6 +141,19 @@ def _generate(args: argparse.Namespace) -> int:
             prefix = f"rank {launch.rank}/{launch.world_size}: "
         if args.workers is not None and args.ray is None:
             raise ValueError("--workers goes with --ray (under torchrun, each rank is one worker)")
+        parallel = None
+        if args.parallel is not None:
+            from .parallel import ParallelConfig, check_world
+
+            parallel = ParallelConfig.parse(args.parallel)
+            if args.ray is not None:
+                raise ValueError("--parallel runs under torchrun (one rank per process); it does not go with --ray")
+            if parallel.degree > 1 and not launch.distributed:
+                raise ValueError(
+                    f"--parallel {parallel} makes each video on {parallel.degree} processes: run it as "
+                    f"torchrun --nproc-per-node {parallel.degree} -m cogsample generate ... --parallel {parallel}"
+                )
+            check_world(parallel, launch.world_size)
         if args.ray is not None:
             if launch.distributed:
                 raise ValueError("--ray starts its own workers: run it as one process, not under torchrun")
@@ -190,13 +203,33 @@ def _generate(args: argparse.Namespace) -> int:
         items = plan_jobs(jobs)
         out = OutDir(args.out)
         out.check_writable()
+        groups = None
+        if parallel is not None:
+            from .parallel import ParallelGroups, init_parallel
+            from .pipeline import check_parallel
+
+            check_parallel(parallel, items[0].plan.info)
+            init_parallel(items[0].plan.device)
+            groups = ParallelGroups.build(parallel)
     except ValueError as e:
         print(f"cogsample generate: error: {e}", file=sys.stderr)
         return 2
+    if groups is not None:
+        # one video group makes each video: the leader speaks for it, the others only compute
+        prefix = f"video group {groups.group}/{groups.groups}: " if groups.groups > 1 else ""
+        if not groups.leader:
+            args.quiet = True
     if args.quiet and base.model not in ("builtin", "builtin-i2v"):
         _quiet_libraries()
-    mine = launch.share(items)
-    if args.ray is None:
+    mine = launch.share(items) if groups is None else items[groups.group :: groups.groups]
+    if args.ray is None and groups is not None:
+        first = (mine or items)[0].plan
+        log(
+            f"{len(mine)} video(s) of {first.frames} frames at {first.width}x{first.height} on {first.info.name}, "
+            f"each on {groups.config.degree} ranks ({groups.config}): {first.sampling.sampler}, "
+            f"{first.sampling.steps} steps"
+        )
+    elif args.ray is None:
         first = mine[0].plan if mine else items[0].plan
         s = first.sampling
         log(
@@ -212,6 +245,8 @@ def _generate(args: argparse.Namespace) -> int:
     paths = sys.stdout  # the video paths, and only they, go here (Ray's messages go to stderr)
 
     def finished(r) -> None:
+        if groups is not None and not groups.leader:
+            return
         print(r.files["video"], file=paths, flush=True)
         if r.skipped:
             log(f"finished before: {r.files['video']}")
@@ -241,15 +276,25 @@ def _generate(args: argparse.Namespace) -> int:
 
                 def load() -> Pipeline:
                     return Pipeline.load(
-                        base.model, device=device, dtype=args.dtype, profile=base.profile, offload=base.offload, log=log
+                        base.model,
+                        device=device,
+                        dtype=args.dtype,
+                        profile=base.profile,
+                        offload=base.offload,
+                        log=log,
+                        parallel=groups,
                     )
 
+                record = launch.record()
+                if groups is not None:
+                    record.update(parallel=groups.config.to_dict(), video_group=groups.group, ranks=groups.ranks)
                 run_batch(
                     mine,
                     out,
                     pipeline=load,
                     overwrite=args.overwrite,
-                    run=launch.record(),
+                    run=record,
+                    group=groups,
                     on_result=finished,
                     progress=progress,
                     log=log,
@@ -257,6 +302,8 @@ def _generate(args: argparse.Namespace) -> int:
     except Interrupted as e:
         if progress is not None:
             progress.close()
+        if groups is not None and not groups.leader:
+            return e.exit_code  # the leader reports for its group
         done, total = getattr(e, "finished", None) or count_finished(mine, out)
         print(
             f"{prefix}interrupted: {done} of {total} videos finished; run the same command again to resume",
@@ -274,6 +321,10 @@ def _generate(args: argparse.Namespace) -> int:
         if progress is not None:
             progress.close()
     log(f"done in {time.perf_counter() - start:.1f} s")
+    if groups is not None:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     return 0
 
 
@@ -368,7 +419,7 @@ def _add_generate(sub) -> None:
         action="store_true",
         help="make every video again (default: videos already finished in --out are skipped, unfinished ones redone)",
     )
-    r = g.add_argument_group("many machines (pip install 'cogsample[ray]')")
+    r = g.add_argument_group("many processes and machines (torchrun; Ray: pip install 'cogsample[ray]')")
     r.add_argument(
         "--ray",
         nargs="?",
@@ -381,6 +432,13 @@ def _add_generate(sub) -> None:
         "--workers",
         type=int,
         help="Ray workers, each with one GPU (default: one per GPU of the cluster; 1 on a cluster without GPUs)",
+    )
+    r.add_argument(
+        "--parallel",
+        metavar="cfg=2,ulysses=U",
+        help="make each video on several ranks (under torchrun, 2U of them or a multiple): cfg=2 puts the two CFG "
+        "branches on two ranks, ulysses=U shards the transformer's video tokens over U ranks (U divides the heads); "
+        "rank 0 of each group writes; every rank holds the whole model",
     )
     f = g.add_argument_group("fewer forwards (off by default; measured by `cogsample bench`)")
     f.add_argument(

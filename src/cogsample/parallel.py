@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -84,6 +85,10 @@ class ParallelConfig:
         return {"cfg": self.cfg, "ulysses": self.ulysses}
 
 
+#: How long a rank of a video group waits for its leader's next message.
+CONTROL_TIMEOUT = timedelta(hours=12)
+
+
 def shard_sizes(n: int, parts: int) -> list[int]:
     """``n`` items cut into ``parts`` contiguous shards, the first ``n % parts`` one longer."""
     return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
@@ -131,7 +136,8 @@ class ParallelGroups:
         for g in range(world // d):
             base = g * d
             ranks = list(range(base, base + d))
-            control = dist.new_group(ranks, backend="gloo")
+            # followers wait here while their leader waits for another process's video: hours, not minutes
+            control = dist.new_group(ranks, backend="gloo", timeout=CONTROL_TIMEOUT)
             if rank in ranks:
                 mine.update(group=g, ranks=ranks, control=control)
             for s in range(u):

@@ -56,6 +56,7 @@ __all__ = [
     "Result",
     "StepEvent",
     "VideoResult",
+    "check_parallel",
     "plan",
     "video_identity",
 ]
@@ -845,8 +846,8 @@ class VideoResult:
     seed: int
     latents: Tensor
     latents_for_vae: Tensor
-    video: Tensor
-    frames: np.ndarray
+    video: Tensor | None
+    frames: np.ndarray | None
     fps: int
     timings: dict[str, float]
     vae_tiling: dict[str, Any]
@@ -861,6 +862,8 @@ class VideoResult:
     def save(self, out: str | Path, *, overwrite: bool = False) -> dict[str, Path]:
         """Write the four files into ``out`` under the out folder's rules (:mod:`cogsample.outdir`):
         a finished video of the same name is the same video and is kept unless ``overwrite``."""
+        if self.frames is None:
+            raise ValueError("this result was not decoded (run(..., decode=False)): it has no video to save")
         d = OutDir(out)
         d.check_writable()
         with d.claimed(self.stem, wait=True) as claim:
@@ -889,6 +892,13 @@ def write_video(out: OutDir, claim: Claim, r: VideoResult, run: dict[str, Any] |
     )
 
 
+def check_parallel(config: Any, info: ModelInfo) -> None:
+    """``ValueError`` before anything loads where ``config`` (a
+    :class:`~cogsample.parallel.ParallelConfig`) cannot run on the model of ``info`` (Ulysses needs
+    attention heads that divide over its ranks; CFG parallel runs on any model)."""
+    info.check_ulysses(config.ulysses)
+
+
 class Pipeline:
     """A loaded model and the process-wide choices made with it (:data:`PROCESS_OPTIONS`).
 
@@ -897,7 +907,12 @@ class Pipeline:
     other :class:`GenerateOptions` field (``seed``, ``frames``, ``steps``, ``scale``, ...) or
     ``fast=True``. Nothing is written; :meth:`VideoResult.save` writes. Prompts are encoded on
     first use and kept; :meth:`encode` then :meth:`release_text_encoder` frees the text encoder
-    for a known list of prompts, as the batch runner does."""
+    for a known list of prompts, as the batch runner does.
+
+    ``parallel``: this rank's :class:`~cogsample.parallel.ParallelGroups` when several processes
+    make each video together (every rank of the video group makes the same calls, in the same
+    order; each gets the whole result, the leader saves it): CFG branches on two ranks, the
+    transformer's tokens sharded over the sequence group (Ulysses)."""
 
     def __init__(
         self,
@@ -908,6 +923,7 @@ class Pipeline:
         dtype: torch.dtype,
         profile: str = "sat",
         offload: str = "none",
+        parallel: Any = None,
     ):
         self.model = model
         self.model_name = model_name
@@ -917,6 +933,9 @@ class Pipeline:
         self.offload = offload
         self._contexts: dict[tuple[str, int], tuple[Tensor, float]] = {}
         self._released = False
+        self.parallel = parallel
+        if parallel is not None and parallel.config.ulysses > 1:
+            model.enable_sequence_parallel(parallel.seq_group, parallel.seq_rank, parallel.config.ulysses)
 
     @classmethod
     def load(
@@ -928,8 +947,10 @@ class Pipeline:
         profile: str = "sat",
         offload: str = "none",
         log: Callable[[str], None] | None = None,
+        parallel: Any = None,
     ) -> Pipeline:
-        """Check the process-wide options (before reading any weight), then load ``model``."""
+        """Check the process-wide options (before reading any weight), then load ``model``;
+        ``parallel``: see the class (:func:`check_parallel` runs before the weights are read)."""
         _check_choice("profile", profile, PROFILES)
         _check_choice("offload", offload, OFFLOAD)
         dev = _resolve_device(device)
@@ -941,10 +962,12 @@ class Pipeline:
             from .offload import check_offload
 
             check_offload(offload, dev)
+        if parallel is not None:
+            check_parallel(parallel.config, info)
         if log is not None:
             log(f"loading {info.name} on {dev} ({str(dt).removeprefix('torch.')})")
         loaded = load_model(model, device=dev, dtype=dt, profile=profile, offload=offload)
-        return cls(loaded, model_name=model, device=dev, dtype=dt, profile=profile, offload=offload)
+        return cls(loaded, model_name=model, device=dev, dtype=dt, profile=profile, offload=offload, parallel=parallel)
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -1034,10 +1057,12 @@ class Pipeline:
         progress: Callable[[Any], None] | None = None,
         video: int | None = None,
         videos: int | None = None,
+        decode: bool = True,
     ) -> VideoResult:
         """Sample and decode video ``k`` of ``p`` (nothing written). ``progress`` gets a
         :class:`PrepareEvent` for once-per-size work, then a :class:`StepEvent` per step, labelled
-        video ``video`` of ``videos`` (default ``k`` of the plan's)."""
+        video ``video`` of ``videos`` (default ``k`` of the plan's). ``decode=False``: latents only
+        (``video`` and ``frames`` None), what a video group's non-writing ranks need."""
         self._check(p)
         model, opts = self.model, p.options
         prompt, seed = opts.prompts[k], opts.seed + k
@@ -1062,7 +1087,8 @@ class Pipeline:
         image_latents = None if img is None else _image_latents(model, img, noise, p.shape[1])
         cond = Conditioning(context=context, uncond_context=negative, image_latents=image_latents, ofs=ofs)
         x = _initial(p, noise, k)
-        guided, grid = build_model(model.network, x, cond, p.sampling)
+        branches = None if self.parallel is None else self.parallel.cfg_parallel()
+        guided, grid = build_model(model.network, x, cond, p.sampling, branches=branches)
         start = time.perf_counter()
         with torch.inference_mode():
             callback = _progress_callback(progress, grid, video, videos, start)
@@ -1075,12 +1101,14 @@ class Pipeline:
         t_sample = time.perf_counter() - start
 
         t0 = time.perf_counter()
+        decoded, tiling = None, {"mode": opts.vae_tiling, "tiled": False, "decoded": False}
         with torch.inference_mode():
             clean = latents[:, p.pad_frames :].to(p.dtype)
             for_vae = model.latents_for_vae(clean)
-            model.prepare_decode()
-            tiling = vae_tiling(opts.vae_tiling, model, clean.shape, p.device, opts.profile)
-            decoded = model.decode(clean, tiling=tiling["tiled"], reference=opts.profile)[0].float().cpu()
+            if decode:
+                model.prepare_decode()
+                tiling = vae_tiling(opts.vae_tiling, model, clean.shape, p.device, opts.profile)
+                decoded = model.decode(clean, tiling=tiling["tiled"], reference=opts.profile)[0].float().cpu()
         t_decode = time.perf_counter() - t0
         return VideoResult(
             prompt=prompt,
@@ -1088,7 +1116,7 @@ class Pipeline:
             latents=latents,
             latents_for_vae=for_vae,
             video=decoded,
-            frames=outputs.to_uint8(decoded, UINT8[opts.profile]),
+            frames=None if decoded is None else outputs.to_uint8(decoded, UINT8[opts.profile]),
             fps=p.fps,
             timings={"encode_s": t_encode, "sample_s": t_sample, "decode_s": t_decode},
             vae_tiling=tiling,

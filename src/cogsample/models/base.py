@@ -43,7 +43,8 @@ class ModelInfo:
     a model trained at one size); ``max_height``, ``max_width``: the largest sizes its positional
     table covers (CogVideoX 1.5's rotary table; None: no limit); ``image_short_side``: an I2V
     model that takes its size from the image gives it this short side (CogVideoX 1.5 I2V: 768 px;
-    None: the native size).
+    None: the native size). ``attention_heads``: heads of the network's attention, what Ulysses
+    sequence parallel splits over ranks (None: the network has no attention to shard).
     """
 
     name: str
@@ -64,6 +65,7 @@ class ModelInfo:
     max_height: int | None = None
     max_width: int | None = None
     image_short_side: int | None = None
+    attention_heads: int | None = None
 
     def text_len(self, profile: str) -> int:
         """Prompt tokens the ``profile`` (``sat`` or ``diffusers``) encodes for this model."""
@@ -103,6 +105,22 @@ class ModelInfo:
         for name, v, top in (("height", height, self.max_height), ("width", width, self.max_width)):
             if top is not None and v > top:
                 raise ValueError(f"{name} must be at most {top} for {self.name} (its rotary table), got {v}")
+
+    def check_ulysses(self, ranks: int) -> None:
+        """``ValueError`` unless this model's attention heads split over ``ranks`` sequence-parallel ranks."""
+        if ranks == 1:
+            return
+        if self.attention_heads is None:
+            raise ValueError(
+                f"--parallel ulysses={ranks} shards a transformer's attention over ranks; model {self.name!r} "
+                "has none (its network is exact): use --parallel cfg=2"
+            )
+        if self.attention_heads % ranks:
+            divisors = [d for d in range(2, self.attention_heads + 1) if self.attention_heads % d == 0]
+            raise ValueError(
+                f"--parallel ulysses={ranks}: model {self.name!r} has {self.attention_heads} attention heads, "
+                f"which must divide over the ranks; allowed: ulysses = {', '.join(map(str, divisors))}"
+            )
 
     def size_for_image(self, image_height: int, image_width: int) -> tuple[int, int] | None:
         """The ``(height, width)`` this model generates for an ``image_height x image_width`` px
@@ -157,6 +175,15 @@ class VideoModel:
 
     def prepare_decode(self) -> None:
         """Free what decoding does not need on the device (called before the tiling decision)."""
+
+    def enable_sequence_parallel(self, group: Any, rank: int, size: int) -> None:
+        """Shard the network's tokens over ``size`` ranks of ``group`` (Ulysses; this is ``rank``):
+        asks the network (``network.sequence_parallel``); ``ValueError`` where it has none."""
+        self.info.check_ulysses(size)
+        attach = getattr(self.network, "sequence_parallel", None)
+        if attach is None:
+            raise ValueError(f"model {self.info.name!r}: its network cannot be sharded over ranks (no attention)")
+        attach(group, rank, size)
 
     def untiled_decode_bytes(self, shape: Sequence[int], reference: str = "diffusers") -> int | None:
         """Peak memory of an untiled :meth:`decode` of latents of ``shape`` (None: no tiling to choose)."""

@@ -34,6 +34,7 @@ from ..images import i2v_size, image_to_tensor, resize_image_for_i2v  # model-ag
 from ..offload import Offload, OffloadMode, check_offload, offload_parts
 from .base import ModelInfo, VideoModel
 from .first_block_cache import FirstBlockCachedNetwork
+from .ulysses import SequenceParallel
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from PIL import Image
@@ -158,6 +159,8 @@ class CogVideoXTransformerNetwork:
         self.fixed_text_len = not self.uses_rotary or self.learned_positions
         self.uses_ofs = bool(getattr(config, "ofs_embed_dim", None))
         self._rotary: dict[tuple[int, int, int, str], tuple[Tensor, Tensor]] = {}
+        #: Ulysses sequence parallel, when :meth:`sequence_parallel` was called
+        self.sequence: SequenceParallel | None = None
         self._device = None if device is None else torch.device(device)
 
     @property
@@ -244,8 +247,19 @@ class CogVideoXTransformerNetwork:
     ) -> FirstBlockCachedNetwork:
         """This network with a :class:`~cogsample.models.first_block_cache.FirstBlockCache` attached
         to its transformer until ``detach()`` (what :func:`~cogsample.cache.apply_cache` makes for
-        ``kind="first-block"``); ``reduce``: see there."""
+        ``kind="first-block"``); ``reduce``: see there. Under sequence parallel the default ``reduce``
+        sums the indicator over the shards, so every rank of the group decides alike."""
+        if reduce is None and self.sequence is not None:
+            reduce = self.sequence.all_reduce
         return FirstBlockCachedNetwork(self, config, reduce)
+
+    def sequence_parallel(self, group: Any, rank: int, size: int) -> SequenceParallel:
+        """Shard the transformer's video tokens over ``size`` ranks of ``group`` (Ulysses,
+        :mod:`cogsample.models.ulysses`) from now on; the outputs stay whole on every rank."""
+        if self.sequence is not None:
+            raise RuntimeError("this network is already sequence-parallel")
+        self.sequence = SequenceParallel(group, rank, size).attach(self.transformer)
+        return self.sequence
 
     def timestep(self, t: Tensor | float, n: int) -> Tensor:
         """``t`` as an ``(n,)`` float32 tensor on the transformer's device.
@@ -395,6 +409,7 @@ def _info(root: Path, configs: dict[str, dict[str, Any]]) -> ModelInfo:
         max_height=None if p_t is None else max_h,
         max_width=None if p_t is None else max_w,
         image_short_side=I2V_SHORT_SIDE_15 if p_t is not None and i2v else None,
+        attention_heads=int(tc.get("num_attention_heads", 30)),
     )
 
 

@@ -145,6 +145,7 @@ def trained_info(i2v: bool = False) -> ModelInfo:
         width=WIDTH,
         scheduler=None,
         extra={"fps": 8, "clips": len(FAMILY), "context_dim": TEXT_DIM, "tau": DEFAULT_TAU, "weights": "trained"},
+        attention_heads=int(TRANSFORMER_CONFIG["num_attention_heads"]),
         fixed_size=f"the trained built-in model (trained at {FRAMES} frames of {HEIGHT}x{WIDTH} px only)",
     )
 

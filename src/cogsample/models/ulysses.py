@@ -90,6 +90,12 @@ class SequenceParallel:
         self.transformer = transformer
         return self
 
+    def all_reduce(self, t: Tensor) -> Tensor:
+        """``t`` summed over the group (a copy; e.g. a step cache's indicator over the shards)."""
+        t = t.clone()
+        torch.distributed.all_reduce(t, group=self.group)
+        return t
+
     def detach(self) -> nn.Module:
         transformer = self.transformer
         if transformer is None:

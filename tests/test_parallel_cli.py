@@ -1,0 +1,97 @@
+"""``cogsample generate --parallel`` on the built-in model, for real under torchrun (gloo): CFG
+parallel gives one process's bytes, a world of several video groups shares the batch, a rerun
+resumes, and what cannot run is refused before any work."""
+
+import json
+import sys
+
+import pytest
+from processes import run_bounded, torchrun
+
+SIZE = ["--frames", "17", "--height", "96", "--width", "128", "--steps", "10"]
+BATCH = [
+    {"prompt": "a red ball bouncing", "seed": 7},
+    {"prompt": "a yellow square rotating", "fast": True},
+    {"prompt": "a green triangle sliding", "steps": 8, "cfg_interval": [0.4, 1]},
+    {"prompt": "a purple circle growing", "guidance": "none"},
+]
+
+
+@pytest.fixture
+def batch(tmp_path):
+    f = tmp_path / "batch.jsonl"
+    f.write_text("".join(json.dumps(e) + "\n" for e in BATCH))
+    return f
+
+
+def _args(*args):
+    return ["generate", *SIZE, "--quiet", *args]
+
+
+def _generate(*args):
+    return [sys.executable, "-m", "cogsample", *_args(*args)]
+
+
+def _files(out):
+    return {p.name: p.read_bytes() for p in out.iterdir() if not p.name.endswith(".json")}
+
+
+@pytest.fixture
+def reference(tmp_path, batch):
+    out = tmp_path / "single"
+    rc, stdout, err = run_bounded(_generate("--prompts-file", str(batch), "--out", str(out)))
+    assert rc == 0, err
+    return out, stdout
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_cfg_parallel_gives_one_process_bytes(tmp_path, batch, reference, ranks):
+    ref, ref_paths = reference
+    out = tmp_path / f"par{ranks}"
+    cmd = torchrun(ranks, "-m", "cogsample", *_args("--prompts-file", str(batch), "--out", str(out)))
+    rc, stdout, err = run_bounded([*cmd, "--parallel", "cfg=2"])
+    assert rc == 0, err[-3000:]
+    # the exact model's network works row by row: the same bits, mp4 bytes included
+    assert _files(out) == _files(ref)
+    assert sorted(stdout.replace(str(out), "").split()) == sorted(ref_paths.replace(str(ref), "").split())
+    groups = {}
+    for meta in out.glob("*.json"):
+        m = json.loads(meta.read_text())
+        assert m["parallel"] == {"cfg": 2, "ulysses": 1} and m["world_size"] == ranks
+        groups[m["prompt"]] = m["video_group"]
+    # two video groups of two ranks (4 ranks) share the batch: group g makes videos g, g + 2
+    assert groups == {e["prompt"]: k % (ranks // 2) for k, e in enumerate(BATCH)}
+    # a rerun finds every video finished and prints the paths again
+    rc, again, err = run_bounded([*cmd, "--parallel", "cfg=2"])
+    assert rc == 0 and sorted(again.split()) == sorted(stdout.split()), err[-3000:]
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--parallel", "cfg=2"], "makes each video on 2 processes: run it as torchrun --nproc-per-node 2"),
+        (["--parallel", "cfg=3"], "cfg must be 1 or 2"),
+        (["--parallel", "cfg=2", "--ray"], "does not go with --ray"),
+    ],
+)
+def test_what_cannot_run_is_refused_first(tmp_path, args, match):
+    rc, stdout, err = run_bounded(_generate("--prompt", "a red ball", "--out", str(tmp_path / "o"), *args))
+    assert rc == 2 and match in err and stdout == "", err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_ulysses_needs_a_transformer():
+    from cogsample.models import inspect
+    from cogsample.parallel import ParallelConfig
+    from cogsample.pipeline import check_parallel
+
+    check_parallel(ParallelConfig(2, 1), inspect("builtin"))
+    with pytest.raises(ValueError, match=r"has none .*use --parallel cfg=2"):
+        check_parallel(ParallelConfig(1, 2), inspect("builtin"))
+    check_parallel(ParallelConfig(2, 4), inspect("builtin-trained"))  # 4 heads
+
+
+def test_a_world_that_does_not_split_into_groups_is_refused(tmp_path):
+    cmd = torchrun(2, "-m", "cogsample", *_args("--prompt", "a red ball", "--out", str(tmp_path / "o")))
+    rc, _, err = run_bounded([*cmd, "--parallel", "cfg=2,ulysses=2"])
+    assert rc != 0 and "needs 4 processes per video (or a multiple), but WORLD_SIZE is 2" in err
