@@ -430,7 +430,11 @@ def run_bench(
         except ImportError as e:
             res["speed"] = {"skipped": f"needs diffusers ({e})"}
         else:
+            from .parallel import parallel_speed
+
             res["speed"] = run_speed(quick=quick)
+            say("time per step against ranks (--parallel, torchrun)")
+            res["speed"]["parallel"] = parallel_speed(quick=quick)
         res["speed"]["seconds"] = time.perf_counter() - t
     res["seconds"] = time.perf_counter() - start
     bad = _finite(res)
@@ -556,6 +560,15 @@ def table(res: dict[str, Any]) -> str:
             f"diffusers profile {big['diffusers']['overhead_ms']['median']:.1f} ms, diffusers' own loop "
             f"{big['diffusers_overhead_ms']['median']:.1f} ms per step"
         )
+    par = speed.get("parallel", {})
+    if "rows" in par:
+        lines.append(f"time per step against ranks ({par['setup']['what']}, {par['setup']['device']}):")
+        for r in par["rows"]:
+            if "ms_per_step" in r:
+                lines.append(
+                    f"  {r['ranks']} rank(s) {r['parallel'] or 'one process':16s} {r['ms_per_step']['median']:8.1f} ms "
+                    f"(x{r['speedup']:.2f}), latents within {r['max_rel_diff']:.1e} of one rank's"
+                )
     comp = speed.get("compile", {})
     if "speedup" in comp:
         lines.append(f"torch.compile (tiny transformer): x{comp['speedup']:.2f} per step")
