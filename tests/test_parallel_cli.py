@@ -95,3 +95,35 @@ def test_a_world_that_does_not_split_into_groups_is_refused(tmp_path):
     cmd = torchrun(2, "-m", "cogsample", *_args("--prompt", "a red ball", "--out", str(tmp_path / "o")))
     rc, _, err = run_bounded([*cmd, "--parallel", "cfg=2,ulysses=2"])
     assert rc != 0 and "needs 4 processes per video (or a multiple), but WORLD_SIZE is 2" in err
+
+
+def test_ctrl_c_stops_the_group_and_a_rerun_resumes(tmp_path, batch):
+    """SIGINT to the whole foreground group (what Ctrl-C does) once the first video is out: one
+    report from the leader, no temporary file left, and the rerun makes the rest as one process."""
+    import os
+    import re
+    import signal
+
+    from processes import started
+
+    slow = ["generate", "--frames", "9", "--height", "64", "--width", "96", "--steps", "1000", "--quiet"]
+    ref = tmp_path / "single"
+    rc, _, err = run_bounded(
+        [sys.executable, "-m", "cogsample", *slow, "--prompts-file", str(batch), "--out", str(ref)]
+    )
+    assert rc == 0, err
+    out = tmp_path / "par"
+    cmd = torchrun(2, "-m", "cogsample", *slow, "--prompts-file", str(batch), "--out", str(out), "--parallel", "cfg=2")
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1"}
+    with started(cmd, env=env) as proc:
+        first = proc.stdout.readline()
+        assert first.strip().endswith(".mp4"), proc.stderr.read()[-3000:]
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    reports = re.findall(r"interrupted: (\d) of (\d) videos finished", stderr)
+    assert len(reports) == 1 and int(reports[0][0]) < int(reports[0][1]) == len(BATCH), stderr[-3000:]
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".") and not p.name.endswith(".lock")]
+    rc, _, err = run_bounded([*cmd])
+    assert rc == 0, err[-3000:]
+    assert _files(out) == _files(ref)

@@ -298,9 +298,14 @@ def run_batch(
         return []
     steps = _Steps(group)
     try:
-        return _run_batch(items, out, pipeline, overwrite, run, on_result, progress, log, steps)
-    finally:
-        steps.end()
+        results = _run_batch(items, out, pipeline, overwrite, run, on_result, progress, log, steps)
+    except Interrupted:
+        raise  # a signal reaches every rank of the group (the launcher's): none waits for the end
+    except BaseException:
+        steps.end(failing=True)
+        raise
+    steps.end()
+    return results
 
 
 class _Steps:
@@ -317,9 +322,14 @@ class _Steps:
         if not self.ended:
             self.group.send(msg)
 
-    def end(self) -> None:
+    def end(self, failing: bool = False) -> None:
         if not self.ended and not self.in_video:
-            self.group.send(("end",))
+            try:
+                self.group.send(("end",))
+            except RuntimeError:
+                if not failing:
+                    raise
+                # the others are gone already: the error that brought us here is the one to report
         self.ended = True
 
 

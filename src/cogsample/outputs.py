@@ -12,6 +12,7 @@ import json
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -126,6 +127,56 @@ def rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
     return np.concatenate(planes).astype(np.uint8)
 
 
+#: glibc's ``mallopt`` parameter that fills each new (and each freed) heap block with a set byte.
+_M_PERTURB = -6
+_PERTURB_BYTE = 85
+
+
+@contextmanager
+def _defined_heap() -> Iterator[None]:
+    """Within the block, every heap block glibc hands out holds a set byte, not what was there.
+
+    x264 (through libav) reads some heap bytes it never wrote: measured, the same frames gave other
+    mp4 bytes as a process's first encode than as its later ones, and others again under another
+    ``MALLOC_PERTURB_``; with the heap's new blocks defined, every encode gives the same bytes,
+    whatever the process did before. Elsewhere than glibc nothing changes."""
+    global _MALLOPT
+    if _MALLOPT is None:
+        try:
+            import ctypes
+
+            _MALLOPT = ctypes.CDLL("libc.so.6").mallopt
+        except (OSError, AttributeError):
+            _MALLOPT = False
+    if not _MALLOPT:
+        yield
+        return
+    with _PERTURB_LOCK:  # process-wide: one encode at a time sets and restores it
+        _MALLOPT(_M_PERTURB, _PERTURB_BYTE)
+        try:
+            yield
+        finally:
+            _MALLOPT(_M_PERTURB, 0)
+
+
+_MALLOPT: Any = None
+_PERTURB_LOCK = threading.Lock()
+
+
+def _yuv420p_frame(av: Any, yuv: np.ndarray, w: int, h: int) -> Any:
+    """A libav ``yuv420p`` frame of ``yuv`` (:func:`rgb_to_yuv420p`'s layout) whose every byte is
+    set, row padding included (each row's last sample repeated): libav leaves the padding of a new
+    frame uninitialised and x264 reads some of it, which made the bytes of an mp4 depend on what
+    the process had allocated before (measured: a process's first encode differed from its later
+    ones of the same frames)."""
+    frame = av.VideoFrame(w, h, "yuv420p")
+    planes = (yuv[:h], yuv[h : h + h // 4].reshape(h // 2, w // 2), yuv[h + h // 4 :].reshape(h // 2, w // 2))
+    for plane, data in zip(frame.planes, planes, strict=True):
+        rows, line = plane.buffer_size // plane.line_size, plane.line_size
+        plane.update(np.pad(data, ((0, rows - data.shape[0]), (0, line - data.shape[1])), mode="edge").tobytes())
+    return frame
+
+
 def write_mp4(dest: Path, frames: np.ndarray, fps: int, crf: int = 17) -> None:
     """H.264 (yuv420p, so every player takes it; BT.601 limited range, tagged) via PyAV.
     ``frames``: ``(F, H, W, 3)`` uint8. The same frames give the same bytes on any processor:
@@ -136,15 +187,16 @@ def write_mp4(dest: Path, frames: np.ndarray, fps: int, crf: int = 17) -> None:
     _, h, w, _ = frames.shape
     if h % 2 or w % 2:
         raise ValueError(f"H.264 needs an even frame size, got {w}x{h}")
-    with atomic_path(dest) as tmp:
+    with atomic_path(dest) as tmp, _defined_heap():
         with av.open(str(tmp), mode="w", format="mp4") as container:
             stream = container.add_stream("libx264", rate=fps)
             stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
             stream.codec_context.colorspace = av.video.reformatter.Colorspace.ITU601
             stream.codec_context.color_range = av.video.reformatter.ColorRange.MPEG
             stream.options = {"crf": str(crf), **X264_OPTIONS}
-            for rgb in frames:
-                frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(rgb), format="yuv420p")
+            for i, rgb in enumerate(frames):
+                frame = _yuv420p_frame(av, rgb_to_yuv420p(rgb), w, h)
+                frame.pts = i
                 frame.colorspace = av.video.reformatter.Colorspace.ITU601
                 frame.color_range = av.video.reformatter.ColorRange.MPEG
                 for packet in stream.encode(frame):
