@@ -127,3 +127,21 @@ def test_ctrl_c_stops_the_group_and_a_rerun_resumes(tmp_path, batch):
     rc, _, err = run_bounded([*cmd])
     assert rc == 0, err[-3000:]
     assert _files(out) == _files(ref)
+
+
+def test_ulysses_on_the_trained_model_equals_one_process(tmp_path):
+    pytest.importorskip("diffusers")
+    from safetensors.torch import load_file
+
+    args = ["generate", "--model", "builtin-trained", "--prompt", "a red ball bouncing on a black background"]
+    args += ["--steps", "8", "--quiet"]
+    single, par = tmp_path / "single", tmp_path / "par"
+    rc, _, err = run_bounded([sys.executable, "-m", "cogsample", *args, "--out", str(single)])
+    assert rc == 0, err
+    cmd = torchrun(4, "-m", "cogsample", *args, "--out", str(par), "--parallel", "cfg=2,ulysses=2")
+    rc, _, err = run_bounded(cmd)
+    assert rc == 0, err[-3000:]
+    (a,) = single.glob("*.latents.safetensors")
+    b = par / a.name
+    x, y = load_file(str(a))["latents"], load_file(str(b))["latents"]
+    assert (x - y).abs().max() <= 1e-5 * max(1.0, x.abs().max().item())
