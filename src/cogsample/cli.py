@@ -222,6 +222,11 @@ def _generate(args: argparse.Namespace) -> int:
     if args.quiet and base.model not in ("builtin", "builtin-i2v"):
         _quiet_libraries()
     mine = launch.share(items) if groups is None else items[groups.group :: groups.groups]
+    if groups is not None and groups.config.cfg > 1 and groups.leader:
+        from .guidance import NoGuidance
+
+        if all(isinstance(item.plan.sampling.guidance, NoGuidance) for item in mine):
+            log("warning: --parallel cfg=2 without guidance: the unconditional rank only waits (use ulysses instead)")
     if args.ray is None and groups is not None:
         first = (mine or items)[0].plan
         log(
