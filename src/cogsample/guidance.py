@@ -179,6 +179,10 @@ class Conditioning:
     image_latents: Tensor | None = None
     ofs: Tensor | None = None
 
+    def uncond(self) -> Tensor:
+        """The unconditional branch's context: ``uncond_context``, or zeros of the context's shape."""
+        return self.uncond_context if self.uncond_context is not None else torch.zeros_like(self.context)
+
 
 class Branches:
     """How a guided call evaluates ``fn(x, level, context, image_latents, ofs)`` for its branches,
@@ -198,8 +202,7 @@ class BatchedBranches(Branches):
 
     def __init__(self, cond: Conditioning):
         self.cond = cond
-        uncond = cond.uncond_context if cond.uncond_context is not None else torch.zeros_like(cond.context)
-        self._context2 = torch.cat([uncond, cond.context])
+        self._context2 = torch.cat([cond.uncond(), cond.context])
         img = cond.image_latents
         self._image2 = None if img is None else torch.cat([img, img])
 

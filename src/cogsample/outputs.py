@@ -163,20 +163,6 @@ _MALLOPT: Any = None
 _PERTURB_LOCK = threading.Lock()
 
 
-def _yuv420p_frame(av: Any, yuv: np.ndarray, w: int, h: int) -> Any:
-    """A libav ``yuv420p`` frame of ``yuv`` (:func:`rgb_to_yuv420p`'s layout) whose every byte is
-    set, row padding included (each row's last sample repeated): libav leaves the padding of a new
-    frame uninitialised and x264 reads some of it, which made the bytes of an mp4 depend on what
-    the process had allocated before (measured: a process's first encode differed from its later
-    ones of the same frames)."""
-    frame = av.VideoFrame(w, h, "yuv420p")
-    planes = (yuv[:h], yuv[h : h + h // 4].reshape(h // 2, w // 2), yuv[h + h // 4 :].reshape(h // 2, w // 2))
-    for plane, data in zip(frame.planes, planes, strict=True):
-        rows, line = plane.buffer_size // plane.line_size, plane.line_size
-        plane.update(np.pad(data, ((0, rows - data.shape[0]), (0, line - data.shape[1])), mode="edge").tobytes())
-    return frame
-
-
 def write_mp4(dest: Path, frames: np.ndarray, fps: int, crf: int = 17) -> None:
     """H.264 (yuv420p, so every player takes it; BT.601 limited range, tagged) via PyAV.
     ``frames``: ``(F, H, W, 3)`` uint8. The same frames give the same bytes on any processor:
@@ -194,9 +180,8 @@ def write_mp4(dest: Path, frames: np.ndarray, fps: int, crf: int = 17) -> None:
             stream.codec_context.colorspace = av.video.reformatter.Colorspace.ITU601
             stream.codec_context.color_range = av.video.reformatter.ColorRange.MPEG
             stream.options = {"crf": str(crf), **X264_OPTIONS}
-            for i, rgb in enumerate(frames):
-                frame = _yuv420p_frame(av, rgb_to_yuv420p(rgb), w, h)
-                frame.pts = i
+            for rgb in frames:
+                frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(rgb), format="yuv420p")
                 frame.colorspace = av.video.reformatter.Colorspace.ITU601
                 frame.color_range = av.video.reformatter.ColorRange.MPEG
                 for packet in stream.encode(frame):

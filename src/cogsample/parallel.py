@@ -20,6 +20,7 @@ sampler's state, its noise draws and its result are the same bits on every rank 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -152,14 +153,6 @@ class ParallelGroups:
                     mine.update(seq_ranks=seq, seq_group=handle, seq_rank=seq.index(rank))
         return cls(config=config, rank=rank, world_size=world, groups=world // d, **mine)
 
-    def describe(self) -> str:
-        parts = [f"rank {self.rank} of {self.world_size}: video group {self.group} of {self.groups} ({self.config})"]
-        if self.config.cfg > 1:
-            parts.append(f"CFG branch {'conditional' if self.cfg_index else 'unconditional'}")
-        if self.config.ulysses > 1:
-            parts.append(f"sequence shard {self.seq_rank} of {self.config.ulysses}")
-        return ", ".join(parts)
-
     def cfg_parallel(self) -> CFGParallel | None:
         """The branch runner for :class:`~cogsample.guidance.GuidedModel` (None with ``cfg=1``)."""
         if self.config.cfg == 1:
@@ -217,8 +210,7 @@ class _CFGParallelBranches(Branches):
     def __init__(self, cfg: CFGParallel, cond: Conditioning):
         self.cfg = cfg
         self.cond = cond
-        uncond = cond.uncond_context if cond.uncond_context is not None else torch.zeros_like(cond.context)
-        self.mine = uncond if cfg.index == 0 else cond.context
+        self.mine = cond.uncond() if cfg.index == 0 else cond.context
 
     def both(self, fn: Callable[..., Tensor], x: Tensor, level: Level) -> tuple[Tensor, Tensor]:
         c = self.cond
@@ -266,7 +258,7 @@ def sequence_to_heads(x: Tensor, sizes: Sequence[int], group: Any) -> Tensor:
         raise ValueError(f"sequence_to_heads: {heads} heads over {u} ranks, shard {s_r} of sizes {list(sizes)}")
     h = heads // u
     send = torch.cat([x[..., j * h : (j + 1) * h, :, :].reshape(-1) for j in range(u)])
-    per_token = _prod(lead) * h * d
+    per_token = math.prod(lead) * h * d
     recv = send.new_empty(per_token * sum(sizes))
     dist.all_to_all_single(
         recv,
@@ -286,7 +278,7 @@ def heads_to_sequence(y: Tensor, sizes: Sequence[int], group: Any) -> Tensor:
     if s != sum(sizes):
         raise ValueError(f"heads_to_sequence: {s} tokens, shards {list(sizes)}")
     send = torch.cat([p.reshape(-1) for p in y.split(list(sizes), dim=-2)])
-    per_token = _prod(lead) * h * d
+    per_token = math.prod(lead) * h * d
     recv = send.new_empty(per_token * sizes[r] * u)
     dist.all_to_all_single(
         recv,
@@ -314,10 +306,3 @@ def gather_sequence(x: Tensor, sizes: Sequence[int], group: Any, dim: int = 1) -
     parts = [torch.empty_like(x) for _ in sizes]
     dist.all_gather(parts, x.contiguous(), group=group)
     return torch.cat([p.narrow(dim, 0, n) for p, n in zip(parts, sizes, strict=True)], dim=dim)
-
-
-def _prod(xs: Sequence[int]) -> int:
-    n = 1
-    for v in xs:
-        n *= v
-    return n

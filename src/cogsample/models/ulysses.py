@@ -46,7 +46,7 @@ class SequenceParallel:
 
     ``attach(transformer)`` installs the hooks and :class:`UlyssesAttention` processors;
     ``detach()`` restores the processors it replaced. State between the hooks of one forward: the
-    text length and the shard sizes (set by the patch-embedding hook)."""
+    shard sizes (set by the patch-embedding hook)."""
 
     def __init__(self, group: Any, rank: int, size: int):
         if size < 2 or not 0 <= rank < size:
@@ -57,7 +57,6 @@ class SequenceParallel:
         self.transformer: nn.Module | None = None
         self._handles: list[Any] = []
         self._processors: list[tuple[nn.Module, Any]] = []
-        self.text_len = 0
         self.sizes: list[int] = []
 
     @property
@@ -113,7 +112,7 @@ class SequenceParallel:
         video = output.shape[1] - text_len
         if video < self.size:
             raise ValueError(f"ulysses={self.size}: the latent has only {video} video tokens, fewer than the ranks")
-        self.text_len, self.sizes = text_len, shard_sizes(video, self.size)
+        self.sizes = shard_sizes(video, self.size)
         start, n = text_len + self.offset, self.sizes[self.rank]
         return torch.cat([output[:, :text_len], output[:, start : start + n]], dim=1)
 
@@ -122,7 +121,7 @@ class SequenceParallel:
         n = self.sizes[self.rank]
         if hidden.shape[1] == n:
             return (gather_sequence(hidden, self.sizes, self.group),)
-        # diffusers versions that normalise [text; video] together (rotary models, before 0.32)
+        # a transformer that normalises [text; video] together (as diffusers once did for rotary models)
         text = hidden[:, : hidden.shape[1] - n]
         return (torch.cat([text, gather_sequence(hidden[:, text.shape[1] :], self.sizes, self.group)], dim=1),)
 
