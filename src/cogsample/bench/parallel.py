@@ -12,7 +12,6 @@ CogVideoX-5B's shape (random weights, bf16, 49 frames at 480 x 720): what a mult
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import statistics
@@ -96,7 +95,7 @@ def _worker(out: str, spec: str | None, steps: int) -> None:
     from ..parallel import ParallelConfig, ParallelGroups, init_parallel
     from ..sampling import SamplingConfig, build_model, release
     from .common import BENCH_SIZE
-    from .speed import COGVIDEOX_5B_TRANSFORMER
+    from .speed import COGVIDEOX_5B_TRANSFORMER, _step_times, _sync
 
     launch = Launch.from_env()
     cuda = torch.cuda.is_available() and torch.cuda.device_count() >= launch.world_size
@@ -134,16 +133,14 @@ def _worker(out: str, spec: str | None, steps: int) -> None:
         stamps: list[float] = []
 
         def tick(*_a: Any) -> None:
-            if cuda:
-                torch.cuda.synchronize(device)
+            _sync(device)
             stamps.append(time.perf_counter())
 
         start = time.perf_counter()
         with torch.inference_mode():
             x = config.spec.fn(model, x0.clone(), grid, SeededNoise.from_seed(3, 1), callback=tick)
         release(model)
-        ends = [start, *stamps]
-        return x, [1000 * (b - a) for a, b in itertools.pairwise(ends)]
+        return x, [1000 * t for t in _step_times(start, stamps)]
 
     run(2)  # warm-up: kernels, allocator, the rotary table
     latents, step_ms = run(steps)
