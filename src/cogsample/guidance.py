@@ -228,6 +228,8 @@ class GuidedModel:
     alone on steps whose scale is exactly 1, where ``u + 1 (c - u)`` is ``c`` up to one rounding
     (off by default: the reference evaluates the full batch). ``branches``: where the branches
     run, anything with ``bind(cond) -> Branches`` (None: :class:`BatchedBranches`, one batch).
+    ``windows``: network calls per branch per call (context windows: one per window), what
+    :attr:`forwards` counts.
     """
 
     def __init__(
@@ -243,6 +245,7 @@ class GuidedModel:
         output: Literal["x0", "v"] = "x0",
         skip_unit_scale: bool = False,
         branches: Any = None,
+        windows: int = 1,
     ):
         if output not in ("x0", "v"):
             raise ValueError(f"output must be 'x0' or 'v', got {output!r}")
@@ -255,7 +258,8 @@ class GuidedModel:
         scales = guidance_scales(guidance, timesteps, num_steps, requested_steps)
         self.step_scales = [None if skip_unit_scale and s == 1.0 else s for s in scales]
         self.branches: Branches = BatchedBranches(cond) if branches is None else branches.bind(cond)
-        #: network evaluations per sample so far: 2 for a guided call, 1 for a conditional-only one
+        self.windows = windows
+        #: network evaluations per sample so far: per window, 2 for a guided call, 1 for a conditional-only one
         self.forwards = 0
 
     def __call__(self, x: Tensor, level: Level) -> Tensor:
@@ -273,10 +277,10 @@ class GuidedModel:
         scale = self.step_scales[level.step]
         dtype = self.prediction_dtype
         if scale is None:
-            self.forwards += 1
+            self.forwards += self.windows
             out = self.branches.conditional(fn, x, level)
             return out if dtype is None else out.to(dtype)
-        self.forwards += 2
+        self.forwards += 2 * self.windows
         u, cnd = self.branches.both(fn, x, level)
         if dtype is not None:
             u, cnd = u.to(dtype), cnd.to(dtype)

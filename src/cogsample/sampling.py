@@ -19,6 +19,7 @@ from . import guidance as _guidance
 from . import scalings as _scalings
 from . import schedules as _schedules
 from .cache import CacheConfig, apply_cache
+from .context_windows import ContextWindows, WindowedNetwork
 from .denoiser import Denoiser, DenoiserConfig, Network
 from .guidance import Conditioning, DynamicCFG, Guidance, GuidedModel, guidance_scales
 from .noise import GlobalNoise, NoiseSource
@@ -58,6 +59,9 @@ class SamplingConfig:
     skip_unit_cfg: bool = False
     #: a step cache around the network (approximate; see :mod:`cogsample.cache`), None for none
     cache: CacheConfig | None = None
+    #: temporal context windows for latents longer than the network's length
+    #: (:mod:`cogsample.context_windows`), None: the network sees the whole latent
+    context: ContextWindows | None = None
 
     def __post_init__(self) -> None:
         spec = get_sampler(self.sampler)
@@ -75,6 +79,14 @@ class SamplingConfig:
             raise ValueError(f"skip_unit_cfg must be a bool, got {self.skip_unit_cfg!r}")
         if self.cache is not None and not isinstance(self.cache, CacheConfig):
             raise ValueError(f"cache must be a CacheConfig or None, got {self.cache!r}")
+        if self.context is not None and not isinstance(self.context, ContextWindows):
+            raise ValueError(f"context must be a ContextWindows or None, got {self.context!r}")
+        if self.context is not None and self.cache is not None and self.cache.kind == "first-block":
+            raise ValueError(
+                "cache kind 'first-block' compares each transformer call with the one before, which under "
+                "context windows is another window: use cache kind 'output' (it caches the blended output) "
+                "or no context windows"
+            )
 
     @property
     def spec(self) -> SamplerSpec:
@@ -84,9 +96,10 @@ class SamplingConfig:
         return self.schedule.grid(self.steps)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready description that :meth:`from_dict` turns back into an equal config."""
+        """A JSON-ready description that :meth:`from_dict` turns back into an equal config
+        (``context`` only where set, so a config without windows describes itself as before)."""
         d = self.denoiser
-        return {
+        out = {
             "sampler": self.sampler,
             "steps": self.steps,
             "schedule": _typed(self.schedule),
@@ -101,6 +114,9 @@ class SamplingConfig:
             "skip_unit_cfg": self.skip_unit_cfg,
             "cache": None if self.cache is None else self.cache.to_dict(),
         }
+        if self.context is not None:
+            out["context"] = self.context.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SamplingConfig:
@@ -119,6 +135,7 @@ class SamplingConfig:
             options={k: _from_json(v) for k, v in data.get("options", {}).items()},
             skip_unit_cfg=bool(data.get("skip_unit_cfg", False)),
             cache=None if data.get("cache") is None else CacheConfig(**data["cache"]),
+            context=None if data.get("context") is None else ContextWindows(**data["context"]),
         )
 
 
@@ -284,10 +301,16 @@ def build_model(
     x0, or the guided raw network output for samplers that consume it (``spec.consumes``).
     With ``config.cache`` the network goes behind a step cache: call :func:`release` after
     sampling (a first-block cache patches the transformer until then). ``branches``: where the
-    CFG branches run (:class:`~cogsample.guidance.GuidedModel`)."""
+    CFG branches run (:class:`~cogsample.guidance.GuidedModel`). With ``config.context`` the
+    network runs on context windows (:class:`~cogsample.context_windows.WindowedNetwork`, below
+    any output cache, which then sees the blended output)."""
     validate_inputs(x, cond)
     grid = config.grid()
     check_combination(config, grid)
+    windows = 1
+    if config.context is not None:
+        windows = config.context.count(x.shape[1])
+        network = WindowedNetwork(network, config.context)
     cache = None if config.cache is None else apply_cache(network, config.cache)
     if cache is not None:
         network = cache
@@ -302,6 +325,7 @@ def build_model(
         output=config.spec.consumes,
         skip_unit_scale=config.skip_unit_cfg,
         branches=branches,
+        windows=windows,
     )
     model.owned_cache = cache
     return model, grid
