@@ -7,7 +7,7 @@ import torch
 
 from cogsample import CFG, Conditioning, DenoiserConfig, DynamicCFG, SamplingConfig, SeededNoise, VideoScaling
 from cogsample.cache import CacheConfig
-from cogsample.context_windows import ContextWindows, WindowedNetwork, repeat_noise
+from cogsample.context_windows import ContextWindows, RepeatedNoise, WindowedNetwork, repeat_noise
 from cogsample.golden import ToyNetwork
 from cogsample.samplers import SAMPLERS
 from cogsample.sampling import build_model, sample
@@ -221,3 +221,34 @@ def test_repeat_noise_repeats_the_first_window_shuffled_and_reproducibly():
         assert len(set(block)) == len(block)
     short = torch.randn(1, 3, 16, 2, 2)
     assert torch.equal(repeat_noise(short, cw, torch.Generator().manual_seed(0)), short)
+
+
+def test_repeated_noise_maps_every_draw_alike():
+    cw = ContextWindows(3, 1)
+    src = RepeatedNoise(SeededNoise([5]), cw, torch.Generator().manual_seed(1))
+    x = src.initial((1, 8, 16, 2, 2))
+    d = src.draw(x)
+    plain = SeededNoise([5])
+    x0, d0 = plain.initial((1, 8, 16, 2, 2)), None
+    d0 = plain.draw(x0)
+    m = [next(k for k in range(3) if torch.equal(x[:, t], x0[:, k])) for t in range(8)]
+    assert m[:3] == [0, 1, 2]
+    assert all(torch.equal(d[:, t], d0[:, m[t]]) for t in range(8))
+
+
+def test_repeated_noise_changes_what_a_stochastic_sampler_makes():
+    # from zero SNR vpsde_dpmpp_2m forgets the initial noise: the in-loop draws must repeat too
+    x, cond = _inputs(t=7)
+    cfg = _config("vpsde_dpmpp_2m", context=ContextWindows(3, 1))
+
+    def net(x_in, t, context, ofs=None):  # the exact denoiser of x0 = 0.5 + context: blind to x at alpha = 0
+        a = ZeroSNRDDPM(1.0).table(1000)[t.long()].view(-1, 1, 1, 1, 1)
+        x0 = 0.5 + context.mean(dim=(1, 2)).view(-1, 1, 1, 1, 1)
+        return (a * x_in[:, :, :16] - x0) / (1 - a * a).clamp_min(1e-12).sqrt()
+
+    plain = sample(net, x, cond, cfg, noise=SeededNoise([1, 2]))
+    other_start = sample(net, torch.randn_like(x), cond, cfg, noise=SeededNoise([1, 2]))
+    assert torch.equal(plain, other_start)
+    rep = RepeatedNoise(SeededNoise([1, 2]), cfg.context, torch.Generator().manual_seed(0))
+    repeated = sample(net, rep.initial(x.shape), cond, cfg, noise=rep)
+    assert not torch.equal(repeated, plain) and torch.isfinite(repeated).all()

@@ -17,23 +17,25 @@ step see one network: the blend happens on every call. The I2V image latent trav
 channel axis and is sliced with ``x``, so only the window holding frame 0 sees the image (the
 others get the zeros that follow it, the text-to-video input); ``ofs`` goes to that window alone.
 
-:func:`repeat_noise` is FreeNoise's noise rescheduling: the initial noise of every frame after the
-first window is a shuffled repeat of the first window's frames, so the windows start from related
-noise and agree more across their seams.
+:func:`repeat_noise` is FreeNoise's noise rescheduling: the noise of every frame after the first
+window is a shuffled repeat of the first window's frames, so the windows start from related noise
+and agree more across their seams; :class:`RepeatedNoise` does it to every draw of a noise source
+(the initial latent and a stochastic sampler's fresh noise alike).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 
 from .denoiser import Network
+from .noise import NoiseSource
 
 Tensor = torch.Tensor
 
-__all__ = ["ContextWindows", "WindowedNetwork", "repeat_noise"]
+__all__ = ["ContextWindows", "RepeatedNoise", "WindowedNetwork", "repeat_map", "repeat_noise"]
 
 
 @dataclass(frozen=True)
@@ -144,16 +146,53 @@ class WindowedNetwork:
         return out.to(first.dtype)
 
 
-def repeat_noise(x: Tensor, windows: ContextWindows, generator: torch.Generator) -> Tensor:
-    """FreeNoise-style initial noise: ``x (B, T, C, h, w)`` with frames ``F ..`` replaced, ``S``
-    frames at a time (``S = frames - overlap``), by the first window's frames in an order drawn
-    from ``generator`` (``randperm(F)[:S]``, one draw per block, on the CPU: the same on every
-    machine). The first window is kept; a latent of at most ``F`` frames comes back unchanged.
-    Returns a new tensor."""
-    f, length = windows.frames, x.shape[1]
-    out = x.clone()
+def repeat_map(length: int, windows: ContextWindows, generator: torch.Generator) -> Tensor:
+    """FreeNoise's frame map ``(length,)`` int64: frame ``t`` takes the noise of frame ``m[t]``.
+    The first window is itself (``m[t] = t`` for ``t < F``); after it, block by block of ``S``
+    frames (``S = frames - overlap``), ``m`` is the first window's frames in an order drawn from
+    ``generator`` (``randperm(F)[:S]``, one draw per block, on the CPU: the same on every machine)."""
+    f = windows.frames
+    m = list(range(min(f, length)))
     for a in range(f, length, windows.stride):
         n = min(windows.stride, length - a)
-        order = torch.randperm(f, generator=generator)[:n].to(x.device)
-        out[:, a : a + n] = x[:, :f].index_select(1, order)
-    return out
+        m += torch.randperm(f, generator=generator)[:n].tolist()
+    return torch.tensor(m, dtype=torch.int64)
+
+
+def repeat_noise(x: Tensor, windows: ContextWindows, generator: torch.Generator) -> Tensor:
+    """FreeNoise-style initial noise: ``x (B, T, C, h, w)`` with frame ``t`` replaced by frame
+    ``m[t]`` of :func:`repeat_map` (a latent of at most ``F`` frames comes back unchanged).
+    Returns a new tensor."""
+    return x.index_select(1, repeat_map(x.shape[1], windows, generator).to(x.device))
+
+
+class RepeatedNoise(NoiseSource):
+    """A noise source whose every tensor (the initial latent and each in-loop draw) is
+    :func:`repeat_noise`'d with one frame map per source, drawn from ``generator`` at the first
+    use: with a stochastic sampler the later windows' fresh noise is also the first window's,
+    shuffled, at every step (from zero terminal SNR the SDE samplers keep none of the initial
+    noise past the first step, where only the network's prediction sees it: repeating it alone
+    would change next to nothing). ``discard`` passes through."""
+
+    def __init__(self, source: NoiseSource, windows: ContextWindows, generator: torch.Generator):
+        self.source = source
+        self.windows = windows
+        self.generator = generator
+        self._map: Tensor | None = None
+
+    def repeat(self, x: Tensor) -> Tensor:
+        """``x (B, T, ...)`` through this source's frame map (drawn at the first use)."""
+        if self._map is None or self._map.numel() != x.shape[1]:
+            self._map = repeat_map(x.shape[1], self.windows, self.generator)
+        if self._map.device != x.device:
+            self._map = self._map.to(x.device)
+        return x.index_select(1, self._map)
+
+    def initial(self, shape: Sequence[int], dtype: torch.dtype = torch.float32, device=None) -> Tensor:
+        return self.repeat(self.source.initial(shape, dtype=dtype, device=device))
+
+    def draw(self, like: Tensor) -> Tensor:
+        return self.repeat(self.source.draw(like))
+
+    def discard(self, like: Tensor) -> None:
+        self.source.discard(like)
