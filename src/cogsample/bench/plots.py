@@ -6,7 +6,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_loss", "plot_ode_error", "plot_quality"]
+__all__ = ["plot_long_video", "plot_loss", "plot_ode_error", "plot_quality"]
 
 
 def _pyplot() -> Any:
@@ -82,6 +82,48 @@ def plot_ode_error(quality: dict[str, Any], path: Path) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title("deterministic samplers: error against the ODE solution from the same noise", fontsize=10)
+    path = _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def plot_long_video(section: dict[str, Any], path: Path) -> Path:
+    """The long-video section: ``on_clip``, ``within_clip`` and ``seam_agreement`` per sampled
+    configuration, one bar per seed set, with the ``data`` (true samples) and ``native`` (the model
+    at its own length) rows' figures, averaged over the seed sets, as reference lines."""
+    plt = _pyplot()
+    runs = section["runs"]
+    refs = ("data", "native")
+    names = [r["config"] for r in runs[0]["rows"] if r["config"] not in refs]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5))
+    width = 0.8 / len(runs)
+    keys = (
+        ("on_clip", "on_clip (nearest long clip allowed)"),
+        ("within_clip", "within_clip (RMS distance to nearest clip / tau)"),
+        ("seam_agreement", "seam_agreement (neighbouring segments, same clip)"),
+    )
+    for ax, (key, label) in zip(axes, keys, strict=True):
+        for i, run in enumerate(runs):
+            rows = {r["config"]: r for r in run["rows"]}
+            ys = [rows[n][key] if rows[n][key] is not None else float("nan") for n in names]
+            xs = [j + (i - (len(runs) - 1) / 2) * width for j in range(len(names))]
+            ax.bar(xs, ys, width, label=f"seed set {run['seed']}")
+        for ref, style in zip(refs, ("-", "--"), strict=True):
+            vals = [r[key] for run in runs for r in run["rows"] if r["config"] == ref and r[key] is not None]
+            if vals:
+                ax.axhline(sum(vals) / len(vals), color="k", ls=style, lw=1, label=f"{ref} (mean of seed sets)")
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=35, ha="right", fontsize=8)
+        ax.set_ylabel(label, fontsize=9)
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0].legend(fontsize=7, loc="lower right")
+    su, rec = section["setup"], section["recommendation"]
+    fig.suptitle(
+        f"{su['model']} at {su['frames']} frames ({su['latent_frames']} latent, native {su['native_latent_frames']}), "
+        f"{su['samples']} samples x {len(runs)} seed sets, {su['steps']} steps: "
+        f"recommendation {rec['config'] or 'none'}",
+        fontsize=10,
+    )
     path = _save(fig, path)
     plt.close(fig)
     return path

@@ -1,0 +1,335 @@
+"""Long videos in temporal context windows, on the trained model, scored against the true long clips.
+
+The trained built-in model learned 9-frame clips (3 latent frames) at 64 x 96 px. Its data family
+renders any clip over normalized time, so the true distribution at any length is known: at
+``T`` latent frames, ``p(x0 | prompt) = sum_k w_k N(mu_k, tau^2 I)`` with ``mu_k`` the clip latents
+at ``T`` (``d`` values each) and ``w`` uniform over the clips the prompt allows. This section
+samples text-to-video at :data:`LENGTH` = 12 latent frames (45 frames, 4x the native length) with
+the reference default sampler (:func:`~cogsample.bench.quality.reference_default`, DynamicCFG) in
+each configuration:
+
+* ``whole``: no windows, the network sees all 12 latent frames at once;
+* ``overlap{o}``: windows of the native 3 frames, neighbours sharing ``o`` = 0, 1, 2 of them
+  (:class:`~cogsample.context_windows.ContextWindows`); ``overlap{o}/noise_repeat`` the same from
+  FreeNoise's repeated initial noise (:func:`~cogsample.context_windows.repeat_noise`, the same
+  draws);
+
+and scores two calibration rows alike: ``data`` (true samples ``mu_k + tau z``, ``k ~ w``) and
+``native`` (the model at its own 3 frames, scored against the 3-frame clips: what it does at home).
+For samples ``x`` the figures are (``k* = argmin_k |x - mu_k|^2`` over all clips):
+
+* ``on_clip``: the share of samples whose ``k*`` is a clip the prompt allows;
+* ``within_clip``: ``mean sqrt(|x - mu_k*|^2 / (d tau^2))``, the RMS distance to the nearest clip in
+  units of ``tau`` (about 1 for a true sample; above it: off any clip, below: too little noise);
+* ``seam_agreement``: the 12 frames split into native-length segments ``[0, 3), [3, 6), ...``; each
+  segment's nearest clip ``k*_s`` is found on that segment's frames alone; the share of adjacent
+  segment pairs (over samples and the 3 seams) with ``k*_s = k*_{s+1}``: do neighbouring windows tell
+  the same long clip (null where there is one segment);
+* ``seam_gap`` (windows with overlap only, else null): at the run's last network call, for each
+  pair of neighbouring windows ``j, j+1`` and the frames they share, the raw outputs ``o_j, o_{j+1}``
+  (both CFG branches); ``sqrt(sum |o_j - o_{j+1}|^2 / sum (|o_j|^2 + |o_{j+1}|^2) / 2)`` pooled over
+  the pairs: their disagreement across the seam relative to the outputs' RMS;
+* ``forwards``: network evaluations per sample (:attr:`~cogsample.guidance.GuidedModel.forwards`,
+  one per window), ``seconds``: the sampling wall time.
+
+Everything runs on two seed sets (:data:`SEED_SETS`, independent noise), and the recommendation
+(:func:`recommend`) must hold on both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from ..context_windows import ContextWindows, RepeatedNoise, WindowedNetwork
+from ..guidance import Conditioning
+from ..noise import SeededNoise, latent_shape
+from ..sampling import build_model, release
+from .quality import TRAINED, Env, reference_default
+
+Tensor = torch.Tensor
+
+__all__ = [
+    "CONFIGS",
+    "LENGTH",
+    "NATIVE",
+    "OVERLAPS",
+    "SEED_SETS",
+    "figures",
+    "lines",
+    "long_video",
+    "recommend",
+    "seam_gap",
+]
+
+#: Latent frames of the long video (45 frames) and of the native clip (9 frames, one window).
+LENGTH, NATIVE = 12, 3
+#: The windows' overlaps (latent frames neighbours share), of the native 3.
+OVERLAPS = (0, 1, 2)
+#: The base noise seeds of the two independent seed sets.
+SEED_SETS = (1234, 4321)
+#: The sampled configurations: (name, overlap or None for no windows, FreeNoise).
+CONFIGS: tuple[tuple[str, int | None, bool], ...] = (
+    ("whole", None, False),
+    *((f"overlap{o}{'/noise_repeat' if r else ''}", o, r) for o in OVERLAPS for r in (False, True)),
+)
+#: The rule of :func:`recommend`, in words.
+RULE = (
+    "among the windowed configurations, rank each seed set by on_clip (higher first), then by "
+    "|within_clip - 1| (closer to a true sample's 1.0 first), then by seam_agreement (higher first); "
+    "recommend the configuration ranked first on every seed set, provided its on_clip is at least "
+    "'whole''s on every seed set; otherwise recommend none"
+)
+
+
+def _frames(latent: int) -> int:
+    return 4 * (latent - 1) + 1
+
+
+def _env(trained: Any, family: Any, latent: int, seeds: int, seed: int) -> Env:
+    """The trained model's :class:`Env` at ``latent`` frames (any length: the family renders at
+    every length; ``Env.build`` holds the model to its native one). Row ``i`` is prompt
+    ``i // seeds`` with initial noise seed ``seed + i``, as ``Env.build``."""
+    from ..models.family import family_weights
+
+    setup = dataclasses.replace(TRAINED, frames=_frames(latent), seeds=seeds, seed=seed)
+    rows = [(p, s) for p in range(len(setup.prompts)) for s in range(seeds)]
+    shape = latent_shape(len(rows), setup.frames, setup.height, setup.width)
+    x_t = SeededNoise([seed + i for i in range(len(rows))]).initial(shape)
+    prompts = [setup.prompts[p] for p, _ in rows]
+    weights = torch.tensor([family_weights(p) for p in prompts], dtype=torch.float64)
+    mu = family.means(shape[1], shape[3], shape[4]).mu
+    cond = Conditioning(context=trained.encode_prompts(prompts))
+    return Env(setup, trained.network, cond, x_t, mu, weights.log(), [p for p, _ in rows])
+
+
+def _dist2(flat: Tensor, mu: Tensor) -> Tensor:
+    """``(N, K)`` squared distances ``|x_n - mu_k|^2``."""
+    return ((flat * flat).sum(1, keepdim=True) - 2 * flat @ mu.T + (mu * mu).sum(1).view(1, -1)).clamp_min(0)
+
+
+def figures(x: Tensor, mu: Tensor, log_w: Tensor, tau: float, segment: int = NATIVE) -> dict[str, float | None]:
+    """``on_clip``, ``within_clip`` and ``seam_agreement`` (module docstring) of latents
+    ``x (N, T, C, h, w)`` against clips ``mu (K, T*C*h*w)`` with log weights ``log_w (N, K)``
+    (``-inf``: not allowed); segments of ``segment`` frames (no seams where ``T <= segment``)."""
+    n, length = x.shape[0], x.shape[1]
+    flat = x.reshape(n, -1).to(torch.float64)
+    d = flat.shape[1]
+    dist2 = _dist2(flat, mu)
+    nearest = dist2.argmin(1)
+    allowed = torch.isfinite(log_w.gather(1, nearest.view(-1, 1)).squeeze(1))
+    within = (dist2.gather(1, nearest.view(-1, 1)).squeeze(1) / (d * tau**2)).sqrt()
+    out: dict[str, float | None] = {"on_clip": float(allowed.double().mean()), "within_clip": float(within.mean())}
+    if length <= segment:
+        out["seam_agreement"] = None
+        return out
+    per_frame = flat.view(n, length, -1)
+    mu_frames = mu.view(mu.shape[0], length, -1)
+    picks = []
+    for a in range(0, length, segment):
+        b = min(a + segment, length)
+        picks.append(_dist2(per_frame[:, a:b].reshape(n, -1), mu_frames[:, a:b].reshape(mu.shape[0], -1)).argmin(1))
+    same = torch.stack([p == q for p, q in itertools.pairwise(picks)])
+    out["seam_agreement"] = float(same.double().mean())
+    return out
+
+
+def seam_gap(spans: Sequence[tuple[int, int]], outputs: Sequence[Tensor]) -> float | None:
+    """Neighbouring windows' relative disagreement on their shared frames (module docstring):
+    ``sqrt(sum |o_j - o_{j+1}|^2 / sum (|o_j|^2 + |o_{j+1}|^2) / 2)`` over adjacent pairs; None
+    where no neighbours share a frame."""
+    num = den = 0.0
+    for ((a0, b0), o0), ((a1, b1), o1) in itertools.pairwise(zip(spans, outputs, strict=True)):
+        lo, hi = a1, min(b0, b1)
+        if hi <= lo:
+            continue
+        p, q = o0[:, lo - a0 : hi - a0].double(), o1[:, lo - a1 : hi - a1].double()
+        num += float((p - q).pow(2).sum())
+        den += 0.5 * float(p.pow(2).sum() + q.pow(2).sum())
+    return math.sqrt(num / den) if den > 0 else None
+
+
+def _sample(env: Env, steps: int, overlap: int | None, noise_repeat: bool) -> dict[str, Any]:
+    """One configuration on every row of ``env``: its figures, forwards, seconds, seam gap."""
+    config = reference_default().config(steps)
+    x_t = env.x_t
+    if overlap is not None:
+        windows = ContextWindows(NATIVE, overlap)
+        config = dataclasses.replace(config, context=windows)
+    model, grid = build_model(env.network, x_t, env.cond, config)
+    last: dict[str, Any] = {}
+    net = model.denoiser.network
+    if isinstance(net, WindowedNetwork):
+        net.observe = lambda spans, outputs: last.update(spans=spans, outputs=outputs)
+    noise: Any = SeededNoise([env.setup.seed + 10_000 + i for i in range(x_t.shape[0])])
+    if overlap is not None and noise_repeat:
+        # the start and every in-loop draw through one frame map: from zero SNR the SDE sampler
+        # keeps nothing of the initial noise past its first step, so repeating that alone does nothing
+        noise = RepeatedNoise(noise, windows, torch.Generator().manual_seed(env.setup.seed))
+        x_t = noise.repeat(x_t)
+    start = time.perf_counter()
+    try:
+        x = config.spec.fn(model, x_t, grid, noise, **config.options)
+    finally:
+        release(model)
+    seconds = time.perf_counter() - start
+    gap = seam_gap(last["spans"], last["outputs"]) if overlap and last else None
+    return {
+        "overlap": overlap,
+        "noise_repeat": noise_repeat,
+        "windows": 1 if overlap is None else ContextWindows(NATIVE, overlap).count(x.shape[1]),
+        "forwards": model.forwards,
+        "seconds": seconds,
+        **figures(x, env.mu, env.log_w, env.setup.tau),
+        "seam_gap": gap,
+    }
+
+
+def _data(env: Env) -> dict[str, Any]:
+    """True samples, one per row: ``mu_k + tau z`` with ``k`` drawn from the row's weights."""
+    gen = torch.Generator().manual_seed(env.setup.seed)
+    ks = torch.multinomial(env.log_w.exp(), 1, generator=gen).squeeze(1)
+    z = torch.randn(len(ks), env.mu.shape[1], generator=gen, dtype=torch.float64)
+    x = (env.mu[ks] + env.setup.tau * z).reshape(env.x_t.shape)
+    return {
+        "overlap": None,
+        "noise_repeat": False,
+        "windows": None,
+        "forwards": None,
+        "seconds": 0.0,
+        **figures(x, env.mu, env.log_w, env.setup.tau),
+        "seam_gap": None,
+    }
+
+
+def _key(row: dict[str, Any]) -> tuple[float, float, float]:
+    agree = row["seam_agreement"]
+    return (-row["on_clip"], abs(row["within_clip"] - 1.0), -(agree if agree is not None else 0.0))
+
+
+def recommend(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The recommendation of :data:`RULE` from per-seed-set runs (``{"seed", "rows": [{"config",
+    ...}]}``): ``config`` (a name or None), the ``rule``, the ``reason`` and each set's ranking."""
+    rankings, whole = [], []
+    for run in runs:
+        windowed = [r for r in run["rows"] if r["overlap"] is not None]
+        rankings.append({"seed": run["seed"], "ranking": [r["config"] for r in sorted(windowed, key=_key)]})
+        whole.append(next(r for r in run["rows"] if r["config"] == "whole"))
+    firsts = [r["ranking"][0] for r in rankings]
+    choice: str | None = firsts[0]
+    if len(set(firsts)) > 1:
+        reason = "the seed sets rank different configurations first: " + ", ".join(
+            f"{f} (seed {r['seed']})" for f, r in zip(firsts, rankings, strict=True)
+        )
+        choice = None
+    else:
+        rows = [next(r for r in run["rows"] if r["config"] == choice) for run in runs]
+        below = [
+            (run["seed"], r, w) for run, r, w in zip(runs, rows, whole, strict=True) if r["on_clip"] < w["on_clip"]
+        ]
+        if below:
+            reason = f"{choice} is first among the windowed configurations on every seed set but below 'whole' on " + (
+                ", ".join(f"seed {s} (on_clip {r['on_clip']:.3f} < {w['on_clip']:.3f})" for s, r, w in below)
+            )
+            choice = None
+        else:
+            reason = (
+                f"{choice} is first among the windowed configurations on every seed set, on_clip "
+                + ", ".join(f"{r['on_clip']:.3f}" for r in rows)
+                + " against 'whole''s "
+                + ", ".join(f"{w['on_clip']:.3f}" for w in whole)
+            )
+    return {"config": choice, "rule": RULE, "reason": reason, "per_seed_set": rankings}
+
+
+def long_video(
+    quick: bool = False,
+    log: Callable[[str], None] | None = None,
+    *,
+    seeds: int | None = None,
+    steps: int | None = None,
+    seed_sets: Sequence[int] = SEED_SETS,
+) -> dict[str, Any]:
+    """Every configuration of :data:`CONFIGS` and the ``data`` and ``native`` rows on each seed set
+    (``seeds`` samples per prompt: 8, quick 2; ``steps``: 50, quick 10), and :func:`recommend`."""
+    from ..models.builtin import MixtureNetwork
+    from ..models.family import FAMILY
+    from ..models.trained import TrainedModel
+
+    say = log or (lambda _m: None)
+    seeds = seeds if seeds is not None else (2 if quick else 8)
+    steps = steps if steps is not None else (10 if quick else 50)
+    start = time.perf_counter()
+    trained = TrainedModel()
+    family = MixtureNetwork(FAMILY, TRAINED.tau)
+    runs = []
+    for seed in seed_sets:
+        env = _env(trained, family, LENGTH, seeds, seed)
+        native = _env(trained, family, NATIVE, seeds, seed)
+        rows = [{"config": "data", **_data(env)}, {"config": "native", **_sample(native, steps, None, False)}]
+        for name, overlap, noise_repeat in CONFIGS:
+            rows.append({"config": name, **_sample(env, steps, overlap, noise_repeat)})
+        for r in rows:
+            gap = "-" if r["seam_gap"] is None else f"{r['seam_gap']:.3f}"
+            agree = "-" if r["seam_agreement"] is None else f"{r['seam_agreement']:.3f}"
+            fwd = "-" if r["forwards"] is None else str(r["forwards"])
+            say(
+                f"  [seed {seed}] {r['config']:22s} fwd {fwd:>5s}  on_clip {r['on_clip']:.3f}  "
+                f"within_clip {r['within_clip']:.3f}  seam_agreement {agree}  seam_gap {gap}  {r['seconds']:.1f} s"
+            )
+        runs.append({"seed": seed, "rows": rows})
+    rec = recommend(runs)
+    say(f"  recommendation: {rec['config']} ({rec['reason']})")
+    return {
+        "setup": {
+            "model": TRAINED.model,
+            "frames": _frames(LENGTH),
+            "latent_frames": LENGTH,
+            "native_latent_frames": NATIVE,
+            "height": TRAINED.height,
+            "width": TRAINED.width,
+            "window": NATIVE,
+            "overlaps": list(OVERLAPS),
+            "prompts": list(TRAINED.prompts),
+            "seeds_per_prompt": seeds,
+            "samples": seeds * len(TRAINED.prompts),
+            "steps": steps,
+            "sampler": reference_default().name,
+            "tau": TRAINED.tau,
+            "seed_sets": list(seed_sets),
+        },
+        "runs": runs,
+        "recommendation": rec,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def lines(section: dict[str, Any]) -> list[str]:
+    """The section as plain-text table lines (one block per seed set, then the recommendation)."""
+    su = section["setup"]
+    out = [
+        f"long video: {su['frames']} frames ({su['latent_frames']} latent) of {su['height']}x{su['width']}, "
+        f"windows of {su['window']} latent frames, {su['samples']} samples, {su['sampler']} {su['steps']} steps"
+    ]
+    head = f"  {'configuration':22s} {'fwd':>5s} {'on_clip':>8s} {'within':>8s} {'seam_agr':>9s} {'seam_gap':>9s}"
+    head += f" {'s':>7s}"
+    for run in section["runs"]:
+        out.append(f" seed set {run['seed']}:")
+        out.append(head)
+        for r in run["rows"]:
+            fwd = "-" if r["forwards"] is None else str(r["forwards"])
+            agree = "-" if r["seam_agreement"] is None else f"{r['seam_agreement']:.3f}"
+            gap = "-" if r["seam_gap"] is None else f"{r['seam_gap']:.3f}"
+            out.append(
+                f"  {r['config']:22s} {fwd:>5s} {r['on_clip']:8.3f} {r['within_clip']:8.3f} {agree:>9s} {gap:>9s} "
+                f"{r['seconds']:7.1f}"
+            )
+    rec = section["recommendation"]
+    out.append(f" recommendation: {rec['config'] or 'none'} ({rec['reason']})")
+    return out

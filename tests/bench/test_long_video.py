@@ -1,0 +1,108 @@
+"""The long-video section's structure (not its figures): one tiny run (1 seed per prompt, 4 steps),
+its keys, forwards growing with the windows, the true-sample row's scores, finiteness, the plot,
+and the recommendation rule."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from cogsample.bench import long_video as lv
+from cogsample.bench.suite import _finite
+
+ROW_KEYS = {"config", "overlap", "noise_repeat", "windows", "forwards", "seconds", "on_clip", "within_clip"}
+ROW_KEYS |= {"seam_agreement", "seam_gap"}
+
+
+@pytest.fixture(scope="module")
+def section() -> dict:
+    """One tiny run on one thread: the batches are a few rows, so intra-op threads only add barriers,
+    which stall for seconds when the cores are busy with other work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return lv.long_video(seeds=1, steps=4)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _rows(run: dict) -> dict[str, dict]:
+    return {r["config"]: r for r in run["rows"]}
+
+
+def test_every_configuration_on_both_seed_sets(section) -> None:
+    assert json.loads(json.dumps(section, allow_nan=False)) == section and not _finite(section)
+    su = section["setup"]
+    assert (su["frames"], su["latent_frames"], su["window"], su["samples"], su["steps"]) == (45, 12, 3, 3, 4)
+    assert [run["seed"] for run in section["runs"]] == list(lv.SEED_SETS)
+    names = ["data", "native", "whole"] + [f"overlap{o}{s}" for o in (0, 1, 2) for s in ("", "/noise_repeat")]
+    for run in section["runs"]:
+        assert [r["config"] for r in run["rows"]] == names
+        for r in run["rows"]:
+            assert set(r) == ROW_KEYS
+            assert 0 <= r["on_clip"] <= 1 and math.isfinite(r["within_clip"]) and r["within_clip"] > 0
+            assert r["seam_agreement"] is None or 0 <= r["seam_agreement"] <= 1
+        rows = _rows(run)
+        # the network evaluations grow with the windows: 1, 4, 6 and 10 per call, 2 branches, 4 steps
+        fwd = [rows[n]["forwards"] for n in ("whole", "overlap0", "overlap1", "overlap2")]
+        assert fwd == [8, 32, 48, 80] and rows["native"]["forwards"] == 8
+        assert rows["overlap2/noise_repeat"]["forwards"] == rows["overlap2"]["forwards"]
+        # true samples: on their clips, about tau away, every segment on the same long clip
+        data = rows["data"]
+        assert data["on_clip"] == 1.0 and abs(data["within_clip"] - 1) < 0.02 and data["seam_agreement"] == 1.0
+        assert rows["native"]["seam_agreement"] is None
+        for name, r in rows.items():
+            overlapping = r["overlap"] not in (None, 0)
+            assert (r["seam_gap"] is not None) == overlapping, name
+            assert not overlapping or 0 < r["seam_gap"] < 2
+    rec = section["recommendation"]
+    assert rec["rule"] == lv.RULE and rec["config"] in (None, *names[3:])
+    assert [p["seed"] for p in rec["per_seed_set"]] == list(lv.SEED_SETS)
+
+
+def test_plot_is_written(section, tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    from cogsample.bench.plots import plot_long_video
+
+    path = plot_long_video(section, tmp_path / "long_video.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(tmp_path.glob("*.tmp"))
+
+
+def test_figures_on_known_latents() -> None:
+    gen = torch.Generator().manual_seed(0)
+    mu = torch.randn(4, 6 * 5, generator=gen, dtype=torch.float64)  # 4 clips of 6 frames, 5 values a frame
+    log_w = torch.tensor([[0.0, 0.0, -math.inf, -math.inf]] * 2).log_softmax(1)
+    x = (mu[[0, 2]] + 0.01 * torch.randn(2, 30, generator=gen, dtype=torch.float64)).view(2, 6, 5, 1, 1)
+    f = lv.figures(x, mu, log_w, 0.01, segment=3)
+    assert f["on_clip"] == 0.5 and f["within_clip"] == pytest.approx(1, abs=0.4) and f["seam_agreement"] == 1.0
+    mixed = torch.cat([mu[0].view(6, 5)[:3], mu[1].view(6, 5)[3:]]).view(1, 6, 5, 1, 1)
+    assert lv.figures(mixed, mu, log_w[:1], 0.01, segment=3)["seam_agreement"] == 0.0
+
+
+def test_seam_gap_on_shared_frames() -> None:
+    a = torch.ones(1, 3, 2)
+    assert lv.seam_gap([(0, 3), (3, 6)], [a, a]) is None  # no shared frames
+    assert lv.seam_gap([(0, 3), (2, 5)], [a, a]) == 0.0
+    b = a.clone()
+    b[:, 0] = -1  # its first frame is the frame it shares, opposite in sign
+    assert lv.seam_gap([(0, 3), (2, 5)], [a, b]) == pytest.approx(2.0)
+
+
+def _run(seed: int, **on_clip: float) -> dict:
+    rows = [{"config": n, "overlap": None if n == "whole" else 1, "on_clip": v, "within_clip": 1.5,
+             "seam_agreement": 0.5} for n, v in on_clip.items()]  # fmt: skip
+    return {"seed": seed, "rows": rows}
+
+
+def test_recommendation_must_hold_on_every_seed_set() -> None:
+    ok = lv.recommend([_run(1, whole=0.5, a=0.9, b=0.8), _run(2, whole=0.5, a=0.7, b=0.6)])
+    assert ok["config"] == "a" and [p["ranking"] for p in ok["per_seed_set"]] == [["a", "b"], ["a", "b"]]
+    split = lv.recommend([_run(1, whole=0.5, a=0.9, b=0.8), _run(2, whole=0.5, a=0.6, b=0.7)])
+    assert split["config"] is None and "different" in split["reason"]
+    below = lv.recommend([_run(1, whole=0.5, a=0.9, b=0.8), _run(2, whole=0.8, a=0.7, b=0.6)])
+    assert below["config"] is None and "below 'whole'" in below["reason"]
