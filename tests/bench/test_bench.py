@@ -59,7 +59,7 @@ def test_quick_bench_writes_png_plots(quick_run):
 
 def test_bench_rejects_bad_sections(tmp_path, capsys):
     assert main(["bench", "--quick", "--out", str(tmp_path / "b"), "--sections", "quality,fps"]) == 2
-    assert "--sections must be a comma-separated subset of quality,options,speed, got 'quality,fps'" in (
+    assert "--sections must be a comma-separated subset of quality,options,speed,long_video, got 'quality,fps'" in (
         capsys.readouterr().err
     )
     assert not (tmp_path / "b").exists()

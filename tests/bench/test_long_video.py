@@ -1,6 +1,6 @@
 """The long-video section's structure (not its figures): one tiny run (1 seed per prompt, 4 steps),
 its keys, forwards growing with the windows, the true-sample row's scores, finiteness, the plot,
-and the recommendation rule."""
+the recommendation rule and the section's place in ``run_bench``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 pytest.importorskip("diffusers")
 
 from cogsample.bench import long_video as lv
-from cogsample.bench.suite import _finite
+from cogsample.bench.suite import SECTIONS, _finite, run_bench, table
 
 ROW_KEYS = {"config", "overlap", "noise_repeat", "windows", "forwards", "seconds", "on_clip", "within_clip"}
 ROW_KEYS |= {"seam_agreement", "seam_gap"}
@@ -106,3 +106,17 @@ def test_recommendation_must_hold_on_every_seed_set() -> None:
     assert split["config"] is None and "different" in split["reason"]
     below = lv.recommend([_run(1, whole=0.5, a=0.9, b=0.8), _run(2, whole=0.8, a=0.7, b=0.6)])
     assert below["config"] is None and "below 'whole'" in below["reason"]
+
+
+def test_run_bench_runs_the_section_alone(section, tmp_path, monkeypatch) -> None:
+    pytest.importorskip("matplotlib")
+    assert "long_video" in SECTIONS
+    seen = []
+    monkeypatch.setattr(lv, "long_video", lambda quick=False, log=None: seen.append(quick) or section)
+    res = run_bench(tmp_path, quick=True, sections=["long_video"])
+    assert seen == [True] and res["long_video"] == section and "models" not in res
+    assert (tmp_path / "long_video.png").read_bytes()[:4] == b"\x89PNG"
+    assert (
+        json.loads((tmp_path / "bench.json").read_text())["long_video"]["recommendation"] == section["recommendation"]
+    )
+    assert "long video: 45 frames" in table(res) and "recommendation:" in table(res)

@@ -4,7 +4,9 @@ Sections: ``quality`` (quality per forward on the built-in exact model, see
 :mod:`cogsample.bench.quality`), ``options`` (each forward-saving option's speed-up and quality
 change on the built-in model, and its speed-up on a tiny random-weight diffusers transformer) and
 ``speed`` (:mod:`cogsample.bench.speed`: cogsample vs diffusers at equal forwards, sampler
-overhead, ``torch.compile``, peak memory). Figures are ratios from one run on one machine; the
+overhead, ``torch.compile``, peak memory); ``long_video`` (:mod:`cogsample.bench.long_video`:
+the trained model at 4x its native length, whole or in context windows, scored against the true
+long clips; not in the CLI's default list). Figures are ratios from one run on one machine; the
 machine is recorded with them.
 """
 
@@ -44,7 +46,7 @@ from .quality import (
 
 __all__ = ["SECTIONS", "candidates", "machine", "run_bench", "table"]
 
-SECTIONS = ("quality", "options", "speed")
+SECTIONS = ("quality", "options", "speed", "long_video")
 
 ALPHA = ("vpsde_dpmpp_2m", "vpode_dpmpp_2m", "video_ddim", "video_ddpm", "vpsde_dpmpp_3m", "vpode_dpmpp_3m", "vp_unipc")
 SIGMA = ("euler", "heun", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2s_ancestral", "lms", "ddim")
@@ -436,6 +438,18 @@ def run_bench(
             say("time per step against ranks (--parallel, torchrun)")
             res["speed"]["parallel"] = parallel_speed(quick=quick)
         res["speed"]["seconds"] = time.perf_counter() - t
+    _write(out, res)
+    if "long_video" in sections:
+        say("long videos in context windows on the trained model")
+        missing = _trained_missing()
+        if missing:
+            res["long_video"] = {"skipped": missing}
+        else:
+            from .long_video import long_video
+            from .plots import plot_long_video
+
+            res["long_video"] = long_video(quick=quick, log=say)
+            res["plots"]["long_video"] = str(plot_long_video(res["long_video"], out / "long_video.png"))
     res["seconds"] = time.perf_counter() - start
     bad = _finite(res)
     if bad:
@@ -579,5 +593,13 @@ def table(res: dict[str, Any]) -> str:
             f"cogsample {mem['cogsample']['generation_above_loaded_mib']:.0f} MiB, "
             f"diffusers {mem['diffusers']['generation_above_loaded_mib']:.0f} MiB"
         )
+    lv = res.get("long_video", {})
+    if "skipped" in lv:
+        lines.append(f"long video skipped: {lv['skipped']}")
+    elif "runs" in lv:
+        from .long_video import lines as long_video_lines
+
+        lines.append("")
+        lines.extend(long_video_lines(lv))
     lines.append(f"total {res['seconds']:.0f} s; results in {res.get('json', '?')}")
     return "\n".join(lines)
