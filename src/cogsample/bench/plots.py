@@ -116,7 +116,9 @@ def plot_long_video(section: dict[str, Any], path: Path) -> Path:
         ax.set_xticklabels(names, rotation=35, ha="right", fontsize=8)
         ax.set_ylabel(label, fontsize=9)
         ax.grid(True, axis="y", alpha=0.3)
-    axes[0].legend(fontsize=7, loc="lower right")
+        if key != "within_clip":  # shares: room above 1 for the legend
+            ax.set_ylim(0, 1.3)
+    axes[0].legend(fontsize=7, loc="upper center", ncol=2)
     su, rec = section["setup"], section["recommendation"]
     fig.suptitle(
         f"{su['model']} at {su['frames']} frames ({su['latent_frames']} latent, native {su['native_latent_frames']}), "
