@@ -174,6 +174,15 @@ def test_diffusers_profile_runs_on_builtin(tmp_path):
         ({"cache": 0.1, "cache_kind": "blocks"}, "cache_kind must be one of output, first-block"),
         ({"offload": "disk"}, "offload must be one of none, model, sequential"),
         ({"offload": "model"}, "built-in model has none"),
+        ({"frames": "x4"}, "frames must be an integer of the form 4k\\+1 or a multiple of the native length"),
+        ({"frames": "0x"}, "frames must be an integer of the form 4k\\+1 or .*got '0x'"),
+        ({"context": "on"}, "context must be one of auto, off; got 'on'"),
+        ({"context_frames": 0, "frames": 25}, "context_frames must be an integer >= 1"),
+        ({"context_frames": 3, "context_overlap": 3, "frames": 25}, r"context_overlap must be .*\[0, 2\].*got 3"),
+        ({"context": "off", "context_frames": 3}, "context_frames shape context windows, and context is 'off'"),
+        ({"noise_repeat": True}, "noise_repeat repeats the first context window's noise.*exact at any length"),
+        ({"noise_repeat": True, "context_frames": 3}, "noise_repeat .*this latent of 3 frames is sampled whole"),
+        ({"frames": 25, "context_frames": 3, "cache": 0.1, "cache_kind": "first-block"}, "first-block"),
     ],
 )
 def test_bad_requests_fail_before_any_work(tmp_path, no_loading, change, match):
@@ -302,3 +311,44 @@ def test_fast_preset_and_its_command_round_trip(tmp_path):
     again = load_file(str(next((tmp_path / "again").glob("*.safetensors"))))
     assert torch.equal(again["latents"], res.latents)
     assert SamplingConfig.from_dict(meta["sampling"]) == plan(opts).sampling
+
+
+def test_frames_as_a_multiple_of_the_native_length(tmp_path, no_loading):
+    for frames, want in (("1x", 49), ("4x", 205), ("4X", 205), (None, 49), (25, 25)):
+        assert plan(_opts(tmp_path, frames=frames, height=32, width=48)).frames == want
+
+
+def test_the_exact_model_samples_whole_unless_windows_are_asked_for(tmp_path, no_loading):
+    assert plan(_opts(tmp_path, frames="4x", height=32, width=48)).windows is None
+    p = plan(_opts(tmp_path, frames=25, context_frames=3))
+    assert p.windows.to_dict() == {"frames": 3, "overlap": 1} and p.forwards_per_call == 3
+    assert p.sampling.context == p.windows
+    # windows, their overlap and the repeated noise define the video: each gets its own name
+    stems = {p.stems[0]}
+    for change in ({"context_overlap": 2}, {"noise_repeat": True}, {"context_frames": 4}):
+        stems.add(plan(_opts(tmp_path, **{"frames": 25, "context_frames": 3, **change})).stems[0])
+    stems.add(plan(_opts(tmp_path, frames=25)).stems[0])
+    assert len(stems) == 5
+
+
+def test_windows_and_repeated_noise_run_end_to_end_and_reproduce(tmp_path):
+    from cogsample.pipeline import Pipeline, StepEvent
+
+    pipe = Pipeline.load("builtin")
+    events = []
+    kw = {"frames": 25, "height": 32, "width": 48, "steps": 4, "context_frames": 3, "context_overlap": 1}
+    p = pipe.plan("a ball", **kw, noise_repeat=True)
+    a = pipe.run(p, progress=events.append)
+    b = pipe("a ball", **kw, noise_repeat=True)
+    plain = pipe("a ball", **kw)
+    assert torch.equal(a.latents, b.latents) and not torch.equal(a.latents, plain.latents)
+    steps = [e for e in events if isinstance(e, StepEvent)]
+    # 7 latent frames in windows [0,3) [2,5) [4,7): 3 windows, both CFG branches each step
+    assert [e.forwards for e in steps] == [6, 12, 18, 24] and {e.windows for e in steps} == {3}
+    assert a.forwards == 24 and a.video.shape[0] == 25
+    (res,) = batch.generate(_opts(tmp_path, prompts=("a ball",), **kw, noise_repeat=True))
+    meta = json.loads(res.files["meta"].read_text())
+    assert meta["context_windows"] == {"frames": 3, "overlap": 1, "spans": [[0, 3], [2, 5], [4, 7]]}
+    assert meta["noise_repeat"] is True and meta["forwards"] == 24
+    assert meta["command"][-5:] == ["--context-frames", "3", "--context-overlap", "1", "--noise-repeat"]
+    assert torch.equal(res.latents, a.latents)

@@ -63,6 +63,8 @@ class Progress:
             self._prepare(ev)
             return
         level = f"sigma={ev.sigma:.3g}" if ev.timestep is None else f"t={ev.timestep} sigma={ev.sigma:.3g}"
+        if ev.forwards:
+            level += f" fwd={ev.forwards}" + (f" ({ev.windows} windows)" if ev.windows > 1 else "")
         if self.bar:
             from tqdm import tqdm
 
@@ -96,6 +98,17 @@ class Progress:
         if self._tqdm is not None:
             self._tqdm.close()
             self._tqdm = None
+
+
+def _windows_note(p) -> str:
+    w = p.windows
+    if w is None:
+        return ""
+    n = w.count(p.shape[1])
+    return (
+        f"; {p.shape[1]} latent frames in {n} context windows of {w.frames} (overlap {w.overlap}): "
+        f"{n}x the forwards per step" + (", noise repeated" if p.options.noise_repeat else "")
+    )
 
 
 def _entries(args: argparse.Namespace) -> list[tuple[str, dict]]:
@@ -198,6 +211,10 @@ def _generate(args: argparse.Namespace) -> int:
             offload=args.offload,
             vae_tiling=args.vae_tiling,
             initial_noise=args.initial_noise,
+            context=args.context,
+            context_frames=args.context_frames,
+            context_overlap=args.context_overlap,
+            noise_repeat=args.noise_repeat,
         )
         jobs = batch_options(base, _entries(args), fast=args.fast)
         items = plan_jobs(jobs)
@@ -240,6 +257,7 @@ def _generate(args: argparse.Namespace) -> int:
         log(
             f"{len(mine)} video(s) of {first.frames} frames at {first.width}x{first.height} on {first.info.name}: "
             f"{s.sampler}, {s.steps} steps, {type(s.guidance).__name__}, profile {base.profile}, uncond {first.uncond}"
+            + _windows_note(first)
             + (
                 f" (videos {launch.rank}, {launch.rank} + {launch.world_size}, ... of {len(items)})"
                 if launch.distributed
@@ -337,6 +355,8 @@ def _add_generate(sub) -> None:
     from .pipeline import (
         CACHE_KINDS,
         CFG_INDEX,
+        CONTEXT,
+        CONTEXT_OVERLAP_SHARE,
         DTYPES,
         FAST,
         GRIDS,
@@ -372,7 +392,12 @@ def _add_generate(sub) -> None:
         help="unconditional branch: zero embedding (sat default) or the encoded negative prompt (diffusers default)",
     )
     g.add_argument("--image", help="first frame for an image-to-video model")
-    g.add_argument("--frames", type=int, help="frames, 4k+1 (default: the model's)")
+    g.add_argument(
+        "--frames",
+        type=_frames,
+        help="frames, 4k+1, or NX: N times the model's native length (4x: 4x its latent frames); default: the "
+        "model's. Beyond its native length a trained model samples in context windows (see --context)",
+    )
     g.add_argument("--height", type=int, help="pixels, a multiple of 16 (default: the model's)")
     g.add_argument("--width", type=int, help="pixels, a multiple of 16 (default: the model's)")
     g.add_argument(
@@ -424,6 +449,32 @@ def _add_generate(sub) -> None:
         action="store_true",
         help="make every video again (default: videos already finished in --out are skipped, unfinished ones redone)",
     )
+    c = g.add_argument_group("videos longer than the model's native length: temporal context windows")
+    c.add_argument(
+        "--context",
+        choices=CONTEXT,
+        default="auto",
+        help="auto (default): a latent longer than a window is denoised in overlapping windows blended every "
+        "step (for the built-in exact model only with --context-frames); off: the whole length at once",
+    )
+    c.add_argument(
+        "--context-frames",
+        type=int,
+        metavar="N",
+        help="latent frames per window (default: the model's native latent length, 13 for 49 frames)",
+    )
+    c.add_argument(
+        "--context-overlap",
+        type=int,
+        metavar="N",
+        help=f"latent frames neighbouring windows share (default: {CONTEXT_OVERLAP_SHARE:.2g} of a window, rounded)",
+    )
+    c.add_argument(
+        "--noise-repeat",
+        action="store_true",
+        help="FreeNoise-style noise: after the first window, the initial noise and every in-loop draw are a "
+        "shuffled repeat of the first window's (the shuffle seeded by --seed)",
+    )
     r = g.add_argument_group("many processes and machines (torchrun; Ray: pip install 'cogsample[ray]')")
     r.add_argument(
         "--ray",
@@ -465,6 +516,19 @@ def _add_generate(sub) -> None:
     f.add_argument("--cache-kind", choices=CACHE_KINDS, help="output (any model) or first-block (CogVideoX default)")
     f.add_argument("--offload", choices=OFFLOAD, default="none", help="CPU offload of a CogVideoX model's parts")
     g.set_defaults(func=_generate)
+
+
+def _frames(text: str) -> int | str:
+    """``--frames``: an integer, or ``NX`` (checked against the model by the plan)."""
+    t = text.strip()
+    if t.lower().endswith("x"):
+        return t.lower()
+    try:
+        return int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected frames (4k+1) or a multiple of the native length such as 4x, got {text!r}"
+        ) from None
 
 
 def _interval(text: str) -> tuple[float, float]:

@@ -32,6 +32,7 @@ import torch
 
 from . import models, outputs
 from .cache import CacheConfig
+from .context_windows import ContextWindows, RepeatedNoise
 from .denoiser import DenoiserConfig
 from .guidance import CFG, Conditioning, DynamicCFG, Guidance, GuidanceInterval, NoGuidance
 from .images import image_to_tensor, resize_image_for_i2v
@@ -73,6 +74,10 @@ UINT8 = {"sat": "truncate", "diffusers": "round"}
 #: ``--vae-tiling auto`` decodes untiled when the estimated need is at most this share of the free memory.
 AUTO_TILING_MARGIN = 0.9
 GUIDANCE = ("none", "cfg", "dynamic")
+CONTEXT = ("auto", "off")
+#: The default ``context_overlap``: this share of a window's latent frames (rounded, at least 1);
+#: measured by ``cogsample bench --sections long_video`` (see the README).
+CONTEXT_OVERLAP_SHARE = 1 / 3
 UNCOND = ("zero", "negative-prompt")
 DTYPES = {
     "float32": torch.float32,
@@ -95,7 +100,8 @@ class GenerateOptions:
     negative_prompt: str | None = None
     uncond: Uncond | None = None
     image: str | None = None
-    frames: int | None = None
+    #: video frames (4k + 1), or ``"<n>x"``: n times the model's native latent length
+    frames: int | str | None = None
     height: int | None = None
     width: int | None = None
     steps: int | None = None  # None: a --sampler-config yaml's own counts, else 50
@@ -124,6 +130,14 @@ class GenerateOptions:
     #: the row of a multi-row ``initial_noise`` that video 0 starts from (video k: row + k); None:
     #: video k takes row k (a file with one row per video) or row 0 (a one-row file)
     initial_noise_row: int | None = None
+    #: temporal context windows (:mod:`cogsample.context_windows`): ``auto`` samples a latent
+    #: longer than a window in windows (of the model's native latent length unless
+    #: ``context_frames`` says; the built-in exact model only when asked), ``off`` the whole length
+    #: at once; ``noise_repeat``: FreeNoise-style initial noise over the windows
+    context: str = "auto"
+    context_frames: int | None = None
+    context_overlap: int | None = None
+    noise_repeat: bool = False
 
 
 #: What a process fixes for all its videos (one loaded model); everything else may vary per video.
@@ -154,10 +168,22 @@ class Plan:
     initial_noise: Tensor | None = None  # (B, T, C, H, W), B = 1 or one row per video, on the CPU
     warnings: list[str] = field(default_factory=list)
 
+    @property
+    def windows(self) -> ContextWindows | None:
+        """The context windows the latent is sampled in (None: the network sees it whole)."""
+        return self.sampling.context
+
+    @property
+    def forwards_per_call(self) -> int:
+        """Network calls per branch per denoiser call: the number of context windows."""
+        return 1 if self.windows is None else self.windows.count(self.shape[1])
+
 
 @dataclass(frozen=True)
 class StepEvent:
-    """Progress of one sampler step: video ``video`` of ``videos``, step ``step + 1`` of ``steps``."""
+    """Progress of one sampler step: video ``video`` of ``videos``, step ``step + 1`` of ``steps``;
+    ``forwards``: network evaluations per sample so far (each context window counts), ``windows``:
+    context windows per call (1: none)."""
 
     video: int
     videos: int
@@ -166,6 +192,8 @@ class StepEvent:
     timestep: int | None
     sigma: float
     elapsed: float
+    forwards: int = 0
+    windows: int = 1
 
 
 @dataclass(frozen=True)
@@ -433,7 +461,7 @@ def plan(opts: GenerateOptions) -> Plan:
         raise ValueError(f"model {info.name!r} is image-to-video: give --image PATH")
     image = _load_image(opts.image) if opts.image is not None else None
 
-    frames = opts.frames if opts.frames is not None else info.frames
+    frames = resolve_frames(opts.frames, info)
     height, width = opts.height, opts.width
     # CogVideoX 1.5 I2V takes its size from the image, as the reference does
     from_image = None
@@ -444,12 +472,13 @@ def plan(opts: GenerateOptions) -> Plan:
     height = height if height is not None else info.height
     width = width if width is not None else info.width
     shape = latent_shape(1, frames, height, width, info.latent_channels)  # names the bad parameter
-    info.check_size(frames, height, width)  # the model's own limits, from its configs alone
-
     pad = 0
     if info.patch_size_t:
         pad = (-shape[1]) % info.patch_size_t
         shape = (shape[0], shape[1] + pad, *shape[2:])
+    windows = resolve_windows(opts, info, shape[1])
+    # the model's own limits, from its configs alone (a fixed-size model: per window)
+    info.check_size(frames, height, width, None if windows is None else windows.frames)
 
     uncond = opts.uncond or ("negative-prompt" if opts.profile == "diffusers" else "zero")
     if opts.negative_prompt is not None and opts.uncond is None:
@@ -461,6 +490,8 @@ def plan(opts: GenerateOptions) -> Plan:
         negative = opts.negative_prompt if opts.negative_prompt is not None else ""
 
     sampling = apply_speedups(resolve_sampling(opts, info), opts, info)
+    if windows is not None:
+        sampling = dataclasses.replace(sampling, context=windows)  # refuses a first-block cache
     _check_choice("offload", opts.offload, OFFLOAD)
     if opts.offload != "none":
         if builtin:
@@ -509,6 +540,62 @@ def plan(opts: GenerateOptions) -> Plan:
     return p
 
 
+def resolve_frames(frames: int | str | None, info: ModelInfo) -> int:
+    """The video frames a request asks for: the model's native count (None), ``frames`` itself,
+    or for ``"<n>x"`` the count whose latent is n times the native latent length
+    (``4 (n T - 1) + 1``, T the native latent frames: 4x of 49 frames is 205, of 9 is 45)."""
+    if frames is None:
+        return info.frames
+    if isinstance(frames, str):
+        head = frames.strip().lower().removesuffix("x")
+        if frames.strip().lower().endswith("x") and head.isdigit() and int(head) >= 1:
+            native = (info.frames - 1) // 4 + 1
+            return 4 * (int(head) * native - 1) + 1
+        raise ValueError(
+            f"frames must be an integer of the form 4k+1 or a multiple of the native length like '4x', got {frames!r}"
+        )
+    return frames
+
+
+def default_overlap(frames: int) -> int:
+    """``context_overlap`` when none is given: :data:`CONTEXT_OVERLAP_SHARE` of ``frames``
+    latent frames, rounded, at least 1 and below ``frames`` (0 for one-frame windows)."""
+    return min(frames - 1, max(1, round(frames * CONTEXT_OVERLAP_SHARE)))
+
+
+def resolve_windows(opts: GenerateOptions, info: ModelInfo, length: int) -> ContextWindows | None:
+    """The context windows a request samples its ``length``-frame latent in, or None.
+
+    ``context="auto"``: windows of ``context_frames`` (default: the model's native latent length)
+    when the latent is longer than one, for a model trained at its length
+    (:attr:`ModelInfo.context_windows`) or when ``context_frames`` is given; ``"off"``: None.
+    ``noise_repeat`` needs windows; ``context_frames`` / ``context_overlap`` need ``auto``."""
+    _check_choice("context", opts.context, CONTEXT)
+    if not isinstance(opts.noise_repeat, bool):
+        raise ValueError(f"noise_repeat must be a bool, got {opts.noise_repeat!r}")
+    given = [k for k in ("context_frames", "context_overlap") if getattr(opts, k) is not None]
+    if opts.context == "off":
+        if given or opts.noise_repeat:
+            what = ", ".join([*given, *(["noise_repeat"] if opts.noise_repeat else [])])
+            raise ValueError(f"{what} shape context windows, and context is 'off': drop one of them")
+        return None
+    frames = opts.context_frames if opts.context_frames is not None else info.native_latent_frames
+    overlap = opts.context_overlap
+    if overlap is None:
+        overlap = default_overlap(frames) if isinstance(frames, int) and not isinstance(frames, bool) else 0
+    windows = ContextWindows(frames, overlap)  # names a bad context_frames / context_overlap
+    if length <= frames or not (info.context_windows or opts.context_frames is not None):
+        if opts.noise_repeat:
+            raise ValueError(
+                f"noise_repeat repeats the first context window's noise over the later ones; this latent of "
+                f"{length} frames is sampled whole (windows of {frames} latent frames"
+                + ("" if info.context_windows else f"; model {info.name!r} is exact at any length, give context_frames")
+                + ")"
+            )
+        return None
+    return windows
+
+
 def _sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -551,6 +638,8 @@ def video_identity(p: Plan, k: int) -> dict[str, Any]:
         "vae_tiling": o.vae_tiling,
         "initial_noise": noise,
         "uint8": UINT8[o.profile],
+        # only where set, so that every video made before windows keeps its name
+        **({"noise_repeat": True} if o.noise_repeat else {}),
     }
 
 
@@ -714,17 +803,25 @@ def vae_tiling(
 
 
 def _progress_callback(
-    progress: Callable[[StepEvent], None] | None, grid: Any, video: int, videos: int, start: float
+    progress: Callable[[StepEvent], None] | None,
+    grid: Any,
+    video: int,
+    videos: int,
+    start: float,
+    model: Any = None,
 ) -> Callable[[int, Tensor, Tensor], None] | None:
-    """The sampler callback that reports a :class:`StepEvent` (levels read from the host-side grid)."""
+    """The sampler callback that reports a :class:`StepEvent` (levels read from the host-side grid;
+    forwards from ``model``, the :class:`~cogsample.guidance.GuidedModel`)."""
     if progress is None:
         return None
+    windows = getattr(model, "windows", 1)
     sigmas = grid.sigmas().tolist()  # host-side grid: no device read in the loop
     levels = [(grid.timesteps[i] if grid.timesteps is not None else None, sigmas[i]) for i in range(grid.num_steps)]
 
     def callback(i: int, _x: Tensor, _denoised: Tensor) -> None:
         t, sigma = levels[i]
-        progress(StepEvent(video, videos, i, grid.num_steps, t, sigma, time.perf_counter() - start))
+        forwards = getattr(model, "forwards", 0)
+        progress(StepEvent(video, videos, i, grid.num_steps, t, sigma, time.perf_counter() - start, forwards, windows))
 
     return callback
 
@@ -757,6 +854,11 @@ def _metadata(r: VideoResult, files: dict[str, Path], run: dict[str, Any]) -> di
         "pad_frames": p.pad_frames,
         "text_len": p.text_len,
         "initial_noise": opts.initial_noise,
+        "noise_repeat": opts.noise_repeat,
+        "context_windows": None
+        if p.windows is None
+        else {**p.windows.to_dict(), "spans": [list(ab) for ab in p.windows.spans(p.shape[1])]},
+        "forwards": r.forwards,
         "uint8": UINT8[opts.profile],
         "steps": p.sampling.steps,
         "sampling": p.sampling.to_dict(),
@@ -827,6 +929,12 @@ def _command(p: Plan, prompt: str, seed: int) -> list[str]:
         cmd += ["--vae-tiling", o.vae_tiling]
     if o.initial_noise is not None:
         cmd += ["--initial-noise", o.initial_noise]
+    if p.windows is not None:
+        cmd += ["--context-frames", str(p.windows.frames), "--context-overlap", str(p.windows.overlap)]
+    elif o.context != "auto":
+        cmd += ["--context", o.context]
+    if o.noise_repeat:
+        cmd.append("--noise-repeat")
     return cmd
 
 
@@ -853,6 +961,8 @@ class VideoResult:
     vae_tiling: dict[str, Any]
     plan: Plan
     k: int = 0
+    #: network evaluations per sample (each context window counts)
+    forwards: int = 0
 
     @property
     def stem(self) -> str:
@@ -1085,13 +1195,16 @@ class Pipeline:
         ofs = torch.full((1,), 2.0, device=p.device, dtype=p.dtype) if p.info.uses_ofs else None
         noise = _noise(p, seed)
         image_latents = None if img is None else _image_latents(model, img, noise, p.shape[1])
+        if opts.noise_repeat:
+            # the initial latent and every in-loop draw, mapped by one frame map from the video's seed
+            noise = RepeatedNoise(noise, p.windows, torch.Generator().manual_seed(seed))
         cond = Conditioning(context=context, uncond_context=negative, image_latents=image_latents, ofs=ofs)
         x = _initial(p, noise, k)
         branches = None if self.parallel is None else self.parallel.cfg_parallel()
         guided, grid = build_model(model.network, x, cond, p.sampling, branches=branches)
         start = time.perf_counter()
         with torch.inference_mode():
-            callback = _progress_callback(progress, grid, video, videos, start)
+            callback = _progress_callback(progress, grid, video, videos, start, guided)
             try:
                 latents = p.sampling.spec.fn(guided, x, grid, noise, callback=callback, **p.sampling.options)
             finally:
@@ -1122,4 +1235,5 @@ class Pipeline:
             vae_tiling=tiling,
             plan=p,
             k=k,
+            forwards=guided.forwards,
         )

@@ -42,8 +42,16 @@ def test_model_info_check_size_rules():
 
     fixed = ModelInfo("fixed", frames=9, height=64, width=96, fixed_size="a model of one size")
     fixed.check_size(9, 64, 96)
-    with pytest.raises(ValueError, match=r"^frames must be 9 for a model of one size, got 13$"):
+    with pytest.raises(ValueError, match=r"^frames must be 9 for a model of one size, got 13; longer videos in"):
         fixed.check_size(13, 64, 96)
+    # in context windows of its native 3 latent frames it takes any longer video, never a shorter one
+    fixed.check_size(45, 64, 96, window=3)
+    with pytest.raises(ValueError, match=r"^context_frames must be 3 \(latent frames of its native 9\) for a model"):
+        fixed.check_size(45, 64, 96, window=4)
+    with pytest.raises(ValueError, match=r"^frames must be at least 9 for a model of one size, got 5$"):
+        fixed.check_size(5, 64, 96, window=3)
+    with pytest.raises(ValueError, match="width must be 96 for a model of one size, got 112"):
+        fixed.check_size(45, 64, 112, window=3)
     with pytest.raises(ValueError, match="width must be 96 for a model of one size, got 112"):
         fixed.check_size(9, 64, 112)
     with pytest.raises(ValueError, match="4k"):  # the general rules come first

@@ -37,6 +37,41 @@ def test_generate_with_the_trained_model_writes_everything(tmp_path, capsys):
     assert FAMILY[int(torch.cdist(lat.reshape(1, -1).double(), mu).argmin())].background == clip.background
 
 
+def test_four_times_the_native_length_writes_the_whole_video(tmp_path, capsys):
+    clip = FAMILY[200]
+    out = tmp_path / "out"
+    argv = ["generate", "--model", "builtin-trained", "--prompt", clip.caption, "--frames", "4x", "--steps", "10"]
+    assert main([*argv, "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    # the forward counter grows with the windows: 6 windows x 2 branches per step
+    assert "12 latent frames in 6 context windows of 3 (overlap 1)" in err and "fwd=120 (6 windows)" in err
+    meta = json.loads(next(out.glob("*.json")).read_text())
+    assert (meta["frames"], meta["latent_shape"]) == (45, [1, 12, 16, 8, 12])
+    assert meta["context_windows"]["spans"] == [[0, 3], [2, 5], [4, 7], [6, 9], [8, 11], [9, 12]]
+    assert meta["forwards"] == 120
+    import av
+
+    with av.open(str(next(out.glob("*.mp4")))) as f:
+        assert sum(1 for _ in f.decode(video=0)) == 45
+    lat = load_file(next(out.glob("*.safetensors")))["latents"]
+    assert lat.shape == (1, 12, 16, 8, 12) and torch.isfinite(lat).all()
+
+
+def test_trained_i2v_keeps_the_image_at_four_times_its_length(tmp_path):
+    clip = FAMILY[333]
+    first = clip.render(1, 64, 96)[0]
+    img = tmp_path / "first.png"
+    Image.fromarray((first.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(img)
+    out = tmp_path / "out"
+    argv = ["generate", "--model", "builtin-trained-i2v", "--image", str(img), "--prompt", clip.caption]
+    assert main([*argv, "--frames", "4x", "--noise-repeat", "--out", str(out), "--quiet"]) == 0
+    lat = load_file(next(out.glob("*.safetensors")))["latents"]
+    from cogsample.models.builtin import BlockVAE
+
+    video = BlockVAE().decode(lat)[0]
+    assert video.shape[0] == 45 and (video[0] - first).abs().mean() < 0.05
+
+
 def test_trained_i2v_starts_from_the_image(tmp_path):
     clip = FAMILY[333]
     first = clip.render(1, 64, 96)[0]
@@ -55,7 +90,11 @@ def test_trained_i2v_starts_from_the_image(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--frames", "13"], "frames must be 9 for the trained built-in model"),
+        (["--frames", "13", "--context", "off"], "frames must be 9 for the trained built-in model"),
+        (["--frames", "5"], "frames must be 9 for the trained built-in model (trained at 9 frames of 64x96 px only), "
+                            "got 5\n"),
+        (["--frames", "4x", "--context-frames", "4"], "context_frames must be 3 (latent frames of its native 9)"),
+        (["--frames", "4x", "--context-overlap", "3"], "context_overlap must be an integer in [0, context_frames - 1]"),
         (["--height", "128"], "height must be 64 for the trained built-in model"),
         (["--image", "x.png"], "model 'builtin-trained' is text-to-video (use --model builtin-trained-i2v)"),
     ],

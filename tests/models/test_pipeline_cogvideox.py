@@ -81,7 +81,39 @@ def test_t2v_with_an_image_and_i2v_without_fail_before_loading(tiny_folders, tmp
     with pytest.raises(ValueError, match="is image-to-video: give --image"):
         plan(tiny_request(tiny_folders["i2v"], tmp_path))
     with pytest.raises(ValueError, match="frames must be 9"):  # learned positions: native size only
-        plan(tiny_request(tiny_folders["i2v"], tmp_path, image=image_file, frames=13))
+        plan(tiny_request(tiny_folders["i2v"], tmp_path, image=image_file, frames=13, context="off"))
+    with pytest.raises(ValueError, match=r"frames must be 9 .*got 5$"):  # shorter: no windows to fix it
+        plan(tiny_request(tiny_folders["i2v"], tmp_path, image=image_file, frames=5))
+
+
+@pytest.mark.parametrize("kind", ["t2v", "t2v-2b", "i2v", "t2v-1.5", "i2v-1.5"])
+def test_a_folder_takes_frames_beyond_its_native_count_in_windows(tiny_folders, tmp_path, image_file, kind):
+    """3x the native latent length: the transformer only ever sees windows of its native length
+    (rotary positions, learned positions and temporal patches as at home), the video is whole."""
+    from cogsample.models.cogvideox import load_cogvideox
+
+    i2v = kind.startswith("i2v")
+    # 1.5 (13 native frames, 4 latent): 41 frames, 11 latent padded to 12, as its pipeline pads
+    frames = 41 if "1.5" in kind else "3x"
+    p = plan(tiny_request(tiny_folders[kind], tmp_path, frames=frames, image=image_file if i2v else None))
+    native = p.info.native_latent_frames
+    assert p.windows is not None and p.windows.frames == native and p.shape[1] == 3 * native
+    model = load_cogvideox(tiny_folders[kind])
+    seen = []
+    hook = model.transformer.register_forward_pre_hook(
+        lambda _m, _a, kw: seen.append((kw["hidden_states"].shape[1], kw.get("ofs") is not None)), with_kwargs=True
+    )
+    try:
+        (res,) = batch.run_plan(p, model=model)
+    finally:
+        hook.remove()
+    assert {frames for frames, _ in seen} == {native}
+    assert len(seen) == 4 * p.forwards_per_call  # 4 steps, one CFG batch per window
+    if p.info.uses_ofs:  # ofs goes to the window holding frame 0 (the adapter's default elsewhere)
+        assert all(has for has in (o for _, o in seen))
+    assert res.video.shape[0] == p.frames and torch.isfinite(res.video).all()
+    meta = json.loads(res.files["meta"].read_text())
+    assert meta["context_windows"]["frames"] == native and meta["forwards"] == 4 * 2 * p.forwards_per_call
 
 
 @pytest.mark.parametrize("part", ["transformer", "vae", "tokenizer"])

@@ -45,6 +45,9 @@ class ModelInfo:
     model that takes its size from the image gives it this short side (CogVideoX 1.5 I2V: 768 px;
     None: the native size). ``attention_heads``: heads of the network's attention, what Ulysses
     sequence parallel splits over ranks (None: the network has no attention to shard).
+    ``context_windows``: a latent longer than the native one is sampled in temporal context
+    windows of the native length by default (the network was trained at ``frames``); False where
+    the network is exact at any length (the built-in model).
     """
 
     name: str
@@ -66,18 +69,27 @@ class ModelInfo:
     max_width: int | None = None
     image_short_side: int | None = None
     attention_heads: int | None = None
+    context_windows: bool = True
+
+    @property
+    def native_latent_frames(self) -> int:
+        """Latent frames of the native ``frames`` as sampled (padded to the temporal patch)."""
+        t = (self.frames - 1) // TEMPORAL_COMPRESSION + 1
+        return t + (-t % self.patch_size_t if self.patch_size_t else 0)
 
     def text_len(self, profile: str) -> int:
         """Prompt tokens the ``profile`` (``sat`` or ``diffusers``) encodes for this model."""
         return self.sat_text_len if profile == "sat" and self.sat_text_len is not None else self.max_text_len
 
-    def check_size(self, frames: int, height: int, width: int) -> None:
+    def check_size(self, frames: int, height: int, width: int, window: int | None = None) -> None:
         """``ValueError`` naming the parameter for a size this model cannot generate, before any work.
 
         Positive integers; ``frames = 4k + 1`` (the VAE compresses time 4x); height and width
         multiples of :attr:`size_multiple`; with :attr:`fixed_size` the native size only; at most
         :attr:`max_height` x :attr:`max_width`. (The latent frame count may be odd where the
-        network has temporal patches: it is padded.)
+        network has temporal patches: it is padded.) ``window``: the latent frames of each context
+        window when the latent is sampled in windows; then :attr:`fixed_size` asks the native
+        length of the window (``context_frames``) and at least the native ``frames``.
         """
         sizes = (("frames", frames), ("height", height), ("width", width))
         for name, v in sizes:
@@ -100,8 +112,19 @@ class ModelInfo:
         if self.fixed_size is not None:
             native = {"frames": self.frames, "height": self.height, "width": self.width}
             for name, v in sizes:
-                if v != native[name]:
-                    raise ValueError(f"{name} must be {native[name]} for {self.fixed_size}, got {v!r}")
+                if window is not None and name == "frames":
+                    if v < self.frames:
+                        raise ValueError(f"frames must be at least {self.frames} for {self.fixed_size}, got {v!r}")
+                elif v != native[name]:
+                    longer = ""
+                    if name == "frames" and v > native[name]:
+                        longer = "; longer videos in context windows (--context auto)"
+                    raise ValueError(f"{name} must be {native[name]} for {self.fixed_size}, got {v!r}{longer}")
+            if window is not None and window != self.native_latent_frames:
+                raise ValueError(
+                    f"context_frames must be {self.native_latent_frames} (latent frames of its native {self.frames}) "
+                    f"for {self.fixed_size}, got {window!r}"
+                )
         for name, v, top in (("height", height, self.max_height), ("width", width, self.max_width)):
             if top is not None and v > top:
                 raise ValueError(f"{name} must be at most {top} for {self.name} (its rotary table), got {v}")
@@ -189,9 +212,10 @@ class VideoModel:
         """Peak memory of an untiled :meth:`decode` of latents of ``shape`` (None: no tiling to choose)."""
         return None
 
-    def check_size(self, frames: int, height: int, width: int) -> None:
-        """Raise ``ValueError`` for a size this model cannot generate (its :class:`ModelInfo`'s rules)."""
-        self.info.check_size(frames, height, width)
+    def check_size(self, frames: int, height: int, width: int, window: int | None = None) -> None:
+        """Raise ``ValueError`` for a size this model cannot generate (its :class:`ModelInfo`'s rules;
+        ``window``: latent frames per context window, see there)."""
+        self.info.check_size(frames, height, width, window)
 
 
 class CallableNetwork:

@@ -728,6 +728,7 @@ def builtin_info(i2v: bool = False) -> ModelInfo:
         width=NATIVE_WIDTH,
         scheduler=None,
         extra={"fps": 8, "clips": len(CLIPS), "context_dim": len(CLIPS), "tau": DEFAULT_TAU},
+        context_windows=False,  # the exact posterior mean at every length: nothing to window
     )
 
 
@@ -802,8 +803,8 @@ class BuiltinModel(BlockVAEModel):
         device = torch.empty(0, device=self.device).device  # "cuda" -> "cuda:0", as the network's inputs say
         self.network.means(shape[1], shape[3], shape[4], device, self.network.compute_dtype(device), progress)
 
-    def check_size(self, frames: int, height: int, width: int) -> None:
-        """Any 4k+1 frames and multiples of 16 (the clips render at every size)."""
+    def check_size(self, frames: int, height: int, width: int, window: int | None = None) -> None:
+        """Any 4k+1 frames and multiples of 16 (the clips render at every size), in windows or not."""
         latent_shape(1, frames, height, width)
 
     def render(self, clip: int | str, frames: int, height: int, width: int) -> Tensor:
