@@ -52,11 +52,17 @@ def test_collectives_cfg_parallel_and_ulysses_equal_one_process(tmp_path, ranks)
     assert rc == 0, stderr[-3000:]
     results = json.loads(out.read_text())
     kinds = {k.split("/")[0] for k in results}
-    assert kinds == {"sequence_to_heads", "heads_to_sequence", "all_gather_heads", "gather_sequence", "ulysses", "cfg"}
+    assert kinds == {
+        *("sequence_to_heads", "heads_to_sequence", "all_gather_heads", "gather_sequence", "ulysses", "cfg"),
+        "windows",
+    }
     assert sum(k.startswith("cfg/") for k in results) == 30 and sum(k.startswith("ulysses/") for k in results) == 10
-    # the collectives move bits and CFG parallel runs a row-wise network on its own rows: exact
-    assert {k: v for k, v in results.items() if v != 0 and not k.startswith("ulysses/")} == {}
+    assert sum(k.startswith("windows/cfg/") for k in results) == 2
+    assert sum(k.startswith("windows/ulysses/") for k in results) == 5
+    # the collectives move bits and CFG parallel runs a row-wise network on its own rows: exact,
+    # context windows included
+    assert {k: v for k, v in results.items() if v != 0 and "ulysses/" not in k} == {}
     # Ulysses: the projections see fewer rows, the attention fewer heads; MKL may round those
     # differently (measured: 0 by default, up to 4.8e-7 of the output's scale with MKL_CBWR=COMPATIBLE)
-    assert {k: v for k, v in results.items() if k.startswith("ulysses/") and v > 1e-5} == {}
+    assert {k: v for k, v in results.items() if "ulysses/" in k and v > 1e-5} == {}
     assert all(v == 0 for k, v in results.items() if k.endswith("/detached"))

@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 
 from cogsample import SamplingConfig, SeededNoise, sample
+from cogsample.context_windows import ContextWindows, WindowedNetwork
 from cogsample.guidance import CFG, Conditioning, DynamicCFG, GuidanceInterval, NoGuidance
 from cogsample.parallel import (
     ParallelConfig,
@@ -74,6 +75,12 @@ def cfg_parallel(results, groups):
                     net, x0.clone(), cond, config, noise=SeededNoise.from_seed(7, 1), branches=groups.cfg_parallel()
                 )
                 results[key] = diff(got, ref)
+    # context windows compose with CFG parallel: each window's branches on their ranks
+    windowed = SamplingConfig(steps=10, context=ContextWindows(2, 1))
+    for cond in (Conditioning(ctx, uncond_context=unc), Conditioning(ctx, image_latents=img)):
+        ref = sample(net, x0.clone(), cond, windowed, noise=SeededNoise.from_seed(7, 1))
+        got = sample(net, x0.clone(), cond, windowed, noise=SeededNoise.from_seed(7, 1), branches=groups.cfg_parallel())
+        results[f"windows/cfg/{'i2v' if cond.image_latents is not None else 't2v'}"] = diff(got, ref)
 
 
 def ulysses(results, group, rank, size):
@@ -90,11 +97,15 @@ def ulysses(results, group, rank, size):
         ctx = torch.randn(2, 18, 32, generator=g)
         t = torch.tensor([999.0, 321.0])
         ref = network(x, t, ctx)
+        windowed = WindowedNetwork(network, ContextWindows(2, 1))
+        ref_windowed = windowed(x, t, ctx)
         sp = SequenceParallel(group, rank, size).attach(tr)
         got = network(x, t, ctx)
+        got_windowed = windowed(x, t, ctx)
         sp.detach()
         # relative to the output's scale: the projections run on fewer rows, which may round otherwise
         results[f"ulysses/{kind}"] = diff(got, ref) / max(1.0, ref.abs().max().item())
+        results[f"windows/ulysses/{kind}"] = diff(got_windowed, ref_windowed) / max(1.0, ref.abs().max().item())
         results[f"ulysses/{kind}/detached"] = diff(network(x, t, ctx), ref)
 
 
