@@ -39,6 +39,17 @@ def test_jsonl_lines_carry_per_video_options(tmp_path):
     assert b["image"] == str(tmp_path / "imgs" / "first.png")  # relative to the file's folder
 
 
+def test_every_per_video_option_has_a_json_type(tmp_path):
+    from cogsample.batch import _TYPES, PER_VIDEO
+
+    assert set(PER_VIDEO) == set(_TYPES)
+    f = tmp_path / "long.jsonl"
+    line = {"prompt": "a ball", "frames": "4x", "context": "auto", "context_frames": 3, "context_overlap": 1}
+    f.write_text(json.dumps({**line, "noise_repeat": True}) + "\n")
+    ((_, entry),) = read_prompts_file(f)
+    assert entry == {**line, "noise_repeat": True}
+
+
 def test_jsonl_bad_lines_are_all_reported_with_their_numbers(tmp_path):
     f = tmp_path / "b.jsonl"
     f.write_text(

@@ -67,11 +67,14 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "prompt": (str,),
     "fast": (bool,),
     **{k: (str,) for k in ("image", "negative_prompt", "uncond", "sampler", "guidance", "sampler_config")},
-    **{k: (str,) for k in ("grid", "cfg_index", "cache_kind", "vae_tiling", "initial_noise")},
-    **{k: (int,) for k in ("seed", "frames", "height", "width", "steps", "fps", "initial_noise_row")},
+    **{k: (str,) for k in ("grid", "cfg_index", "cache_kind", "vae_tiling", "initial_noise", "context")},
+    **{k: (int,) for k in ("seed", "height", "width", "steps", "fps", "initial_noise_row")},
+    **{k: (int,) for k in ("context_frames", "context_overlap")},
+    "frames": (int, str),  # 4k+1, or "4x"
     "scale": (int, float),
     "cache": (int, float),
     "skip_unit_cfg": (bool,),
+    "noise_repeat": (bool,),
     "cfg_interval": (list, str),
 }
 
