@@ -663,7 +663,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--quick", action="store_true", help="the small size the tests use (well under a minute)")
     b.add_argument("--out", default="bench", help="directory for bench.json and the plots (default: ./bench)")
-    b.add_argument("--sections", default="quality,options,speed", help="comma-separated subset to run")
+    b.add_argument(
+        "--sections", default="quality,options,speed,long_video", help="comma-separated subset to run (default: all)"
+    )
     b.add_argument("--quiet", action="store_true", help="print only the final table")
     b.set_defaults(func=_bench)
     return parser
