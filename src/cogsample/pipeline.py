@@ -133,7 +133,8 @@ class GenerateOptions:
     #: temporal context windows (:mod:`cogsample.context_windows`): ``auto`` samples a latent
     #: longer than a window in windows (of the model's native latent length unless
     #: ``context_frames`` says; the built-in exact model only when asked), ``off`` the whole length
-    #: at once; ``noise_repeat``: FreeNoise-style initial noise over the windows
+    #: at once; ``noise_repeat``: FreeNoise-style noise over the windows (the initial latent and
+    #: every in-loop draw, :class:`~cogsample.context_windows.RepeatedNoise`)
     context: str = "auto"
     context_frames: int | None = None
     context_overlap: int | None = None
