@@ -6,7 +6,7 @@ change on the built-in model, and its speed-up on a tiny random-weight diffusers
 ``speed`` (:mod:`cogsample.bench.speed`: cogsample vs diffusers at equal forwards, sampler
 overhead, ``torch.compile``, peak memory); ``long_video`` (:mod:`cogsample.bench.long_video`:
 the trained model at 4x its native length, whole or in context windows, scored against the true
-long clips; not in the CLI's default list). Figures are ratios from one run on one machine; the
+long clips, :func:`~cogsample.bench.long_video.recommend`'s choice). Figures are ratios from one run on one machine; the
 machine is recorded with them.
 """
 
