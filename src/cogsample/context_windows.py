@@ -170,9 +170,9 @@ class RepeatedNoise(NoiseSource):
     """A noise source whose every tensor (the initial latent and each in-loop draw) is
     :func:`repeat_noise`'d with one frame map per source, drawn from ``generator`` at the first
     use: with a stochastic sampler the later windows' fresh noise is also the first window's,
-    shuffled, at every step (from zero terminal SNR the SDE samplers keep none of the initial
-    noise past the first step, where only the network's prediction sees it: repeating it alone
-    would change next to nothing). ``discard`` passes through."""
+    shuffled, at every step (from zero terminal SNR the SDE samplers' first step keeps none of
+    the initial noise, which reaches the result only through the network's first prediction, and
+    every later step draws fresh noise). ``discard`` passes through."""
 
     def __init__(self, source: NoiseSource, windows: ContextWindows, generator: torch.Generator):
         self.source = source
