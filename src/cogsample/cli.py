@@ -249,7 +249,7 @@ def _generate(args: argparse.Namespace) -> int:
         log(
             f"{len(mine)} video(s) of {first.frames} frames at {first.width}x{first.height} on {first.info.name}, "
             f"each on {groups.config.degree} ranks ({groups.config}): {first.sampling.sampler}, "
-            f"{first.sampling.steps} steps"
+            f"{first.sampling.steps} steps" + _windows_note(first)
         )
     elif args.ray is None:
         first = mine[0].plan if mine else items[0].plan
