@@ -60,7 +60,15 @@ def test_every_configuration_on_both_seed_sets(section) -> None:
             overlapping = r["overlap"] not in (None, 0)
             assert (r["seam_gap"] is not None) == overlapping, name
             assert not overlapping or 0 < r["seam_gap"] < 2
+    # the --fast variant: the same configurations, a deterministic sampler, fewer forwards
+    fast = section["fast"]
+    assert fast["sampler"].startswith("vpode_dpmpp_2m") and fast["steps"] == 4
+    for run, ref in zip(fast["runs"], section["runs"], strict=True):
+        assert [r["config"] for r in run["rows"]] == names[2:]
+        fwd = {r["config"]: r["forwards"] for r in run["rows"]}
+        assert fwd["whole"] < fwd["overlap0"] < fwd["overlap1"] < fwd["overlap2"] <= _rows(ref)["overlap2"]["forwards"]
     rec = section["recommendation"]
+    assert set(rec["holds_with_fast"]["beats_whole"]) == set(names[3:])
     assert rec["rule"] == lv.RULE and rec["config"] in (None, *names[3:])
     assert set(rec["acceptable"]) <= set(names[3:]) and set(rec["noise_repeat_helps"]) == {"0", "1", "2"}
 
@@ -124,6 +132,17 @@ def test_recommendation_is_the_cheapest_within_noise_of_the_best_on_every_seed_s
     runs[1]["rows"][2]["on_clip"] = 0.4
     assert lv.recommend(runs, pairs=100)["config"] == "o2/noise_repeat"
     assert lv.recommend([_run(1, whole=(0.9, 0.1), o1=(0.8, 0.9), o1_nr=(0.8, 0.9))], pairs=10)["config"] is None
+
+
+def test_the_recommendation_holds_at_every_costlier_overlap_of_a_variant() -> None:
+    # fmt: off
+    runs = [_run(1, whole=(0.5, 0.1), o0=(0.4, 0.0), o0_nr=(0.9, 0.0), o1=(0.9, 0.0), o1_nr=(0.9, 0.0),
+                 o2=(0.9, 0.0), o2_nr=(0.4, 0.0))]
+    # fmt: on
+    got = lv.holds("o1", runs)
+    assert got["holds"] is True and got["checked"] == ["o1", "o2"] and got["beats_whole"]["o0"] is False
+    assert lv.holds("o1/noise_repeat", runs)["holds"] is False  # o2/noise_repeat is below whole
+    assert lv.holds(None, runs)["holds"] is None
 
 
 def test_run_bench_runs_the_section_alone(section, tmp_path, monkeypatch) -> None:

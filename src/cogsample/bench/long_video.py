@@ -33,7 +33,9 @@ For samples ``x`` the figures are (``k* = argmin_k |x - mu_k|^2`` over all clips
   one per window), ``seconds``: the sampling wall time.
 
 Everything runs on two seed sets (:data:`SEED_SETS`, independent noise), and the recommendation
-(:func:`recommend`) must hold on both.
+(:func:`recommend`) must hold on both; the windowed and whole runs are repeated with another
+sampler (``--fast``: a deterministic ODE sampler on 12 steps, ``fast``), where the recommendation
+and every costlier overlap must still beat sampling whole (:func:`holds`).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from ..context_windows import ContextWindows, RepeatedNoise, WindowedNetwork
 from ..guidance import Conditioning
 from ..noise import SeededNoise, latent_shape
 from ..sampling import build_model, release
-from .quality import TRAINED, Env, reference_default
+from .quality import TRAINED, Candidate, Env, fast_candidate, reference_default
 
 Tensor = torch.Tensor
 
@@ -62,6 +64,7 @@ __all__ = [
     "OVERLAPS",
     "SEED_SETS",
     "figures",
+    "holds",
     "lines",
     "long_video",
     "recommend",
@@ -157,9 +160,12 @@ def seam_gap(spans: Sequence[tuple[int, int]], outputs: Sequence[Tensor]) -> flo
     return math.sqrt(num / den) if den > 0 else None
 
 
-def _sample(env: Env, steps: int, overlap: int | None, noise_repeat: bool) -> dict[str, Any]:
-    """One configuration on every row of ``env``: its figures, forwards, seconds, seam gap."""
-    config = reference_default().config(steps)
+def _sample(
+    env: Env, steps: int, overlap: int | None, noise_repeat: bool, sampler: Candidate | None = None
+) -> dict[str, Any]:
+    """One configuration on every row of ``env`` with ``sampler`` (default: the reference default)
+    at ``steps``: its figures, forwards, seconds, seam gap."""
+    config = (sampler or reference_default()).config(steps)
     x_t = env.x_t
     if overlap is not None:
         windows = ContextWindows(NATIVE, overlap)
@@ -210,6 +216,14 @@ def _data(env: Env) -> dict[str, Any]:
     }
 
 
+def _beats_whole(by: Sequence[dict[str, dict[str, Any]]], name: str) -> bool:
+    """On every seed set (``by``: rows by configuration name), ``name`` has on_clip no lower and
+    within_clip no higher than ``whole``."""
+    return all(
+        b[name]["on_clip"] >= b["whole"]["on_clip"] and b[name]["within_clip"] <= b["whole"]["within_clip"] for b in by
+    )
+
+
 def recommend(runs: Sequence[dict[str, Any]], pairs: int) -> dict[str, Any]:
     """The recommendation of :data:`RULE` from per-seed-set runs (``{"seed", "rows": [{"config",
     ...}]}``; ``pairs``: seam pairs per seed set): ``config`` (a name or None), the ``rule``, the
@@ -217,15 +231,8 @@ def recommend(runs: Sequence[dict[str, Any]], pairs: int) -> dict[str, Any]:
     overlap whether FreeNoise raised seam agreement on every seed set."""
     names = [r["config"] for r in runs[0]["rows"] if r["overlap"] is not None]
     by = [{r["config"]: r for r in run["rows"]} for run in runs]
-
-    def acceptable(name: str) -> bool:
-        return all(
-            b[name]["on_clip"] >= b["whole"]["on_clip"] and b[name]["within_clip"] <= b["whole"]["within_clip"]
-            for b in by
-        )
-
     agree = {n: sum(b[n]["seam_agreement"] for b in by) / len(by) for n in names}
-    ok = [n for n in names if acceptable(n)]
+    ok = [n for n in names if _beats_whole(by, n)]
     freenoise = {
         str(r["overlap"]): all(b[f"{r['config']}/noise_repeat"]["seam_agreement"] > b[r["config"]]["seam_agreement"]
                                for b in by)
@@ -245,6 +252,20 @@ def recommend(runs: Sequence[dict[str, Any]], pairs: int) -> dict[str, Any]:
     )
     bar = {"config": best, "seam_agreement": p, "standard_error": se}
     return {**out, "config": choice, "bar": bar, "reason": reason}
+
+
+def holds(config: str | None, runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Whether the recommended ``config`` and every costlier overlap (the same noise option)
+    still beat sampling whole (on_clip no lower, within_clip no higher) on every seed set of other
+    ``runs`` (another sampler): ``{"holds", "beats_whole": {config: bool}}``."""
+    by = [{r["config"]: r for r in run["rows"]} for run in runs]
+    beats = {n: _beats_whole(by, n) for n in by[0] if n != "whole"}
+    if config is None:
+        return {"holds": None, "beats_whole": beats}
+    overlap, repeat = by[0][config]["overlap"], by[0][config]["noise_repeat"]
+    costlier = [n for n, r in by[0].items() if r["overlap"] is not None and r["overlap"] >= overlap
+                and r["noise_repeat"] == repeat]  # fmt: skip
+    return {"holds": all(beats[n] for n in costlier), "checked": costlier, "beats_whole": beats}
 
 
 def long_video(
@@ -285,6 +306,19 @@ def long_video(
         runs.append({"seed": seed, "rows": rows})
     rec = recommend(runs, seeds * len(TRAINED.prompts) * (LENGTH // NATIVE - 1))
     say(f"  recommendation: {rec['config']} ({rec['reason']})")
+    # the same comparison with another sampler: --fast (a deterministic ODE sampler, 12 steps)
+    fast, fast_steps = fast_candidate()
+    fast_steps = min(fast_steps, steps)
+    variant = []
+    for seed in seed_sets:
+        env = _env(trained, family, LENGTH, seeds, seed)
+        rows = [{"config": n, **_sample(env, fast_steps, o, r, fast)} for n, o, r in CONFIGS]
+        for r in rows:
+            say(f"  [--fast, seed {seed}] {r['config']:22s} fwd {r['forwards']:5d}  on_clip {r['on_clip']:.3f}  "
+                f"within_clip {r['within_clip']:.3f}")  # fmt: skip
+        variant.append({"seed": seed, "rows": rows})
+    rec["holds_with_fast"] = holds(rec["config"], variant)
+    say(f"  with --fast: {rec['holds_with_fast']}")
     return {
         "setup": {
             "model": TRAINED.model,
@@ -304,6 +338,7 @@ def long_video(
             "seed_sets": list(seed_sets),
         },
         "runs": runs,
+        "fast": {"sampler": fast.name, "steps": fast_steps, "runs": variant},
         "recommendation": rec,
         "seconds": time.perf_counter() - start,
     }
@@ -329,6 +364,14 @@ def lines(section: dict[str, Any]) -> list[str]:
                 f"  {r['config']:22s} {fwd:>5s} {r['on_clip']:8.3f} {r['within_clip']:8.3f} {agree:>9s} {gap:>9s} "
                 f"{r['seconds']:7.1f}"
             )
+    fast = section.get("fast")
+    if fast:
+        out.append(f" with --fast ({fast['sampler']}, {fast['steps']} steps):")
+        for run in fast["runs"]:
+            cells = [f"{r['config']} {r['on_clip']:.2f}/{r['within_clip']:.2f}" for r in run["rows"]]
+            out.append(f"  seed set {run['seed']} (on_clip/within_clip): " + ", ".join(cells))
     rec = section["recommendation"]
     out.append(f" recommendation: {rec['config'] or 'none'} ({rec['reason']})")
+    if "holds_with_fast" in rec:
+        out.append(f" holds with --fast (it and every costlier overlap beat whole): {rec['holds_with_fast']['holds']}")
     return out

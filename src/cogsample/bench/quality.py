@@ -64,6 +64,7 @@ __all__ = [
     "Candidate",
     "Setup",
     "evaluate",
+    "fast_candidate",
     "matches",
     "reference_default",
     "run_quality",
@@ -166,6 +167,17 @@ class Candidate:
 def reference_default() -> Candidate:
     """CogVideoX-5B's shipped sampler: VPSDEDPMPP2M on the trailing grid, DynamicCFG as shipped."""
     return Candidate("vpsde_dpmpp_2m", grid="reference", cfg="reference", skip_unit=False)
+
+
+def fast_candidate() -> tuple[Candidate, int]:
+    """``--fast`` (:data:`cogsample.pipeline.FAST`) as a bench candidate and its step count."""
+    from ..pipeline import FAST
+
+    start = FAST["cfg_interval"][0] if FAST.get("cfg_interval") else 0.0
+    cand = Candidate(
+        FAST["sampler"], grid=FAST["grid"], cfg=FAST["cfg_index"], interval=start, skip_unit=FAST["skip_unit_cfg"]
+    )
+    return cand, FAST["steps"]
 
 
 @dataclass

@@ -39,6 +39,7 @@ from .quality import (
     Setup,
     _metrics,
     evaluate,
+    fast_candidate,
     reference_default,
     run_quality,
     stable_match,
@@ -202,17 +203,6 @@ def model_setups(quick: bool) -> dict[str, Setup]:
     if quick:
         return {"builtin": QUICK, "builtin-trained": dataclasses.replace(TRAINED, seeds=2)}
     return {"builtin": Setup(), "builtin-trained": TRAINED}
-
-
-def fast_candidate() -> tuple[Candidate, int]:
-    """``--fast`` (:data:`cogsample.pipeline.FAST`) as a bench candidate and its step count."""
-    from ..pipeline import FAST
-
-    start = FAST["cfg_interval"][0] if FAST.get("cfg_interval") else 0.0
-    cand = Candidate(
-        FAST["sampler"], grid=FAST["grid"], cfg=FAST["cfg_index"], interval=start, skip_unit=FAST["skip_unit_cfg"]
-    )
-    return cand, FAST["steps"]
 
 
 def _sweep(
