@@ -89,25 +89,29 @@ def plot_ode_error(quality: dict[str, Any], path: Path) -> Path:
 
 def plot_long_video(section: dict[str, Any], path: Path) -> Path:
     """The long-video section: ``on_clip``, ``within_clip`` and ``seam_agreement`` per sampled
-    configuration, one bar per seed set, with the ``data`` (true samples) and ``native`` (the model
-    at its own length) rows' figures, averaged over the seed sets, as reference lines."""
+    configuration, one bar per seed set and sampler (the reference default, then ``--fast``), with
+    the ``data`` (true samples) and ``native`` (the model at its own length) rows' figures, averaged
+    over the seed sets, as reference lines."""
     plt = _pyplot()
     runs = section["runs"]
+    fast = section.get("fast", {})
+    bars = [(f"seed set {run['seed']}", run) for run in runs]
+    bars += [(f"--fast, seed set {run['seed']}", run) for run in fast.get("runs", [])]
     refs = ("data", "native")
     names = [r["config"] for r in runs[0]["rows"] if r["config"] not in refs]
     fig, axes = plt.subplots(1, 3, figsize=(16, 5))
-    width = 0.8 / len(runs)
+    width = 0.8 / len(bars)
     keys = (
         ("on_clip", "on_clip (nearest long clip allowed)"),
         ("within_clip", "within_clip (RMS distance to nearest clip / tau)"),
         ("seam_agreement", "seam_agreement (neighbouring segments, same clip)"),
     )
     for ax, (key, label) in zip(axes, keys, strict=True):
-        for i, run in enumerate(runs):
+        for i, (label_i, run) in enumerate(bars):
             rows = {r["config"]: r for r in run["rows"]}
             ys = [rows[n][key] if rows[n][key] is not None else float("nan") for n in names]
-            xs = [j + (i - (len(runs) - 1) / 2) * width for j in range(len(names))]
-            ax.bar(xs, ys, width, label=f"seed set {run['seed']}")
+            xs = [j + (i - (len(bars) - 1) / 2) * width for j in range(len(names))]
+            ax.bar(xs, ys, width, label=label_i, hatch="//" if label_i.startswith("--fast") else None)
         for ref, style in zip(refs, ("-", "--"), strict=True):
             vals = [r[key] for run in runs for r in run["rows"] if r["config"] == ref and r[key] is not None]
             if vals:
@@ -122,8 +126,9 @@ def plot_long_video(section: dict[str, Any], path: Path) -> Path:
     su, rec = section["setup"], section["recommendation"]
     fig.suptitle(
         f"{su['model']} at {su['frames']} frames ({su['latent_frames']} latent, native {su['native_latent_frames']}), "
-        f"{su['samples']} samples x {len(runs)} seed sets, {su['steps']} steps: "
-        f"recommendation {rec['config'] or 'none'}",
+        f"{su['samples']} samples x {len(runs)} seed sets, {su['sampler']} {su['steps']} steps"
+        + (f" and --fast ({fast['steps']} steps)" if fast else "")
+        + f": recommendation {rec['config'] or 'none'}",
         fontsize=10,
     )
     path = _save(fig, path)
