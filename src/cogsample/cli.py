@@ -104,7 +104,7 @@ def _windows_note(p) -> str:
     w = p.windows
     if w is None:
         return ""
-    n = w.count(p.shape[1])
+    n = p.forwards_per_call
     return (
         f"; {p.shape[1]} latent frames in {n} context windows of {w.frames} (overlap {w.overlap}): "
         f"{n}x the forwards per step" + (", noise repeated" if p.options.noise_repeat else "")

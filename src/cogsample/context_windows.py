@@ -80,7 +80,7 @@ class ContextWindows:
         over the ``overlap`` frames at each edge (all ones without overlap)."""
         f, o = self.frames, self.overlap
         i = torch.arange(f, dtype=torch.float64)
-        return torch.minimum(torch.minimum((i + 1) / (o + 1), (f - i) / (o + 1)), torch.ones(f, dtype=torch.float64))
+        return torch.minimum((i + 1) / (o + 1), (f - i) / (o + 1)).clamp(max=1.0)
 
     def weights(self, length: int) -> Tensor:
         """``(windows, length)`` float64 blend weights: each window's :meth:`ramp` on its frames,
@@ -90,7 +90,7 @@ class ContextWindows:
         w = torch.zeros(len(spans), length, dtype=torch.float64)
         ramp = self.ramp()
         for j, (a, b) in enumerate(spans):
-            w[j, a:b] = ramp[: b - a] if b - a == self.frames else 1.0
+            w[j, a:b] = ramp if b - a == self.frames else 1.0  # shorter: the one whole-latent window
         return w / w.sum(0, keepdim=True)
 
     def to_dict(self) -> dict[str, int]:
