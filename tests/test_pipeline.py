@@ -208,7 +208,7 @@ def test_unreadable_image_and_unwritable_out(tmp_path, no_loading):
 def test_sat_yaml_with_overrides(tmp_path):
     from pathlib import Path
 
-    yaml = Path(__file__).resolve().parents[1].parent / "shared" / "sat-configs" / "cogvideox_5b.yaml"
+    yaml = Path(__file__).resolve().parent / "data" / "sat-configs" / "cogvideox_5b.yaml"
     p = plan(_opts(tmp_path, sampler_config=str(yaml), steps=12))
     assert p.sampling.steps == 12 and p.sampling.sampler == "vpsde_dpmpp_2m"
     assert p.sampling.guidance.num_steps == 12  # the explicit step count is the ramp's length too
@@ -216,7 +216,7 @@ def test_sat_yaml_with_overrides(tmp_path):
     assert p2.sampling.sampler == "video_ddim" and dataclasses.asdict(p2.sampling.guidance) == {"scale": 3.0}
 
 
-SAT_5B = Path(__file__).resolve().parents[1].parent / "shared" / "sat-configs" / "cogvideox_5b.yaml"
+SAT_5B = Path(__file__).resolve().parent / "data" / "sat-configs" / "cogvideox_5b.yaml"
 
 
 @pytest.mark.parametrize("sampler_config", [None, "cogvideox-5b", "cogvideox_5b.yaml", str(SAT_5B)])

@@ -21,7 +21,7 @@ from cogsample.satconfig import (
 from cogsample.scalings import VideoScaling
 from cogsample.schedules import ZeroSNRDDPM
 
-SAT = Path(__file__).resolve().parents[1].parent / "shared" / "sat-configs"
+SAT = Path(__file__).resolve().parent / "data" / "sat-configs"
 MODELS = ["cogvideox_2b", "cogvideox_5b", "cogvideox_5b_i2v", "cogvideox1.5_5b", "cogvideox1.5_5b_i2v"]
 #: shipped name -> the reference's original file name (without .yaml)
 SHIPPED = {m.replace("_", "-"): m for m in MODELS}
