@@ -1,17 +1,20 @@
+import importlib.util
 import json
 import os
-from functools import cache
 from pathlib import Path
 
-#: The golden vectors live beside the checkout, read-only: ``../shared/golden``.
-GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+#: The recordings of the reference shipped in the package (``cogsample/goldens``), found without
+#: importing cogsample, which would import torch before the math mode is set.
+GOLDENS = Path(importlib.util.find_spec("cogsample").submodule_search_locations[0]) / "goldens"
 
 
 def _recorded_mkl_mode() -> str | None:
-    try:
-        return json.loads((GOLDEN / "index.json").read_text()).get("math", {}).get("mkl_cbwr")
-    except (OSError, ValueError):
-        return None
+    modes = set()
+    for rec in json.loads((GOLDENS / "index.json").read_text())["recordings"]:
+        modes.add(json.loads((GOLDENS / rec["dir"] / "index.json").read_text()).get("math", {}).get("mkl_cbwr"))
+    if len(modes) != 1:
+        raise RuntimeError(f"the shipped recordings state several math modes {sorted(map(str, modes))}")
+    return modes.pop()
 
 
 # The reference arrays are recorded in one MKL math mode; MKL reads it once, at its first call, so
@@ -23,34 +26,32 @@ if _recorded_mkl_mode():
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from cogsample import mathmode  # noqa: E402
+from cogsample import mathmode, recordings  # noqa: E402
+
+#: The shipped recording this machine's processor family reproduces (or the closest: then the
+#: bit-exact tests skip as "not bit-checkable here"), and every recording's probe result.
+RECORDING, PROBES = recordings.choose(recordings.shipped())
+GOLDEN = RECORDING.directory
 
 
 def golden_cases() -> list[str]:
-    index = GOLDEN / "index.json"
-    if not index.exists():
-        raise FileNotFoundError(f"golden vectors not found at {GOLDEN}: the tests need ../shared/golden")
-    return json.loads(index.read_text())["cases"]
+    return RECORDING.cases()
 
 
-@cache
 def math_probe() -> mathmode.ProbeResult | None:
-    """The recording's probe recomputed in this process (None for a recording without one)."""
-    from cogsample.golden import check_math_mode
-
-    return check_math_mode(GOLDEN)
+    """The chosen recording's probe recomputed in this process (None for a recording without one)."""
+    return PROBES[RECORDING.name]
 
 
 def pytest_report_header(config):
     probe = math_probe()
-    return probe.describe() if probe is not None else "math mode: the recording states none"
+    mode = probe.describe() if probe is not None else "math mode: the recording states none"
+    return f"golden recording: {RECORDING.name} ({RECORDING.machine}); {mode}"
 
 
 @pytest.fixture(scope="session")
 def schedules() -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(GOLDEN / "schedules.safetensors"))
+    return recordings.load_tensors(GOLDEN, "schedules")
 
 
 def bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:

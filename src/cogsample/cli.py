@@ -13,8 +13,10 @@ from pathlib import Path
 def _golden(args: argparse.Namespace) -> int:
     from . import mathmode
     from .golden import main as golden_main
+    from .recordings import shipped
 
-    wanted = next((m for m in (mathmode.recorded_mode(d)[0] for d in args.dirs) if m), None)
+    dirs = args.dirs or [r.directory for r in shipped()]
+    wanted = next((m for m in (mathmode.recorded_mode(d)[0] for d in dirs) if m), None)
     if wanted:
         # MKL reads its mode once, at its first call: a program entry point restarts itself in the
         # recording's mode; called as a library, it can only set it and let the probe tell.
@@ -634,7 +636,13 @@ def build_parser() -> argparse.ArgumentParser:
         "failed, but this machine cannot reproduce the recording's math (its probe differs), so differing cases "
         "were only checked within a stated tolerance and are reported as UNVERIFIED.",
     )
-    g.add_argument("dirs", nargs="+", metavar="DIR", help="a directory with index.json and its cases")
+    g.add_argument(
+        "dirs",
+        nargs="*",
+        metavar="DIR",
+        help="a recording: a directory with index.json and its cases (default: the recordings shipped in the "
+        "package, the one this machine's processor family reproduces)",
+    )
     g.set_defaults(func=_golden)
     s = sub.add_parser("samplers", help="list the samplers, their SAT names and options")
     s.set_defaults(func=_samplers)

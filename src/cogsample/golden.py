@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import torch
 
-from . import mathmode
+from . import mathmode, recordings
 from .guidance import Conditioning
 from .noise import ReplayNoise
 from .sampling import build_model
@@ -40,6 +40,7 @@ __all__ = [
     "CaseResult",
     "ToyNetwork",
     "check_math_mode",
+    "choose_shipped",
     "main",
     "replay_case",
     "replay_dir",
@@ -92,21 +93,6 @@ class CaseResult:
         return self.status == "pass"
 
 
-def _max_abs(a: Tensor, b: Tensor, what: str) -> tuple[float, float]:
-    """``(max |a - b|, max |b|)``; NaN equals NaN."""
-    if tuple(a.shape) != tuple(b.shape):
-        raise AssertionError(f"{what}: shape {tuple(a.shape)} != recorded {tuple(b.shape)}")
-    if a.numel() == 0:
-        return 0.0, 0.0
-    a64, b64 = a.detach().to(torch.float64), b.to(torch.float64)
-    scale = float(b64.abs().nan_to_num(0.0).max())
-    same = (a64 == b64) | (torch.isnan(a64) & torch.isnan(b64))
-    if bool(same.all()):
-        return 0.0, scale
-    diff = (a64 - b64).abs()
-    return float(torch.where(same, torch.zeros_like(diff), diff).nan_to_num(float("inf")).max()), scale
-
-
 def _draw_sequence(t: dict[str, Tensor]) -> list[Tensor]:
     """The single sequence of in-loop draws: sampler draws and sdedit prefix draws interleaved."""
     draws = list(t["noise_draws"]) if "noise_draws" in t else []
@@ -133,10 +119,8 @@ def replay_case(directory: str | Path, name: str, *, exact_math: bool = True) ->
 
 
 def _replay(directory: Path, name: str, exact_math: bool) -> CaseResult:
-    from safetensors.torch import load_file
-
-    meta = json.loads((directory / f"{name}.json").read_text())
-    t = load_file(str(directory / meta.get("tensor_file", f"{name}.safetensors")))
+    meta = recordings.load_meta(directory, name)
+    t = recordings.load_tensors(directory, name)
     sampler_block = {k: meta["sampler"][k] for k in ("class", "target", "params") if k in meta["sampler"]}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # parameters the reference accepts and ignores are expected here
@@ -177,39 +161,44 @@ def _replay(directory: Path, name: str, exact_math: bool) -> CaseResult:
         recording_model, x, grid, noise, callback=lambda i, xi, d: steps.append(xi), **config.options, **extra
     )
 
-    errors = {
-        "output": _max_abs(out, t["output"], "output"),
-        "x_steps": _max_abs(torch.stack(steps), t["x_steps"], "x_steps"),
+    compared = {
+        "output": recordings.compare(out, t["output"], "output"),
+        "x_steps": recordings.compare(torch.stack(steps), t["x_steps"], "x_steps"),
     }
     if out.dtype != t["output"].dtype:
         raise AssertionError(f"output dtype {out.dtype} != recorded {t['output'].dtype}")
     if "denoised_calls" in t:
-        errors["denoised_calls"] = _max_abs(torch.stack(denoised_calls), t["denoised_calls"], "denoised_calls")
+        got = torch.stack(denoised_calls)
+        compared["denoised_calls"] = recordings.compare(got, t["denoised_calls"], "denoised_calls")
     if "net_t" in t:
         got_t = torch.stack([c.to(t["net_t"].dtype) for c in network.calls])
-        errors["net_t"] = _max_abs(got_t, t["net_t"], "net_t")
+        compared["net_t"] = recordings.compare(got_t, t["net_t"], "net_t")
     if "guidance_scale_calls" in t:
         want = t["guidance_scale_calls"].tolist()
         if want != scales:
             raise AssertionError(f"guidance scales {scales} != recorded {want}")
     if not noise.exhausted:
         raise AssertionError(f"used {noise.position} of {len(noise.draws)} recorded draws")
-    worst = max(e for e, _ in errors.values())
-    detail = ", ".join(f"{k} {e:.3g}" for k, (e, _) in errors.items())
-    detail += f"; {len(steps)} steps, {len(denoised_calls)} calls, {noise.position} draws"
-    if worst == 0.0:
-        return CaseResult(name, "pass", worst, detail)
-    if not exact_math and all(mathmode.within_tolerance(e, m) for e, m in errors.values()):
+    return _verdict(
+        name, compared, exact_math, f"{len(steps)} steps, {len(denoised_calls)} calls, {noise.position} draws"
+    )
+
+
+def _verdict(name: str, compared: dict[str, recordings.Comparison], exact_math: bool, counts: str) -> CaseResult:
+    """pass: every tensor exact; unverified: not, but within tolerance where the math mode differs."""
+    worst = max(c.error for c in compared.values())
+    detail = ", ".join(f"{k} {c.error:.3g}" + (f" ({c.note})" if c.note else "") for k, c in compared.items())
+    detail += f"; {counts}"
+    if all(c.exact for c in compared.values()):
+        return CaseResult(name, "pass", 0.0, detail)
+    if not exact_math and all(c.within for c in compared.values()):
         return CaseResult(name, "unverified", worst, detail + f"; within {mathmode.REPLAY_RTOL:g} x max(1, |recorded|)")
     return CaseResult(name, "fail", worst, detail)
 
 
 def check_math_mode(directory: str | Path) -> mathmode.ProbeResult | None:
     """The recording's probe recomputed here; None for a recording that states no math mode."""
-    wanted, probe = mathmode.recorded_mode(directory)
-    if probe is None:
-        return None
-    return mathmode.check_probe(directory, probe, wanted)
+    return recordings.probe(directory)
 
 
 def replay_dir(directory: str | Path, *, exact_math: bool | None = None) -> list[CaseResult]:
@@ -232,13 +221,40 @@ def replay_dir(directory: str | Path, *, exact_math: bool | None = None) -> list
 EXIT_PASSED, EXIT_FAILED, EXIT_UNVERIFIED = 0, 1, 3
 
 
-def main(directories: Sequence[str | Path], out=None) -> int:
-    """Print the math mode, one line per case and ``N passed, N failed`` (bit-exact passes only,
-    then ``, N unverified`` where the math mode differs); exit 0 only if every case matched exactly,
-    3 if none failed but some could not be checked bit for bit, 1 otherwise."""
+def choose_shipped(out=None) -> Path:
+    """The shipped recording this machine reproduces (:func:`cogsample.recordings.choose`), with a
+    line per recording saying why it is or is not the one replayed."""
     import sys
 
     out = out or sys.stdout
+    shipped = recordings.shipped()
+    chosen, probes = recordings.choose(shipped)
+    for rec in shipped:
+        probe = probes[rec.name]
+        if rec is chosen and (probe is None or probe.exact):
+            why = "probe identical here: this machine computes as it did; replaying it"
+        elif rec is chosen:
+            why = (
+                f"probe differs in {', '.join(probe.differing)}, and every other recording's in more: no shipped "
+                "recording is this machine's (another processor family, or a torch without MKL); replaying the "
+                "closest, within tolerance"
+            )
+        else:
+            why = f"probe differs in {', '.join(probe.differing)}: another processor family's bits; not replayed"
+        print(f"recording {rec.name}, made on an {rec.machine}: {why}", file=out)
+    return chosen.directory
+
+
+def main(directories: Sequence[str | Path] = (), out=None) -> int:
+    """Print the math mode, one line per case and ``N passed, N failed`` (bit-exact passes only,
+    then ``, N unverified`` where the math mode differs); exit 0 only if every case matched exactly,
+    3 if none failed but some could not be checked bit for bit, 1 otherwise. No directories: the
+    shipped recording this machine reproduces (:func:`choose_shipped`)."""
+    import sys
+
+    out = out or sys.stdout
+    if not directories:
+        directories = [choose_shipped(out)]
     results: list[CaseResult] = []
     for d in directories:
         probe = check_math_mode(d) if Path(d, "index.json").is_file() else None

@@ -100,32 +100,29 @@ def recorded_mode(directory: str | Path) -> tuple[str | None, str | None]:
     return math.get("mkl_cbwr"), math.get("probe")
 
 
-def check_probe(directory: str | Path, name: str = "probe", wanted: str | None = None) -> ProbeResult:
-    """Recompute the probe ``directory/NAME.json`` describes and compare every output bit for bit."""
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    meta = json.loads((directory / f"{name}.json").read_text())
-    t = load_file(str(directory / meta.get("tensor_file", f"{name}.safetensors")))
+def check_probe(tensors: Mapping[str, torch.Tensor], wanted: str | None = None) -> ProbeResult:
+    """Recompute a probe's outputs from its inputs (``dtype/op`` and ``dtype/x``, ``dtype/pos``,
+    ``dtype/a``, ``dtype/b`` keys, as a recording's ``probe.safetensors`` holds them) and compare
+    every one bit for bit; ``wanted``: the recording's MKL_CBWR."""
     differing: list[str] = []
-    for dt in sorted({k.split("/", 1)[0] for k in t}):
+    for dt in sorted({k.split("/", 1)[0] for k in tensors}):
         for op, (arg, fn) in _probe_ops().items():
             key = f"{dt}/{op}"
-            if key in t and not torch.equal(fn(t[f"{dt}/{arg}"]), t[key]):
+            if key in tensors and not torch.equal(fn(tensors[f"{dt}/{arg}"]), tensors[key]):
                 differing.append(key)
-        if f"{dt}/mm" in t and not torch.equal(t[f"{dt}/a"] @ t[f"{dt}/b"], t[f"{dt}/mm"]):
+        if f"{dt}/mm" in tensors and not torch.equal(tensors[f"{dt}/a"] @ tensors[f"{dt}/b"], tensors[f"{dt}/mm"]):
             differing.append(f"{dt}/mm")
     return ProbeResult(
-        wanted=wanted or meta.get("mkl_cbwr"),
+        wanted=wanted,
         mode=os.environ.get(ENV),
         differing=tuple(differing),
         mkl=torch.backends.mkl.is_available(),
     )
 
 
-def within_tolerance(error: float, recorded_max: float) -> bool:
-    """The replay tolerance (:data:`REPLAY_RTOL`) for one tensor."""
-    return error <= REPLAY_RTOL * max(1.0, recorded_max)
+def within_tolerance(error: float, recorded_max: float, rtol: float = REPLAY_RTOL) -> bool:
+    """The replay tolerance (:data:`REPLAY_RTOL`) for one tensor: ``error <= rtol * max(1, recorded_max)``."""
+    return error <= rtol * max(1.0, recorded_max)
 
 
 def pin_mode(mode: str) -> bool:
