@@ -18,8 +18,8 @@ def test_samplers_lists_every_sampler_with_its_sat_name(capsys):
 def test_module_entry_point_and_usage_errors():
     ok = subprocess.run([sys.executable, "-m", "cogsample", "--help"], capture_output=True, text=True)
     assert ok.returncode == 0 and "golden" in ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "cogsample", "golden"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "DIR" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "cogsample", "golden", "--bogus"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unrecognized arguments: --bogus" in bad.stderr
 
 
 SMALL = ["--frames", "9", "--height", "64", "--width", "96", "--steps", "6"]
