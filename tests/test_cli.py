@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from cogsample.cli import main
 from cogsample.samplers import SAMPLERS
 
@@ -85,3 +87,17 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.startswith(f"cogsample {cogsample.__version__} (torch ")
+
+
+def test_the_folders_the_readme_examples_write_are_ignored_by_git(tmp_path):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    r = subprocess.run(
+        ["git", "-C", str(root), "check-ignore", "outputs/a.mp4", "runs/a.mp4", "bench/bench.json", "batch.jsonl"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.stdout.split() == ["outputs/a.mp4", "runs/a.mp4", "bench/bench.json", "batch.jsonl"], r.stderr
