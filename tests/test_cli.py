@@ -101,3 +101,11 @@ def test_the_folders_the_readme_examples_write_are_ignored_by_git(tmp_path):
         text=True,
     )
     assert r.stdout.split() == ["outputs/a.mp4", "runs/a.mp4", "bench/bench.json", "batch.jsonl"], r.stderr
+
+
+def test_quiet_has_a_short_form_on_every_subcommand():
+    from cogsample.cli import build_parser
+
+    parser = build_parser()
+    for cmd in (["generate", "--prompt", "x"], ["bench"], ["train-tiny", "--out", "x"]):
+        assert parser.parse_args([*cmd, "-q"]).quiet

@@ -443,7 +443,12 @@ def _add_generate(sub) -> None:
         help="start from this noise instead of drawing it: a .safetensors or .pt tensor of the sampled latent "
         "shape (1 or one row per video, T, 16, H/8, W/8), e.g. what a SAT or diffusers run drew",
     )
-    g.add_argument("--quiet", action="store_true", help="print only the video paths (one a line, as each is finished)")
+    g.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print only the video paths (one a line, as each is finished; warnings still go to stderr)",
+    )
     g.add_argument(
         "--overwrite",
         action="store_true",
@@ -655,7 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--log-every", type=int, default=50, help="steps per loss line (default 50)")
     t.add_argument("--plot", default=None, metavar="PNG", help="also plot the loss curve there")
     t.add_argument("--overwrite", action="store_true", help="replace a transformer already in --out")
-    t.add_argument("--quiet", action="store_true", help="no loss lines")
+    t.add_argument("-q", "--quiet", action="store_true", help="no loss lines")
     t.set_defaults(func=_train_tiny)
     b = sub.add_parser(
         "bench",
@@ -671,7 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--sections", default="quality,options,speed,long_video", help="comma-separated subset to run (default: all)"
     )
-    b.add_argument("--quiet", action="store_true", help="print only the final table")
+    b.add_argument("-q", "--quiet", action="store_true", help="print only the final table")
     b.set_defaults(func=_bench)
     return parser
 
