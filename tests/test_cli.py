@@ -109,3 +109,65 @@ def test_quiet_has_a_short_form_on_every_subcommand():
     parser = build_parser()
     for cmd in (["generate", "--prompt", "x"], ["bench"], ["train-tiny", "--out", "x"]):
         assert parser.parse_args([*cmd, "-q"]).quiet
+
+
+SMALL4 = ["--frames", "9", "--height", "64", "--width", "96", "--steps", "4"]
+
+
+def test_a_missing_optional_dependency_is_one_line_naming_its_extra_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("cogsample.pipeline.load_model", lambda *a, **k: pytest.fail("loaded"))
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # as if it were not installed
+    args = ["generate", "--model", "builtin-trained", "--prompt", "a red ball", "--out", str(tmp_path)]
+    assert main(args) == 2
+    assert capsys.readouterr().err == (
+        "cogsample generate: error: model 'builtin-trained' needs diffusers, which is not installed: "
+        "pip install 'cogsample[cogvideox]'\n"
+    )
+    assert main(["train-tiny", "--out", str(tmp_path / "t")]) == 2
+    assert "needs diffusers, which is not installed: pip install 'cogsample[cogvideox]'" in capsys.readouterr().err
+    import cogsample
+
+    with pytest.raises(ValueError, match=r"needs diffusers, which is not installed"):
+        cogsample.Pipeline.load("builtin-trained")
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    monkeypatch.setitem(sys.modules, "sentencepiece", None)
+    from cogsample.models import check_installed
+
+    with pytest.raises(ValueError) as e:
+        check_installed(str(tmp_path))  # a CogVideoX folder (its tokenizer without tokenizer.json)
+    assert str(e.value).endswith(
+        "needs diffusers, transformers and sentencepiece, which are not installed: pip install 'cogsample[cogvideox]'"
+    )
+
+
+def test_a_missing_module_no_check_caught_is_still_one_line(tmp_path, capsys, monkeypatch):
+    def load(*_a, **_k):
+        raise ModuleNotFoundError("No module named 'transformers'", name="transformers")
+
+    monkeypatch.setattr("cogsample.pipeline.load_model", load)
+    assert main(["generate", "--prompt", "a red ball", "--out", str(tmp_path), *SMALL4]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert (
+        err[-1]
+        == "cogsample generate: error: needs transformers, which is not installed: pip install 'cogsample[cogvideox]'"
+    )
+
+
+def test_the_readme_set_up_installs_what_its_builtin_examples_need():
+    import re
+    from pathlib import Path
+
+    import tomllib
+
+    from cogsample.models import requirements
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    assert "python3 -m pip install torch==2.13.0 -e . && cogsample generate --prompt" in readme  # the main job
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    core = {re.split(r"[<>=!~ \[;]", d, maxsplit=1)[0].lower() for d in deps}
+    models = set(re.findall(r"cogsample generate [^\n]*--model (builtin[\w-]*)", readme))
+    assert models >= {"builtin-trained", "builtin-trained-i2v"}
+    for model in models:
+        for profile in ("sat", "diffusers"):
+            assert set(requirements(model, profile)) <= core, (model, profile)

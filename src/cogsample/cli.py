@@ -138,6 +138,7 @@ def _quiet_libraries() -> None:
 def _generate(args: argparse.Namespace) -> int:
     from .batch import Interrupted, batch_options, count_finished, plan_jobs, run_batch, signals_raise
     from .distributed import Launch
+    from .models import check_installed
     from .outdir import OutDir, WriteError
     from .pipeline import GenerateOptions
 
@@ -216,6 +217,7 @@ def _generate(args: argparse.Namespace) -> int:
             context_overlap=args.context_overlap,
             noise_repeat=args.noise_repeat,
         )
+        check_installed(base.model, base.profile)  # once, before the lines are planned
         jobs = batch_options(base, _entries(args), fast=args.fast)
         items = plan_jobs(jobs)
         out = OutDir(args.out)
@@ -559,9 +561,11 @@ def _captions(args: argparse.Namespace) -> int:
 
 
 def _train_tiny(args: argparse.Namespace) -> int:
+    from .models import check_installed
     from .models.trained import TrainConfig, train
 
     try:
+        check_installed("builtin-trained")  # a diffusers transformer
         steps = TrainConfig().steps if args.steps is None else args.steps
         cfg = TrainConfig(steps=steps, batch=args.batch, seed=args.seed)
         out = Path(args.out)
@@ -686,7 +690,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     point, which may restart itself, see ``golden``)."""
     args = build_parser().parse_args(argv)
     args.entry_point = argv is None
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ModuleNotFoundError as e:
+        # an optional dependency missing where no check caught it first: one line naming its extra
+        from .models import extra_for
+
+        extra = extra_for(e.name or "")
+        if extra is None:
+            raise
+        print(
+            f"cogsample {args.command}: error: needs {e.name.split('.')[0]}, which is not installed: "
+            f"pip install 'cogsample[{extra}]'",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

@@ -453,6 +453,7 @@ def plan(opts: GenerateOptions) -> Plan:
     device = _resolve_device(opts.device)
     builtin = _is_builtin(opts.model)
     info = inspect_model(opts.model)
+    models.check_installed(opts.model, opts.profile)  # the optional modules it needs, named with their extra
     dtype = _resolve_dtype(opts.dtype, device, info, builtin)
 
     if opts.image is not None and not info.i2v:
@@ -1066,6 +1067,7 @@ class Pipeline:
         _check_choice("offload", offload, OFFLOAD)
         dev = _resolve_device(device)
         info = inspect_model(model)
+        models.check_installed(model, profile)
         dt = _resolve_dtype(dtype, dev, info, _is_builtin(model))
         if offload != "none":
             if _is_builtin(model):
