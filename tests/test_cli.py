@@ -171,3 +171,13 @@ def test_the_readme_set_up_installs_what_its_builtin_examples_need():
     for model in models:
         for profile in ("sat", "diffusers"):
             assert set(requirements(model, profile)) <= core, (model, profile)
+
+
+def test_every_bad_jsonl_line_is_reported_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("cogsample.pipeline.load_model", lambda *a, **k: pytest.fail("loaded"))
+    f = tmp_path / "bad.jsonl"
+    f.write_text('{"prompt":"a","steps":"ten"}\n{"prompt":"x","frames":50}\n')
+    assert main(["generate", "--prompts-file", str(f), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f'cogsample generate: error: {f} line 1: steps must be an integer, got "ten"'
+    assert err[1].startswith(f"{f} line 2: frames") and "50" in err[1] and len(err) == 2

@@ -8,6 +8,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .progress import Progress
 
@@ -50,12 +51,13 @@ def _windows_note(p) -> str:
     )
 
 
-def _entries(args: argparse.Namespace) -> list[tuple[str, dict]]:
+def _entries(args: argparse.Namespace) -> list[tuple[str, Any]]:
     from .batch import read_prompts_file
 
-    entries = [("", {"prompt": p}) for p in args.prompt or []]
+    entries: list[tuple[str, Any]] = [("", {"prompt": p}) for p in args.prompt or []]
     if args.prompts_file:
-        entries += read_prompts_file(args.prompts_file)
+        # a bad line stays in place, so that every line's errors (reading and planning) are listed at once
+        entries += read_prompts_file(args.prompts_file, keep_bad=True)
     return entries
 
 
