@@ -198,3 +198,9 @@ def test_type_and_value_errors_of_every_line_are_reported_in_one_pass(tmp_path, 
     # a bad line keeps its place: the next line's seed is still --seed + its index
     jobs = batch_options(_base(tmp_path, seed=5), read_prompts_file(f, keep_bad=True))
     assert isinstance(jobs[0][1], ValueError) and [o.seed for _, o in jobs[1:3]] == [6, 7]
+
+
+def test_repeats_finds_the_same_video_asked_for_twice(tmp_path):
+    entries = [("", {"prompt": p, "seed": 1}) for p in ("a red ball", "a blue square", "a red ball", "a red ball")]
+    assert batch.repeats(batch_items(_base(tmp_path), entries)) == [[0, 2, 3]]
+    assert batch.repeats(_items(tmp_path)) == []

@@ -181,3 +181,34 @@ def test_every_bad_jsonl_line_is_reported_before_any_work(tmp_path, capsys, monk
     err = capsys.readouterr().err.splitlines()
     assert err[0] == f'cogsample generate: error: {f} line 1: steps must be an integer, got "ten"'
     assert err[1].startswith(f"{f} line 2: frames") and "50" in err[1] and len(err) == 2
+
+
+def test_the_same_video_twice_is_made_once_said_and_printed_for_each_line(tmp_path, capsys):
+    f = tmp_path / "dup.jsonl"
+    f.write_text('{"prompt":"a red ball","seed":1}\n{"prompt":"a red ball","seed":1}\n{"prompt":"a blue square"}\n')
+    assert main(["generate", "--prompts-file", str(f), "--out", str(tmp_path / "o"), *SMALL4]) == 0
+    cap = capsys.readouterr()
+    paths = cap.out.split()
+    assert len(paths) == 3 and paths[0] == paths[1] != paths[2]  # a path for each line asked
+    assert len(list((tmp_path / "o").glob("*.mp4"))) == 2
+    stem = paths[0].rsplit("/", 1)[1].removesuffix(".mp4")
+    assert f"warning: {f} lines 1 and 2 define the same video ({stem}): made once" in cap.err
+    assert cap.err.splitlines()[1].startswith("2 video(s) (3 asked for) of 9 frames")
+    # under --quiet: still a path a line; the warning stays on stderr
+    assert main(["generate", "-q", "--prompts-file", str(f), "--out", str(tmp_path / "o"), *SMALL4]) == 0
+    cap = capsys.readouterr()
+    assert cap.out.split() == paths and cap.err.count("define the same video") == 1
+    one = tmp_path / "one.jsonl"
+    one.write_text('{"prompt":"a red ball","seed":1}\n')
+    assert main(["generate", "-q", "--prompt", "a red ball", "--seed", "1", "--prompts-file", str(one),
+                 "--out", str(tmp_path / "o"), *SMALL4]) == 0  # fmt: skip
+    cap = capsys.readouterr()
+    assert cap.out.split() == paths[:2] and f"--prompt 1 and {one} line 1 define the same video ({stem})" in cap.err
+
+
+def test_the_header_shows_each_lines_own_frames_and_steps(tmp_path, capsys):
+    f = tmp_path / "per.jsonl"
+    f.write_text('{"prompt":"a red ball","frames":13,"steps":3}\n{"prompt":"a blue square","steps":5}\n')
+    assert main(["generate", "--prompts-file", str(f), "--out", str(tmp_path / "o"), *SMALL4]) == 0
+    header = capsys.readouterr().err.splitlines()[0]
+    assert header.startswith("2 video(s) of 9-13 frames at 96x64 on builtin: vpsde_dpmpp_2m, 3-5 steps,"), header

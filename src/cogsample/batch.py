@@ -51,6 +51,7 @@ __all__ = [
     "generate",
     "plan_jobs",
     "read_prompts_file",
+    "repeats",
     "run_batch",
     "run_plan",
     "signals_raise",
@@ -276,6 +277,15 @@ def batch_items(
 ) -> list[BatchItem]:
     """:func:`batch_options` then :func:`plan_jobs`."""
     return plan_jobs(batch_options(base, entries, fast=fast))
+
+
+def repeats(items: Sequence[BatchItem]) -> list[list[int]]:
+    """The positions in ``items`` of each video asked for more than once (same name: everything
+    that defines it is the same), in order; it is made once (:func:`run_batch`)."""
+    at: dict[str, list[int]] = {}
+    for n, item in enumerate(items):
+        at.setdefault(item.stem, []).append(n)
+    return [ns for ns in at.values() if len(ns) > 1]
 
 
 # ----------------------------------------------------------------------------------------------

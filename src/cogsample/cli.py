@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,46 @@ def _entries(args: argparse.Namespace) -> list[tuple[str, Any]]:
     return entries
 
 
+def _varied(values: Sequence[Any], plural: str) -> str:
+    """One value as itself; numbers as their range (``9-13``); up to three others listed, more
+    as ``N PLURAL``: what the batch header says of a setting the lines choose themselves."""
+    distinct = list(dict.fromkeys(values))
+    if len(distinct) == 1:
+        return str(distinct[0])
+    if all(isinstance(v, int) for v in distinct):
+        return f"{min(distinct)}-{max(distinct)}"
+    if len(distinct) <= 3:
+        return " / ".join(map(str, distinct))
+    return f"{len(distinct)} {plural}"
+
+
+def _header(plans: Sequence[Any], count: str, profile: str) -> str:
+    """The batch's first line: what its videos are, each setting as one value or its spread over
+    the videos (the lines of a JSONL file may set their own frames, size, steps, ...)."""
+    size = _varied([f"{p.width}x{p.height}" for p in plans], "sizes")
+    windows = list(dict.fromkeys(_windows_note(p) for p in plans))
+    note = windows[0] if len(windows) == 1 else "; context windows per video"
+    return (
+        f"{count} of {_varied([p.frames for p in plans], 'frame counts')} frames at {size} on {plans[0].info.name}: "
+        f"{_varied([p.sampling.sampler for p in plans], 'samplers')}, "
+        f"{_varied([p.sampling.steps for p in plans], 'step counts')} steps, "
+        f"{_varied([type(p.sampling.guidance).__name__ for p in plans], 'guidances')}, profile {profile}, "
+        f"uncond {_varied([p.uncond for p in plans], 'unconds')}" + note
+    )
+
+
+def _and(words: Sequence[str]) -> str:
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
+def _which(labels: Sequence[str]) -> str:
+    """``FILE lines 1 and 2`` for ``FILE line 1``, ``FILE line 2``; other labels listed."""
+    files = {label.rpartition(" line ")[0] for label in labels}
+    if len(files) == 1 and all(" line " in label for label in labels):
+        return f"{files.pop()} lines {_and([label.rpartition(' line ')[2] for label in labels])}"
+    return _and(list(labels))
+
+
 def _quiet_libraries() -> None:
     """No loading bars or advice from transformers / diffusers / huggingface_hub (``--quiet``)."""
     import importlib
@@ -77,7 +118,7 @@ def _quiet_libraries() -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from .batch import Interrupted, batch_options, count_finished, plan_jobs, run_batch, signals_raise
+    from .batch import Interrupted, batch_options, count_finished, plan_jobs, repeats, run_batch, signals_raise
     from .distributed import Launch
     from .models import check_installed
     from .outdir import OutDir, WriteError
@@ -187,20 +228,25 @@ def _generate(args: argparse.Namespace) -> int:
 
         if all(isinstance(item.plan.sampling.guidance, NoGuidance) for item in mine):
             log("warning: --parallel cfg=2 without guidance: the unconditional rank only waits (use ulysses instead)")
+    leads = groups is None or groups.leader
+    # the same video asked for twice (everything that defines it equal) is made once: say so
+    label = {id(item): item.where or f"--prompt {n + 1}" for n, item in enumerate(items)}
+    for ns in repeats(mine):
+        if leads:
+            print(
+                f"{prefix}cogsample generate: warning: {_which([label[id(mine[n])] for n in ns])} define the same "
+                f"video ({mine[ns[0]].stem}): made once, its path printed for each",
+                file=sys.stderr,
+                flush=True,
+            )
+    unique = len({item.stem for item in mine})
+    count = f"{unique} video(s)" + (f" ({len(mine)} asked for)" if unique != len(mine) else "")
+    plans = [item.plan for item in (mine or items)]
     if args.ray is None and groups is not None:
-        first = (mine or items)[0].plan
-        log(
-            f"{len(mine)} video(s) of {first.frames} frames at {first.width}x{first.height} on {first.info.name}, "
-            f"each on {groups.config.degree} ranks ({groups.config}): {first.sampling.sampler}, "
-            f"{first.sampling.steps} steps" + _windows_note(first)
-        )
+        log(_header(plans, count, base.profile) + f"; each on {groups.config.degree} ranks ({groups.config})")
     elif args.ray is None:
-        first = mine[0].plan if mine else items[0].plan
-        s = first.sampling
         log(
-            f"{len(mine)} video(s) of {first.frames} frames at {first.width}x{first.height} on {first.info.name}: "
-            f"{s.sampler}, {s.steps} steps, {type(s.guidance).__name__}, profile {base.profile}, uncond {first.uncond}"
-            + _windows_note(first)
+            _header(plans, count, base.profile)
             + (
                 f" (videos {launch.rank}, {launch.rank} + {launch.world_size}, ... of {len(items)})"
                 if launch.distributed
@@ -210,10 +256,13 @@ def _generate(args: argparse.Namespace) -> int:
 
     paths = sys.stdout  # the video paths, and only they, go here (Ray's messages go to stderr)
 
+    asked = Counter(out.files(item.stem)["video"].name for item in mine)  # 2: a video two lines ask for
+
     def finished(r) -> None:
-        if groups is not None and not groups.leader:
+        if not leads:
             return
-        print(r.files["video"], file=paths, flush=True)
+        for _ in range(asked.get(r.files["video"].name, 1)):
+            print(r.files["video"], file=paths, flush=True)
         if r.skipped:
             log(f"finished before: {r.files['video']}")
 
