@@ -89,18 +89,71 @@ def test_version(capsys):
     assert e.value.code == 0 and capsys.readouterr().out.startswith(f"cogsample {cogsample.__version__} (torch ")
 
 
-def test_the_folders_the_readme_examples_write_are_ignored_by_git(tmp_path):
-    from pathlib import Path
+SMALL4 = ["--frames", "9", "--height", "64", "--width", "96", "--steps", "4"]
 
-    root = Path(__file__).resolve().parents[1]
-    if not (root / ".git").exists():
-        pytest.skip("not a git checkout")
-    r = subprocess.run(
-        ["git", "-C", str(root), "check-ignore", "outputs/a.mp4", "runs/a.mp4", "bench/bench.json", "batch.jsonl"],
-        capture_output=True,
-        text=True,
-    )
-    assert r.stdout.split() == ["outputs/a.mp4", "runs/a.mp4", "bench/bench.json", "batch.jsonl"], r.stderr
+
+def test_the_same_video_twice_is_made_once_said_and_printed_for_each_line(tmp_path, capsys):
+    f = tmp_path / "dup.jsonl"
+    f.write_text('{"prompt":"a red ball","seed":1}\n{"prompt":"a red ball","seed":1}\n{"prompt":"a blue square"}\n')
+    assert main(["generate", "--prompts-file", str(f), "--out", str(tmp_path / "o"), *SMALL4]) == 0
+    cap = capsys.readouterr()
+    paths = cap.out.split()
+    assert len(paths) == 3 and paths[0] == paths[1] != paths[2]  # a path for each line asked
+    assert len(list((tmp_path / "o").glob("*.mp4"))) == 2
+    stem = paths[0].rsplit("/", 1)[1].removesuffix(".mp4")
+    assert f"warning: {f} lines 1 and 2 define the same video ({stem}): made once" in cap.err
+    assert cap.err.splitlines()[1].startswith("2 video(s) (3 asked for) of 9 frames")
+    # under --quiet: still a path a line; the warning stays on stderr
+    assert main(["generate", "-q", "--prompts-file", str(f), "--out", str(tmp_path / "o"), *SMALL4]) == 0
+    cap = capsys.readouterr()
+    assert cap.out.split() == paths and cap.err.count("define the same video") == 1
+    one = tmp_path / "one.jsonl"
+    one.write_text('{"prompt":"a red ball","seed":1}\n')
+    assert main(["generate", "-q", "--prompt", "a red ball", "--seed", "1", "--prompts-file", str(one),
+                 "--out", str(tmp_path / "o"), *SMALL4]) == 0  # fmt: skip
+    cap = capsys.readouterr()
+    assert cap.out.split() == paths[:2] and f"--prompt 1 and {one} line 1 define the same video ({stem})" in cap.err
+
+
+def test_every_bad_jsonl_line_is_reported_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("cogsample.pipeline.load_model", lambda *a, **k: pytest.fail("loaded"))
+    f = tmp_path / "bad.jsonl"
+    f.write_text('{"prompt":"a","steps":"ten"}\n{"prompt":"x","frames":50}\n')
+    assert main(["generate", "--prompts-file", str(f), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f'cogsample generate: error: {f} line 1: steps must be an integer, got "ten"'
+    assert err[1].startswith(f"{f} line 2: frames") and "50" in err[1] and len(err) == 2
+
+
+def test_a_batch_says_each_video_done_with_an_eta_and_ends_with_a_summary(tmp_path, capsys):
+    args = ["generate", "--prompt", "a red ball", "--prompt", "a blue square", "--out", str(tmp_path), *SMALL4]
+    assert main(args) == 0
+    cap = capsys.readouterr()
+    assert len(cap.out.split()) == 2 and all(p.endswith(".mp4") for p in cap.out.split())  # stdout: paths only
+    err = cap.err.splitlines()
+    first = next(ln for ln in err if ln.startswith("video 1 of 2 done ("))
+    assert "; ETA " in first
+    assert any(ln.startswith("video 2 of 2 done (") and "ETA" not in ln for ln in err)
+    assert err[-1].startswith("done in ") and err[-1].endswith(": 2 made, 0 finished before, 0 failed (of 2 videos)")
+    assert main(args) == 0  # again: both finished before
+    assert capsys.readouterr().err.splitlines()[-1].endswith("0 made, 2 finished before, 0 failed (of 2 videos)")
+
+
+def test_batch_progress_eta_is_the_mean_time_per_video_made_times_those_left():
+    from types import SimpleNamespace
+
+    from cogsample.progress import BatchProgress
+
+    now = [100.0]
+    said = []
+    b = BatchProgress(4, said.append, clock=lambda: now[0])
+    b.result(SimpleNamespace(skipped=True, timings={}))
+    now[0] = 112.0  # loading took 2 s, the first video 10 s
+    b.result(SimpleNamespace(skipped=False, timings={"load_s": 2.0}))
+    now[0] = 132.0  # the second 20 s: 15 s a video, one left
+    b.result(SimpleNamespace(skipped=False, timings={"load_s": 2.0}))
+    assert said == ["video 2 of 4 done (10 s); ETA 20 s", "video 3 of 4 done (20 s); ETA 15 s"]
+    assert b.summary(failed=1) == "stopped in 32 s: 2 made, 1 finished before, 1 failed (of 4 videos)"
 
 
 def test_quiet_has_a_short_form_on_every_subcommand():
@@ -111,7 +164,12 @@ def test_quiet_has_a_short_form_on_every_subcommand():
         assert parser.parse_args([*cmd, "-q"]).quiet
 
 
-SMALL4 = ["--frames", "9", "--height", "64", "--width", "96", "--steps", "4"]
+def test_the_header_shows_each_lines_own_frames_and_steps(tmp_path, capsys):
+    f = tmp_path / "per.jsonl"
+    f.write_text('{"prompt":"a red ball","frames":13,"steps":3}\n{"prompt":"a blue square","steps":5}\n')
+    assert main(["generate", "--prompts-file", str(f), "--out", str(tmp_path / "o"), *SMALL4]) == 0
+    header = capsys.readouterr().err.splitlines()[0]
+    assert header.startswith("2 video(s) of 9-13 frames at 96x64 on builtin: vpsde_dpmpp_2m, 3-5 steps,"), header
 
 
 def test_a_missing_optional_dependency_is_one_line_naming_its_extra_before_any_work(tmp_path, capsys, monkeypatch):
@@ -173,42 +231,15 @@ def test_the_readme_set_up_installs_what_its_builtin_examples_need():
             assert set(requirements(model, profile)) <= core, (model, profile)
 
 
-def test_every_bad_jsonl_line_is_reported_before_any_work(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("cogsample.pipeline.load_model", lambda *a, **k: pytest.fail("loaded"))
-    f = tmp_path / "bad.jsonl"
-    f.write_text('{"prompt":"a","steps":"ten"}\n{"prompt":"x","frames":50}\n')
-    assert main(["generate", "--prompts-file", str(f), "--out", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err.splitlines()
-    assert err[0] == f'cogsample generate: error: {f} line 1: steps must be an integer, got "ten"'
-    assert err[1].startswith(f"{f} line 2: frames") and "50" in err[1] and len(err) == 2
+def test_the_folders_the_readme_examples_write_are_ignored_by_git(tmp_path):
+    from pathlib import Path
 
-
-def test_the_same_video_twice_is_made_once_said_and_printed_for_each_line(tmp_path, capsys):
-    f = tmp_path / "dup.jsonl"
-    f.write_text('{"prompt":"a red ball","seed":1}\n{"prompt":"a red ball","seed":1}\n{"prompt":"a blue square"}\n')
-    assert main(["generate", "--prompts-file", str(f), "--out", str(tmp_path / "o"), *SMALL4]) == 0
-    cap = capsys.readouterr()
-    paths = cap.out.split()
-    assert len(paths) == 3 and paths[0] == paths[1] != paths[2]  # a path for each line asked
-    assert len(list((tmp_path / "o").glob("*.mp4"))) == 2
-    stem = paths[0].rsplit("/", 1)[1].removesuffix(".mp4")
-    assert f"warning: {f} lines 1 and 2 define the same video ({stem}): made once" in cap.err
-    assert cap.err.splitlines()[1].startswith("2 video(s) (3 asked for) of 9 frames")
-    # under --quiet: still a path a line; the warning stays on stderr
-    assert main(["generate", "-q", "--prompts-file", str(f), "--out", str(tmp_path / "o"), *SMALL4]) == 0
-    cap = capsys.readouterr()
-    assert cap.out.split() == paths and cap.err.count("define the same video") == 1
-    one = tmp_path / "one.jsonl"
-    one.write_text('{"prompt":"a red ball","seed":1}\n')
-    assert main(["generate", "-q", "--prompt", "a red ball", "--seed", "1", "--prompts-file", str(one),
-                 "--out", str(tmp_path / "o"), *SMALL4]) == 0  # fmt: skip
-    cap = capsys.readouterr()
-    assert cap.out.split() == paths[:2] and f"--prompt 1 and {one} line 1 define the same video ({stem})" in cap.err
-
-
-def test_the_header_shows_each_lines_own_frames_and_steps(tmp_path, capsys):
-    f = tmp_path / "per.jsonl"
-    f.write_text('{"prompt":"a red ball","frames":13,"steps":3}\n{"prompt":"a blue square","steps":5}\n')
-    assert main(["generate", "--prompts-file", str(f), "--out", str(tmp_path / "o"), *SMALL4]) == 0
-    header = capsys.readouterr().err.splitlines()[0]
-    assert header.startswith("2 video(s) of 9-13 frames at 96x64 on builtin: vpsde_dpmpp_2m, 3-5 steps,"), header
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    r = subprocess.run(
+        ["git", "-C", str(root), "check-ignore", "outputs/a.mp4", "runs/a.mp4", "bench/bench.json", "batch.jsonl"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.stdout.split() == ["outputs/a.mp4", "runs/a.mp4", "bench/bench.json", "batch.jsonl"], r.stderr

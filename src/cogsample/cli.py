@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import warnings
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .progress import Progress
+from .progress import BatchProgress, Progress
 
-__all__ = ["Progress", "build_parser", "main"]
+__all__ = ["BatchProgress", "Progress", "build_parser", "main"]
 
 
 def _golden(args: argparse.Namespace) -> int:
@@ -257,6 +256,7 @@ def _generate(args: argparse.Namespace) -> int:
     paths = sys.stdout  # the video paths, and only they, go here (Ray's messages go to stderr)
 
     asked = Counter(out.files(item.stem)["video"].name for item in mine)  # 2: a video two lines ask for
+    batch = BatchProgress(unique, log)
 
     def finished(r) -> None:
         if not leads:
@@ -265,9 +265,9 @@ def _generate(args: argparse.Namespace) -> int:
             print(r.files["video"], file=paths, flush=True)
         if r.skipped:
             log(f"finished before: {r.files['video']}")
+        batch.result(r)
 
     progress = None if args.quiet else Progress(bar=False if launch.distributed else None, prefix=prefix)
-    start = time.perf_counter()
     try:
         with signals_raise():
             if args.ray is not None:
@@ -331,11 +331,14 @@ def _generate(args: argparse.Namespace) -> int:
             progress.close()
         what = str(e) if isinstance(e, WriteError) else f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
         print(f"{prefix}cogsample generate: error: {what}", file=sys.stderr, flush=True)
+        if leads:
+            log(batch.summary(failed=1))
         return 1
     finally:
         if progress is not None:
             progress.close()
-    log(f"done in {time.perf_counter() - start:.1f} s")
+    if leads:
+        log(batch.summary())
     if groups is not None:
         import torch.distributed as dist
 

@@ -1,14 +1,19 @@
 """What a run shows while it works, on stderr (never stdout, which holds only video paths):
 
 * :class:`Progress`: each video's steps, a bar on a terminal, a log line per 10% of steps
-  otherwise (the CLI's display, and ``Pipeline.__call__(..., progress=True)``'s).
+  otherwise (the CLI's display, and ``Pipeline.__call__(..., progress=True)``'s);
+* :class:`BatchProgress`: a batch's videos: ``video k of N done ..., ETA ...`` after each one made,
+  and a summary at the end (made, finished before, failed, time).
 """
 
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
+from typing import Any
 
-__all__ = ["Progress"]
+__all__ = ["BatchProgress", "Progress", "duration"]
 
 
 class Progress:
@@ -74,3 +79,62 @@ class Progress:
         if self._tqdm is not None:
             self._tqdm.close()
             self._tqdm = None
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` for a person: ``0.4 s``, ``42 s``, ``3 min 05 s``, ``1 h 02 min``."""
+    s = max(0.0, seconds)
+    if s < 10:
+        return f"{s:.1f} s"
+    if s < 60:
+        return f"{s:.0f} s"
+    m, sec = divmod(round(s), 60)
+    if m < 60:
+        return f"{m} min {sec:02d} s"
+    h, m = divmod(m, 60)
+    return f"{h} h {m:02d} min"
+
+
+class BatchProgress:
+    """A batch's progress by video: :meth:`result` for each finished video
+    (:class:`~cogsample.pipeline.Result`, made or skipped), :meth:`summary` at the end.
+
+    After each video made in a batch of several: ``video k of N done (T s); ETA E``, ``k``
+    counting the ones finished before too, the ETA the videos left times the mean time of those
+    made so far (the model's loading left out). ``say`` gets each line; ``clock`` is for tests."""
+
+    def __init__(self, total: int, say: Callable[[str], None], clock: Callable[[], float] = time.perf_counter):
+        self.total = total
+        self.say = say
+        self.clock = clock
+        self.began = self.start = clock()  # began: the batch; start: its work (after loading)
+        self.made = 0
+        self.skipped = 0
+        self._last: float | None = None  # when the last video made was done (None: none yet)
+
+    def result(self, r: Any) -> None:
+        if r.skipped:
+            self.skipped += 1
+            return
+        now = self.clock()
+        load = float(r.timings.get("load_s", 0.0)) if self._last is None else 0.0
+        took = now - (self.start if self._last is None else self._last) - load
+        if self._last is None:
+            self.start += load  # the work began once the model was loaded
+        self._last = now
+        self.made += 1
+        done = self.made + self.skipped
+        if self.total <= 1:
+            return
+        left = self.total - done
+        eta = (now - self.start) / self.made * left
+        self.say(f"video {done} of {self.total} done ({duration(took)})" + (f"; ETA {duration(eta)}" if left else ""))
+
+    def summary(self, failed: int = 0) -> str:
+        """``done in T: M made, S finished before, F failed (of N)``."""
+        took = self.clock() - self.began
+        verb = "done" if not failed else "stopped"
+        return (
+            f"{verb} in {duration(took)}: {self.made} made, {self.skipped} finished before, {failed} failed "
+            f"(of {self.total} video{'s' if self.total != 1 else ''})"
+        )
