@@ -77,3 +77,40 @@ def test_readme_python_entry_point_example_runs(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), scope)
     assert scope["result"].frames.shape == (25, 240, 368, 3)
     assert len(list((tmp_path / "runs").iterdir())) == 4
+
+
+def test_a_call_calls_back_once_per_step_and_shows_progress_on_the_given_stream(pipe):
+    import io
+
+    seen = []
+
+    def callback(event, latents, denoised):
+        seen.append((event.step, event.steps, event.timestep, event.sigma, latents.shape, denoised.shape))
+
+    stream = io.StringIO()
+    r = pipe("a red ball bouncing", callback=callback, progress=stream, **SMALL)
+    assert [s[:2] for s in seen] == [(i, 6) for i in range(6)]
+    assert all(s[4] == s[5] == r.latents.shape for s in seen)
+    assert seen[0][3] > seen[-1][3] > 0 and seen[0][2] == 999  # noise levels fall
+    text = stream.getvalue()
+    assert "video 1/1 step 6/6 t=" in text and "step/s" in text  # a log line per 10% (not a terminal)
+    b = pipe("a red ball bouncing", progress=False, **SMALL)  # the same video, shown or not
+    assert torch.equal(b.latents, r.latents)
+
+
+def test_progress_is_on_by_default_on_stderr_and_a_callback_can_stop_the_call(pipe, capsys):
+    pipe("a red ball", **SMALL)
+    assert "step 6/6" in capsys.readouterr().err
+
+    class Stop(Exception):
+        pass
+
+    def stop(event, latents, denoised):
+        if event.step == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        pipe("a red ball", progress=False, callback=stop, **SMALL)
+    assert capsys.readouterr().err == ""
+    with pytest.raises(ValueError, match="progress must be True, False or a writable stream, got int"):
+        pipe("a red ball", progress=3, **SMALL)

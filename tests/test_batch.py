@@ -182,3 +182,25 @@ def test_signals_raise_turns_sigterm_into_interrupted():
         signal.raise_signal(signal.SIGTERM)
         time.sleep(1)
     assert e.value.exit_code == 143 and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_type_and_value_errors_of_every_line_are_reported_in_one_pass(tmp_path, monkeypatch):
+    # issue 21: a type error on line 1 hid line 2's value error
+    monkeypatch.setattr("cogsample.pipeline.load_model", lambda *a, **k: pytest.fail("loaded"))
+    f = tmp_path / "b.jsonl"
+    f.write_text('{"prompt":"a","steps":"ten"}\n{"prompt":"x","frames":50}\n{"prompt":"ok"}\n{"prompt": 3}\n')
+    with pytest.raises(ValueError) as e:
+        batch_items(_base(tmp_path), read_prompts_file(f, keep_bad=True))
+    lines = str(e.value).splitlines()
+    assert [m.split(": ")[0] for m in lines] == [f"{f} line {n}" for n in (1, 2, 4)]
+    assert 'steps must be an integer, got "ten"' in lines[0] and "frames" in lines[1] and "50" in lines[1]
+    assert "prompt must be a string" in lines[2]
+    # a bad line keeps its place: the next line's seed is still --seed + its index
+    jobs = batch_options(_base(tmp_path, seed=5), read_prompts_file(f, keep_bad=True))
+    assert isinstance(jobs[0][1], ValueError) and [o.seed for _, o in jobs[1:3]] == [6, 7]
+
+
+def test_repeats_finds_the_same_video_asked_for_twice(tmp_path):
+    entries = [("", {"prompt": p, "seed": 1}) for p in ("a red ball", "a blue square", "a red ball", "a red ball")]
+    assert batch.repeats(batch_items(_base(tmp_path), entries)) == [[0, 2, 3]]
+    assert batch.repeats(_items(tmp_path)) == []

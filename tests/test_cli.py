@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from cogsample.cli import main
 from cogsample.samplers import SAMPLERS
 
@@ -85,3 +87,159 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.startswith(f"cogsample {cogsample.__version__} (torch ")
+
+
+SMALL4 = ["--frames", "9", "--height", "64", "--width", "96", "--steps", "4"]
+
+
+def test_the_same_video_twice_is_made_once_said_and_printed_for_each_line(tmp_path, capsys):
+    f = tmp_path / "dup.jsonl"
+    f.write_text('{"prompt":"a red ball","seed":1}\n{"prompt":"a red ball","seed":1}\n{"prompt":"a blue square"}\n')
+    assert main(["generate", "--prompts-file", str(f), "--out", str(tmp_path / "o"), *SMALL4]) == 0
+    cap = capsys.readouterr()
+    paths = cap.out.split()
+    assert len(paths) == 3 and paths[0] == paths[1] != paths[2]  # a path for each line asked
+    assert len(list((tmp_path / "o").glob("*.mp4"))) == 2
+    stem = paths[0].rsplit("/", 1)[1].removesuffix(".mp4")
+    assert f"warning: {f} lines 1 and 2 define the same video ({stem}): made once" in cap.err
+    assert cap.err.splitlines()[1].startswith("2 video(s) (3 asked for) of 9 frames")
+    # under --quiet: still a path a line; the warning stays on stderr
+    assert main(["generate", "-q", "--prompts-file", str(f), "--out", str(tmp_path / "o"), *SMALL4]) == 0
+    cap = capsys.readouterr()
+    assert cap.out.split() == paths and cap.err.count("define the same video") == 1
+    one = tmp_path / "one.jsonl"
+    one.write_text('{"prompt":"a red ball","seed":1}\n')
+    assert main(["generate", "-q", "--prompt", "a red ball", "--seed", "1", "--prompts-file", str(one),
+                 "--out", str(tmp_path / "o"), *SMALL4]) == 0  # fmt: skip
+    cap = capsys.readouterr()
+    assert cap.out.split() == paths[:2] and f"--prompt 1 and {one} line 1 define the same video ({stem})" in cap.err
+
+
+def test_every_bad_jsonl_line_is_reported_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("cogsample.pipeline.load_model", lambda *a, **k: pytest.fail("loaded"))
+    f = tmp_path / "bad.jsonl"
+    f.write_text('{"prompt":"a","steps":"ten"}\n{"prompt":"x","frames":50}\n')
+    assert main(["generate", "--prompts-file", str(f), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f'cogsample generate: error: {f} line 1: steps must be an integer, got "ten"'
+    assert err[1].startswith(f"{f} line 2: frames") and "50" in err[1] and len(err) == 2
+
+
+def test_a_batch_says_each_video_done_with_an_eta_and_ends_with_a_summary(tmp_path, capsys):
+    args = ["generate", "--prompt", "a red ball", "--prompt", "a blue square", "--out", str(tmp_path), *SMALL4]
+    assert main(args) == 0
+    cap = capsys.readouterr()
+    assert len(cap.out.split()) == 2 and all(p.endswith(".mp4") for p in cap.out.split())  # stdout: paths only
+    err = cap.err.splitlines()
+    first = next(ln for ln in err if ln.startswith("video 1 of 2 done ("))
+    assert "; ETA " in first
+    assert any(ln.startswith("video 2 of 2 done (") and "ETA" not in ln for ln in err)
+    assert err[-1].startswith("done in ") and err[-1].endswith(": 2 made, 0 finished before, 0 failed (of 2 videos)")
+    assert main(args) == 0  # again: both finished before
+    assert capsys.readouterr().err.splitlines()[-1].endswith("0 made, 2 finished before, 0 failed (of 2 videos)")
+
+
+def test_batch_progress_eta_is_the_mean_time_per_video_made_times_those_left():
+    from types import SimpleNamespace
+
+    from cogsample.progress import BatchProgress
+
+    now = [100.0]
+    said = []
+    b = BatchProgress(4, said.append, clock=lambda: now[0])
+    b.result(SimpleNamespace(skipped=True, timings={}))
+    now[0] = 112.0  # loading took 2 s, the first video 10 s
+    b.result(SimpleNamespace(skipped=False, timings={"load_s": 2.0}))
+    now[0] = 132.0  # the second 20 s: 15 s a video, one left
+    b.result(SimpleNamespace(skipped=False, timings={"load_s": 2.0}))
+    assert said == ["video 2 of 4 done (10 s); ETA 20 s", "video 3 of 4 done (20 s); ETA 15 s"]
+    assert b.summary(failed=1) == "stopped in 32 s: 2 made, 1 finished before, 1 failed (of 4 videos)"
+
+
+def test_quiet_has_a_short_form_on_every_subcommand():
+    from cogsample.cli import build_parser
+
+    parser = build_parser()
+    for cmd in (["generate", "--prompt", "x"], ["bench"], ["train-tiny", "--out", "x"]):
+        assert parser.parse_args([*cmd, "-q"]).quiet
+
+
+def test_the_header_shows_each_lines_own_frames_and_steps(tmp_path, capsys):
+    f = tmp_path / "per.jsonl"
+    f.write_text('{"prompt":"a red ball","frames":13,"steps":3}\n{"prompt":"a blue square","steps":5}\n')
+    assert main(["generate", "--prompts-file", str(f), "--out", str(tmp_path / "o"), *SMALL4]) == 0
+    header = capsys.readouterr().err.splitlines()[0]
+    assert header.startswith("2 video(s) of 9-13 frames at 96x64 on builtin: vpsde_dpmpp_2m, 3-5 steps,"), header
+
+
+def test_a_missing_optional_dependency_is_one_line_naming_its_extra_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("cogsample.pipeline.load_model", lambda *a, **k: pytest.fail("loaded"))
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # as if it were not installed
+    args = ["generate", "--model", "builtin-trained", "--prompt", "a red ball", "--out", str(tmp_path)]
+    assert main(args) == 2
+    assert capsys.readouterr().err == (
+        "cogsample generate: error: model 'builtin-trained' needs diffusers, which is not installed: "
+        "pip install 'cogsample[cogvideox]'\n"
+    )
+    assert main(["train-tiny", "--out", str(tmp_path / "t")]) == 2
+    assert "needs diffusers, which is not installed: pip install 'cogsample[cogvideox]'" in capsys.readouterr().err
+    import cogsample
+
+    with pytest.raises(ValueError, match=r"needs diffusers, which is not installed"):
+        cogsample.Pipeline.load("builtin-trained")
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    monkeypatch.setitem(sys.modules, "sentencepiece", None)
+    from cogsample.models import check_installed
+
+    with pytest.raises(ValueError) as e:
+        check_installed(str(tmp_path))  # a CogVideoX folder (its tokenizer without tokenizer.json)
+    assert str(e.value).endswith(
+        "needs diffusers, transformers and sentencepiece, which are not installed: pip install 'cogsample[cogvideox]'"
+    )
+
+
+def test_a_missing_module_no_check_caught_is_still_one_line(tmp_path, capsys, monkeypatch):
+    def load(*_a, **_k):
+        raise ModuleNotFoundError("No module named 'transformers'", name="transformers")
+
+    monkeypatch.setattr("cogsample.pipeline.load_model", load)
+    assert main(["generate", "--prompt", "a red ball", "--out", str(tmp_path), *SMALL4]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert (
+        err[-1]
+        == "cogsample generate: error: needs transformers, which is not installed: pip install 'cogsample[cogvideox]'"
+    )
+
+
+def test_the_readme_set_up_installs_what_its_builtin_examples_need():
+    import re
+    from pathlib import Path
+
+    import tomllib
+
+    from cogsample.models import requirements
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    assert "python3 -m pip install torch==2.13.0 -e . && cogsample generate --prompt" in readme  # the main job
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    core = {re.split(r"[<>=!~ \[;]", d, maxsplit=1)[0].lower() for d in deps}
+    models = set(re.findall(r"cogsample generate [^\n]*--model (builtin[\w-]*)", readme))
+    assert models >= {"builtin-trained", "builtin-trained-i2v"}
+    for model in models:
+        for profile in ("sat", "diffusers"):
+            assert set(requirements(model, profile)) <= core, (model, profile)
+
+
+def test_the_folders_the_readme_examples_write_are_ignored_by_git(tmp_path):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    r = subprocess.run(
+        ["git", "-C", str(root), "check-ignore", "outputs/a.mp4", "runs/a.mp4", "bench/bench.json", "batch.jsonl"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.stdout.split() == ["outputs/a.mp4", "runs/a.mp4", "bench/bench.json", "batch.jsonl"], r.stderr

@@ -5,7 +5,7 @@ from .guidance import CFG, Conditioning, DynamicCFG, GuidanceInterval, GuidedMod
 from .models.base import CallableNetwork
 from .noise import DiffusersNoise, GlobalNoise, ReplayNoise, SeededNoise, latent_shape
 from .parallel import CFGParallel, ParallelConfig, ParallelGroups
-from .pipeline import GenerateOptions, Pipeline, VideoResult
+from .pipeline import GenerateOptions, Pipeline, StepEvent, VideoResult
 from .profiles import diffusers_sampling, sat_sampling
 from .samplers import SAMPLERS, get_sampler
 from .sampling import SamplingConfig, sample
@@ -44,6 +44,7 @@ __all__ = [
     "SamplingConfig",
     "SeededNoise",
     "SpacedDDPM",
+    "StepEvent",
     "VScaling",
     "VScalingEDMNoise",
     "VideoResult",

@@ -51,6 +51,7 @@ __all__ = [
     "generate",
     "plan_jobs",
     "read_prompts_file",
+    "repeats",
     "run_batch",
     "run_plan",
     "signals_raise",
@@ -108,12 +109,15 @@ def signals_raise() -> Iterator[None]:
 # input
 
 
-def read_prompts_file(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
+def read_prompts_file(path: str | Path, *, keep_bad: bool = False) -> list[tuple[str, Any]]:
     """The entries of a prompts file as ``(where, options)``: ``where`` is ``"FILE line N"``,
     ``options`` at least ``{"prompt": ...}``. JSONL (a ``.jsonl``/``.ndjson`` name, or a first
     entry that starts with ``{``): one object a line, relative ``image``/``initial_noise``/
     ``sampler_config`` paths taken from the file's folder. Otherwise one prompt a line. Blank
-    lines and lines starting with ``#`` are skipped. ``ValueError`` lists every bad line."""
+    lines and lines starting with ``#`` are skipped. ``ValueError`` lists every bad line; with
+    ``keep_bad``, a bad line's entry is ``(where, ValueError)`` instead, in its place, so that
+    :func:`batch_items` reports it together with the other lines' planning errors (and every
+    line keeps its index, hence its seed)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -132,7 +136,8 @@ def read_prompts_file(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
             entries.append((where, _jsonl_entry(line, p.parent)))
         except ValueError as e:
             errors.append(f"{where}: {e}")
-    if errors:
+            entries.append((where, e))
+    if errors and not keep_bad:
         raise ValueError(_listed(errors))
     return entries
 
@@ -217,18 +222,22 @@ class BatchItem:
 
 def batch_options(
     base: GenerateOptions,
-    entries: Sequence[tuple[str, Mapping[str, Any]]],
+    entries: Sequence[tuple[str, Any]],
     *,
     fast: bool = False,
-) -> list[tuple[str, GenerateOptions]]:
+) -> list[tuple[str, Any]]:
     """One single-video request per entry: ``base`` with the entry's options on top; entry k
     without a ``seed`` takes ``base.seed + k``, and with ``base``'s multi-row ``initial_noise``,
     row k. ``fast`` (or an entry's ``"fast": true``) applies ``--fast`` after the options,
-    keeping a given step count."""
+    keeping a given step count. A bad entry (a ``ValueError``, see :func:`read_prompts_file`)
+    stays in its place for :func:`plan_jobs` to report."""
     if not entries:
         raise ValueError("no prompt: give --prompt TEXT (repeatable) or --prompts-file FILE")
-    jobs = []
+    jobs: list[tuple[str, Any]] = []
     for k, (where, entry) in enumerate(entries):
+        if isinstance(entry, ValueError):
+            jobs.append((where, entry))
+            continue
         opts = dict(entry)
         prompt = opts.pop("prompt")
         use_fast = bool(opts.pop("fast", False)) or fast
@@ -243,12 +252,15 @@ def batch_options(
     return jobs
 
 
-def plan_jobs(jobs: Sequence[tuple[str, GenerateOptions]]) -> list[BatchItem]:
-    """Plan (check) every job before any work; ``ValueError`` lists every bad one with where it
+def plan_jobs(jobs: Sequence[tuple[str, Any]]) -> list[BatchItem]:
+    """Plan (check) every job before any work; ``ValueError`` lists every bad one (a job that is a
+    ``ValueError`` already, a line that could not be read, included), in order, with where it
     came from."""
     items, errors = [], []
     for where, job in jobs:
         try:
+            if isinstance(job, ValueError):
+                raise job
             items.append(BatchItem(plan(job), 0, where))
         except ValueError as e:
             errors.append(f"{where}: {e}" if where else str(e))
@@ -259,12 +271,21 @@ def plan_jobs(jobs: Sequence[tuple[str, GenerateOptions]]) -> list[BatchItem]:
 
 def batch_items(
     base: GenerateOptions,
-    entries: Sequence[tuple[str, Mapping[str, Any]]],
+    entries: Sequence[tuple[str, Any]],
     *,
     fast: bool = False,
 ) -> list[BatchItem]:
     """:func:`batch_options` then :func:`plan_jobs`."""
     return plan_jobs(batch_options(base, entries, fast=fast))
+
+
+def repeats(items: Sequence[BatchItem]) -> list[list[int]]:
+    """The positions in ``items`` of each video asked for more than once (same name: everything
+    that defines it is the same), in order; it is made once (:func:`run_batch`)."""
+    at: dict[str, list[int]] = {}
+    for n, item in enumerate(items):
+        at.setdefault(item.stem, []).append(n)
+    return [ns for ns in at.values() if len(ns) > 1]
 
 
 # ----------------------------------------------------------------------------------------------

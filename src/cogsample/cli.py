@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+from .progress import BatchProgress, Progress
+
+__all__ = ["BatchProgress", "Progress", "build_parser", "main"]
 
 
 def _golden(args: argparse.Namespace) -> int:
@@ -37,71 +42,6 @@ def _samplers(args: argparse.Namespace) -> int:
     return 0
 
 
-class Progress:
-    """A bar (step, noise level, rate, ETA) on a terminal; a log line per 10% of steps otherwise.
-    Work before the first step (a :class:`~cogsample.pipeline.PrepareEvent`) is shown too."""
-
-    def __init__(self, stream=None, bar: bool | None = None, prefix: str = ""):
-        self.stream = stream or sys.stderr
-        self.bar = self.stream.isatty() if bar is None else bar
-        self.prefix = prefix
-        self._tqdm = None
-        self._video = -1
-        self._said = -1
-
-    def _prepare(self, ev) -> None:
-        # a line at the start and at each quarter: enough to show it is working
-        quarter = 4 * ev.done // max(1, ev.total)
-        if ev.done == 0 or quarter > self._said:
-            self._said = quarter
-            line = f"{self.prefix}video {ev.video + 1}/{ev.videos}: {ev.what} ({ev.done}/{ev.total})"
-            print(line, file=self.stream, flush=True)
-
-    def __call__(self, ev) -> None:
-        from .pipeline import PrepareEvent
-
-        if isinstance(ev, PrepareEvent):
-            self.close()
-            self._prepare(ev)
-            return
-        level = f"sigma={ev.sigma:.3g}" if ev.timestep is None else f"t={ev.timestep} sigma={ev.sigma:.3g}"
-        if ev.forwards:
-            level += f" fwd={ev.forwards}" + (f" ({ev.windows} windows)" if ev.windows > 1 else "")
-        if self.bar:
-            from tqdm import tqdm
-
-            if ev.video != self._video:
-                self.close()
-                self._video = ev.video
-                self._tqdm = tqdm(
-                    total=ev.steps,
-                    desc=f"{self.prefix}video {ev.video + 1}/{ev.videos}",
-                    unit="step",
-                    file=self.stream,
-                    dynamic_ncols=True,
-                )
-            self._tqdm.set_postfix_str(level, refresh=False)
-            self._tqdm.update(1)
-            if ev.step + 1 == ev.steps:
-                self.close()
-            return
-        every = max(1, ev.steps // 10)
-        if (ev.step + 1) % every == 0 or ev.step + 1 == ev.steps:
-            rate = (ev.step + 1) / ev.elapsed if ev.elapsed > 0 else float("inf")
-            eta = (ev.steps - ev.step - 1) / rate if rate > 0 else 0.0
-            print(
-                f"{self.prefix}video {ev.video + 1}/{ev.videos} step {ev.step + 1}/{ev.steps} {level} "
-                f"{rate:.2f} step/s eta {eta:.0f}s",
-                file=self.stream,
-                flush=True,
-            )
-
-    def close(self) -> None:
-        if self._tqdm is not None:
-            self._tqdm.close()
-            self._tqdm = None
-
-
 def _windows_note(p) -> str:
     w = p.windows
     if w is None:
@@ -113,13 +53,54 @@ def _windows_note(p) -> str:
     )
 
 
-def _entries(args: argparse.Namespace) -> list[tuple[str, dict]]:
+def _entries(args: argparse.Namespace) -> list[tuple[str, Any]]:
     from .batch import read_prompts_file
 
-    entries = [("", {"prompt": p}) for p in args.prompt or []]
+    entries: list[tuple[str, Any]] = [("", {"prompt": p}) for p in args.prompt or []]
     if args.prompts_file:
-        entries += read_prompts_file(args.prompts_file)
+        # a bad line stays in place, so that every line's errors (reading and planning) are listed at once
+        entries += read_prompts_file(args.prompts_file, keep_bad=True)
     return entries
+
+
+def _varied(values: Sequence[Any], plural: str) -> str:
+    """One value as itself; numbers as their range (``9-13``); up to three others listed, more
+    as ``N PLURAL``: what the batch header says of a setting the lines choose themselves."""
+    distinct = list(dict.fromkeys(values))
+    if len(distinct) == 1:
+        return str(distinct[0])
+    if all(isinstance(v, int) for v in distinct):
+        return f"{min(distinct)}-{max(distinct)}"
+    if len(distinct) <= 3:
+        return " / ".join(map(str, distinct))
+    return f"{len(distinct)} {plural}"
+
+
+def _header(plans: Sequence[Any], count: str, profile: str) -> str:
+    """The batch's first line: what its videos are, each setting as one value or its spread over
+    the videos (the lines of a JSONL file may set their own frames, size, steps, ...)."""
+    size = _varied([f"{p.width}x{p.height}" for p in plans], "sizes")
+    windows = list(dict.fromkeys(_windows_note(p) for p in plans))
+    note = windows[0] if len(windows) == 1 else "; context windows per video"
+    return (
+        f"{count} of {_varied([p.frames for p in plans], 'frame counts')} frames at {size} on {plans[0].info.name}: "
+        f"{_varied([p.sampling.sampler for p in plans], 'samplers')}, "
+        f"{_varied([p.sampling.steps for p in plans], 'step counts')} steps, "
+        f"{_varied([type(p.sampling.guidance).__name__ for p in plans], 'guidances')}, profile {profile}, "
+        f"uncond {_varied([p.uncond for p in plans], 'unconds')}" + note
+    )
+
+
+def _and(words: Sequence[str]) -> str:
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
+def _which(labels: Sequence[str]) -> str:
+    """``FILE lines 1 and 2`` for ``FILE line 1``, ``FILE line 2``; other labels listed."""
+    files = {label.rpartition(" line ")[0] for label in labels}
+    if len(files) == 1 and all(" line " in label for label in labels):
+        return f"{files.pop()} lines {_and([label.rpartition(' line ')[2] for label in labels])}"
+    return _and(list(labels))
 
 
 def _quiet_libraries() -> None:
@@ -138,8 +119,9 @@ def _quiet_libraries() -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from .batch import Interrupted, batch_options, count_finished, plan_jobs, run_batch, signals_raise
+    from .batch import Interrupted, batch_options, count_finished, plan_jobs, repeats, run_batch, signals_raise
     from .distributed import Launch
+    from .models import check_installed
     from .outdir import OutDir, WriteError
     from .pipeline import GenerateOptions
 
@@ -218,6 +200,7 @@ def _generate(args: argparse.Namespace) -> int:
             context_overlap=args.context_overlap,
             noise_repeat=args.noise_repeat,
         )
+        check_installed(base.model, base.profile)  # once, before the lines are planned
         jobs = batch_options(base, _entries(args), fast=args.fast)
         items = plan_jobs(jobs)
         out = OutDir(args.out)
@@ -246,20 +229,25 @@ def _generate(args: argparse.Namespace) -> int:
 
         if all(isinstance(item.plan.sampling.guidance, NoGuidance) for item in mine):
             log("warning: --parallel cfg=2 without guidance: the unconditional rank only waits (use ulysses instead)")
+    leads = groups is None or groups.leader
+    # the same video asked for twice (everything that defines it equal) is made once: say so
+    label = {id(item): item.where or f"--prompt {n + 1}" for n, item in enumerate(items)}
+    for ns in repeats(mine):
+        if leads:
+            print(
+                f"{prefix}cogsample generate: warning: {_which([label[id(mine[n])] for n in ns])} define the same "
+                f"video ({mine[ns[0]].stem}): made once, its path printed for each",
+                file=sys.stderr,
+                flush=True,
+            )
+    unique = len({item.stem for item in mine})
+    count = f"{unique} video(s)" + (f" ({len(mine)} asked for)" if unique != len(mine) else "")
+    plans = [item.plan for item in (mine or items)]
     if args.ray is None and groups is not None:
-        first = (mine or items)[0].plan
-        log(
-            f"{len(mine)} video(s) of {first.frames} frames at {first.width}x{first.height} on {first.info.name}, "
-            f"each on {groups.config.degree} ranks ({groups.config}): {first.sampling.sampler}, "
-            f"{first.sampling.steps} steps" + _windows_note(first)
-        )
+        log(_header(plans, count, base.profile) + f"; each on {groups.config.degree} ranks ({groups.config})")
     elif args.ray is None:
-        first = mine[0].plan if mine else items[0].plan
-        s = first.sampling
         log(
-            f"{len(mine)} video(s) of {first.frames} frames at {first.width}x{first.height} on {first.info.name}: "
-            f"{s.sampler}, {s.steps} steps, {type(s.guidance).__name__}, profile {base.profile}, uncond {first.uncond}"
-            + _windows_note(first)
+            _header(plans, count, base.profile)
             + (
                 f" (videos {launch.rank}, {launch.rank} + {launch.world_size}, ... of {len(items)})"
                 if launch.distributed
@@ -269,15 +257,19 @@ def _generate(args: argparse.Namespace) -> int:
 
     paths = sys.stdout  # the video paths, and only they, go here (Ray's messages go to stderr)
 
+    asked = Counter(out.files(item.stem)["video"].name for item in mine)  # 2: a video two lines ask for
+    batch = BatchProgress(unique, log)
+
     def finished(r) -> None:
-        if groups is not None and not groups.leader:
+        if not leads:
             return
-        print(r.files["video"], file=paths, flush=True)
+        for _ in range(asked.get(r.files["video"].name, 1)):
+            print(r.files["video"], file=paths, flush=True)
         if r.skipped:
             log(f"finished before: {r.files['video']}")
+        batch.result(r)
 
     progress = None if args.quiet else Progress(bar=False if launch.distributed else None, prefix=prefix)
-    start = time.perf_counter()
     try:
         with signals_raise():
             if args.ray is not None:
@@ -341,11 +333,14 @@ def _generate(args: argparse.Namespace) -> int:
             progress.close()
         what = str(e) if isinstance(e, WriteError) else f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
         print(f"{prefix}cogsample generate: error: {what}", file=sys.stderr, flush=True)
+        if leads:
+            log(batch.summary(failed=1))
         return 1
     finally:
         if progress is not None:
             progress.close()
-    log(f"done in {time.perf_counter() - start:.1f} s")
+    if leads:
+        log(batch.summary())
     if groups is not None:
         import torch.distributed as dist
 
@@ -445,7 +440,12 @@ def _add_generate(sub) -> None:
         help="start from this noise instead of drawing it: a .safetensors or .pt tensor of the sampled latent "
         "shape (1 or one row per video, T, 16, H/8, W/8), e.g. what a SAT or diffusers run drew",
     )
-    g.add_argument("--quiet", action="store_true", help="print only the video paths (one a line, as each is finished)")
+    g.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print only the video paths (one a line, as each is finished; warnings still go to stderr)",
+    )
     g.add_argument(
         "--overwrite",
         action="store_true",
@@ -556,9 +556,11 @@ def _captions(args: argparse.Namespace) -> int:
 
 
 def _train_tiny(args: argparse.Namespace) -> int:
+    from .models import check_installed
     from .models.trained import TrainConfig, train
 
     try:
+        check_installed("builtin-trained")  # a diffusers transformer
         steps = TrainConfig().steps if args.steps is None else args.steps
         cfg = TrainConfig(steps=steps, batch=args.batch, seed=args.seed)
         out = Path(args.out)
@@ -663,18 +665,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--log-every", type=int, default=50, help="steps per loss line (default 50)")
     t.add_argument("--plot", default=None, metavar="PNG", help="also plot the loss curve there")
     t.add_argument("--overwrite", action="store_true", help="replace a transformer already in --out")
-    t.add_argument("--quiet", action="store_true", help="no loss lines")
+    t.add_argument("-q", "--quiet", action="store_true", help="no loss lines")
     t.set_defaults(func=_train_tiny)
     b = sub.add_parser(
         "bench",
         help="quality per forward, forward-saving options and speed vs diffusers: JSON, PNG plots and a table",
     )
-    b.add_argument("--quick", action="store_true", help="the small size the tests use (well under a minute)")
+    b.add_argument(
+        "--quick",
+        action="store_true",
+        help="the small size the tests use: about a minute on an idle 2-core CPU (measured 61 s), several times "
+        "that on a busy one",
+    )
     b.add_argument("--out", default="bench", help="directory for bench.json and the plots (default: ./bench)")
     b.add_argument(
         "--sections", default="quality,options,speed,long_video", help="comma-separated subset to run (default: all)"
     )
-    b.add_argument("--quiet", action="store_true", help="print only the final table")
+    b.add_argument("-q", "--quiet", action="store_true", help="print only the final table")
     b.set_defaults(func=_bench)
     return parser
 
@@ -684,7 +691,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     point, which may restart itself, see ``golden``)."""
     args = build_parser().parse_args(argv)
     args.entry_point = argv is None
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ModuleNotFoundError as e:
+        # an optional dependency missing where no check caught it first: one line naming its extra
+        from .models import extra_for
+
+        extra = extra_for(e.name or "")
+        if extra is None:
+            raise
+        print(
+            f"cogsample {args.command}: error: needs {e.name.split('.')[0]}, which is not installed: "
+            f"pip install 'cogsample[{extra}]'",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

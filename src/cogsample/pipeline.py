@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 import numpy as np
 import torch
@@ -453,6 +453,7 @@ def plan(opts: GenerateOptions) -> Plan:
     device = _resolve_device(opts.device)
     builtin = _is_builtin(opts.model)
     info = inspect_model(opts.model)
+    models.check_installed(opts.model, opts.profile)  # the optional modules it needs, named with their extra
     dtype = _resolve_dtype(opts.dtype, device, info, builtin)
 
     if opts.image is not None and not info.i2v:
@@ -810,19 +811,25 @@ def _progress_callback(
     videos: int,
     start: float,
     model: Any = None,
+    on_step: Callable[[StepEvent, Tensor, Tensor], None] | None = None,
 ) -> Callable[[int, Tensor, Tensor], None] | None:
-    """The sampler callback that reports a :class:`StepEvent` (levels read from the host-side grid;
-    forwards from ``model``, the :class:`~cogsample.guidance.GuidedModel`)."""
-    if progress is None:
+    """The sampler callback that reports a :class:`StepEvent` to ``progress`` and, with the step's
+    latents, to ``on_step`` (levels read from the host-side grid; forwards from ``model``, the
+    :class:`~cogsample.guidance.GuidedModel`)."""
+    if progress is None and on_step is None:
         return None
     windows = getattr(model, "windows", 1)
     sigmas = grid.sigmas().tolist()  # host-side grid: no device read in the loop
     levels = [(grid.timesteps[i] if grid.timesteps is not None else None, sigmas[i]) for i in range(grid.num_steps)]
 
-    def callback(i: int, _x: Tensor, _denoised: Tensor) -> None:
+    def callback(i: int, x: Tensor, denoised: Tensor) -> None:
         t, sigma = levels[i]
         forwards = getattr(model, "forwards", 0)
-        progress(StepEvent(video, videos, i, grid.num_steps, t, sigma, time.perf_counter() - start, forwards, windows))
+        ev = StepEvent(video, videos, i, grid.num_steps, t, sigma, time.perf_counter() - start, forwards, windows)
+        if progress is not None:
+            progress(ev)
+        if on_step is not None:
+            on_step(ev, x, denoised)
 
     return callback
 
@@ -1066,6 +1073,7 @@ class Pipeline:
         _check_choice("offload", offload, OFFLOAD)
         dev = _resolve_device(device)
         info = inspect_model(model)
+        models.check_installed(model, profile)
         dt = _resolve_dtype(dtype, dev, info, _is_builtin(model))
         if offload != "none":
             if _is_builtin(model):
@@ -1111,13 +1119,47 @@ class Pipeline:
         """:func:`plan` of :meth:`options`: every check, nothing run."""
         return plan(self.options(prompt, **options))
 
-    def __call__(self, prompt: str, image: Any = None, **options: Any) -> VideoResult:
-        """One video of ``prompt`` (and ``image``: a path or a PIL image, for an I2V model)."""
+    def __call__(
+        self,
+        prompt: str,
+        image: Any = None,
+        *,
+        progress: bool | TextIO = True,
+        callback: Callable[[StepEvent, Tensor, Tensor], None] | None = None,
+        **options: Any,
+    ) -> VideoResult:
+        """One video of ``prompt`` (and ``image``: a path or a PIL image, for an I2V model).
+
+        ``progress``: the steps on ``sys.stderr`` (``True``, the default, as diffusers' pipelines
+        show a bar), on that stream (a file object), or nothing (``False``): a bar on a terminal,
+        else a line per 10% of the steps (the CLI's :class:`~cogsample.progress.Progress`).
+
+        ``callback(event, latents, denoised)``: called after every step, in order: ``event`` is a
+        :class:`StepEvent` (``event.step``: 0 .. ``event.steps - 1``; ``timestep``, ``sigma``: the
+        step's noise level; ``elapsed``, ``forwards``), ``latents`` the sampler's state after the
+        step and ``denoised`` its estimate of the clean latent, both of the sampled latent's shape
+        (:attr:`Plan.shape`) on the device, read-only (clone what you keep). Its return value is
+        ignored; to stop early, raise an exception: it ends the call and propagates (nothing is
+        returned or written)."""
         if not isinstance(prompt, str):
             raise ValueError(f"prompt must be a string (one video a call), got {type(prompt).__name__}")
         if image is not None:
             options["image"] = image
-        return self.run(self.plan(prompt, **options))
+        if callback is not None and not callable(callback):
+            raise ValueError(f"callback must be callable(event, latents, denoised), got {type(callback).__name__}")
+        if not isinstance(progress, bool) and not callable(getattr(progress, "write", None)):
+            raise ValueError(f"progress must be True, False or a writable stream, got {type(progress).__name__}")
+        p = self.plan(prompt, **options)
+        shown = None
+        if progress is not False:
+            from .progress import Progress
+
+            shown = Progress(None if progress is True else progress)
+        try:
+            return self.run(p, progress=shown, callback=callback)
+        finally:
+            if shown is not None:
+                shown.close()
 
     # -- prompts -------------------------------------------------------------------------------
 
@@ -1169,11 +1211,14 @@ class Pipeline:
         video: int | None = None,
         videos: int | None = None,
         decode: bool = True,
+        callback: Callable[[StepEvent, Tensor, Tensor], None] | None = None,
     ) -> VideoResult:
         """Sample and decode video ``k`` of ``p`` (nothing written). ``progress`` gets a
         :class:`PrepareEvent` for once-per-size work, then a :class:`StepEvent` per step, labelled
-        video ``video`` of ``videos`` (default ``k`` of the plan's). ``decode=False``: latents only
-        (``video`` and ``frames`` None), what a video group's non-writing ranks need."""
+        video ``video`` of ``videos`` (default ``k`` of the plan's); ``callback`` the same
+        :class:`StepEvent` with the step's latents and denoised estimate (see :meth:`__call__`).
+        ``decode=False``: latents only (``video`` and ``frames`` None), what a video group's
+        non-writing ranks need."""
         self._check(p)
         model, opts = self.model, p.options
         prompt, seed = opts.prompts[k], opts.seed + k
@@ -1205,9 +1250,9 @@ class Pipeline:
         guided, grid = build_model(model.network, x, cond, p.sampling, branches=branches)
         start = time.perf_counter()
         with torch.inference_mode():
-            callback = _progress_callback(progress, grid, video, videos, start, guided)
+            step = _progress_callback(progress, grid, video, videos, start, guided, callback)
             try:
-                latents = p.sampling.spec.fn(guided, x, grid, noise, callback=callback, **p.sampling.options)
+                latents = p.sampling.spec.fn(guided, x, grid, noise, callback=step, **p.sampling.options)
             finally:
                 release(guided)
         if p.device.type == "cuda":

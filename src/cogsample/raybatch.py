@@ -153,12 +153,12 @@ def run_on_ray(
         n = workers or max(1, gpus)
         resources = {"num_gpus": 1, "num_cpus": 0} if gpus else {"num_cpus": 1}
         actor = ray.remote(max_restarts=RETRIES, max_task_retries=RETRIES, **resources)(Worker)
-        say(f"ray: {n} worker(s) on {'a GPU each' if gpus else 'the CPU'}, {len(jobs)} video(s)")
         pool = [actor.remote(i, n, list(jobs), str(out.path.resolve()), overwrite, quiet) for i in range(n)]
         stems = ray.get(pool[0].stems.remote())
         first = {}
         for i, stem in enumerate(stems):
-            first.setdefault(stem, i)
+            first.setdefault(stem, i)  # a video asked for twice is made once
+        say(f"ray: {n} worker(s) on {'a GPU each' if gpus else 'the CPU'}, {len(first)} video(s)")
         queue = deque(first.values())
         results: dict[str, Result] = {}
         busy: dict[Any, tuple[Any, int]] = {}
@@ -174,7 +174,9 @@ def run_on_ray(
                     a, i = busy.pop(ref)
                     idle.append(a)
                     info = _get(ray, ref, stems[i])
-                    files = {k: Path(v) for k, v in info["files"].items()}
+                    # the workers write to the resolved folder; name the files as --out was given, as
+                    # the other engines do
+                    files = {k: out.path / Path(v).name for k, v in info["files"].items()}
                     r = Result(info["prompt"], info["seed"], files, None, None, info["timings"], info["skipped"])
                     results[stems[i]] = r
                     if not r.skipped:

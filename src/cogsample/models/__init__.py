@@ -10,6 +10,9 @@ that model is asked for, so the built-in model runs with torch alone.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .base import CallableNetwork, ModelInfo, VideoModel
@@ -17,7 +20,21 @@ from .base import CallableNetwork, ModelInfo, VideoModel
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
-__all__ = ["BUILTIN", "EXACT", "CallableNetwork", "ModelInfo", "VideoModel", "inspect", "is_builtin", "load"]
+__all__ = [
+    "BUILTIN",
+    "EXACT",
+    "EXTRAS",
+    "CallableNetwork",
+    "ModelInfo",
+    "VideoModel",
+    "check_installed",
+    "extra_for",
+    "inspect",
+    "installed",
+    "is_builtin",
+    "load",
+    "requirements",
+]
 
 #: The built-in models, by name (everything else names a CogVideoX folder).
 BUILTIN = ("builtin", "builtin-i2v", "builtin-trained", "builtin-trained-i2v")
@@ -28,6 +45,61 @@ EXACT = ("builtin", "builtin-i2v")
 def is_builtin(name: str) -> bool:
     """Whether ``name`` is one of :data:`BUILTIN` (else a CogVideoX folder)."""
     return name in BUILTIN
+
+
+#: The optional modules (top-level names) and the ``cogsample[...]`` extra that installs each.
+EXTRAS = {
+    "diffusers": "cogvideox",
+    "transformers": "cogvideox",
+    "sentencepiece": "cogvideox",
+    "google": "cogvideox",  # protobuf
+    "accelerate": "cogvideox",
+    "matplotlib": "bench",
+    "ray": "ray",
+}
+
+
+def extra_for(module: str) -> str | None:
+    """The extra that installs ``module`` (a dotted name is taken by its top-level package)."""
+    return EXTRAS.get(module.split(".")[0])
+
+
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported (found, and not blocked by ``sys.modules[name] = None``),
+    without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: loaded without a spec (it is there)
+        return sys.modules.get(module) is not None
+
+
+def requirements(name: str, profile: str = "sat") -> list[str]:
+    """The optional modules model ``name`` needs in ``profile``: none for the built-in exact model
+    (diffusers' image preprocessing for ``builtin-i2v`` in the ``diffusers`` profile), diffusers for
+    the trained one (a diffusers transformer), diffusers, transformers and, for a tokenizer without
+    ``tokenizer.json``, sentencepiece for a CogVideoX folder."""
+    if name in EXACT:
+        return ["diffusers"] if profile == "diffusers" and name.endswith("-i2v") else []
+    if is_builtin(name):
+        return ["diffusers"]
+    need = ["diffusers", "transformers"]
+    if not (Path(name).expanduser() / "tokenizer" / "tokenizer.json").is_file():
+        need.append("sentencepiece")  # T5's slow tokenizer (spiece.model)
+    return need
+
+
+def check_installed(name: str, profile: str = "sat") -> None:
+    """``ValueError``, one line naming the missing modules and the extra that installs them, where
+    model ``name`` needs a module that is not installed (:func:`requirements`)."""
+    missing = [m for m in requirements(name, profile) if not installed(m)]
+    if missing:
+        what = f"model {name!r}" + (f" in profile {profile}" if name in EXACT else "")
+        names = missing[0] if len(missing) == 1 else f"{', '.join(missing[:-1])} and {missing[-1]}"
+        extras = sorted({extra_for(m) or "cogvideox" for m in missing})
+        raise ValueError(
+            f"{what} needs {names}, which {'is' if len(missing) == 1 else 'are'} not installed: "
+            + " ".join(f"pip install 'cogsample[{e}]'" for e in extras)
+        )
 
 
 def inspect(name: str) -> ModelInfo:
