@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from cogsample.cli import main
 from cogsample.samplers import SAMPLERS
 
@@ -78,10 +80,33 @@ def test_generate_says_when_it_reproduces_a_broken_diffusers_grid(tmp_path):
 
 
 def test_version(capsys):
-    import pytest
-
     import cogsample
 
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.startswith(f"cogsample {cogsample.__version__} (torch ")
+
+
+def test_generate_says_what_the_run_costs_up_front(tmp_path, capsys):
+    rc = main(["generate", "--prompt", "a red ball bouncing", "--out", str(tmp_path), *SMALL])
+    assert rc == 0
+    summary = capsys.readouterr().err.splitlines()[0]
+    # 6 steps of DynamicCFG, both branches each: 12 forwards, and a rough time on the built-in model
+    assert summary.startswith("1 video(s) of 9 frames at 96x64 on builtin: ")
+    assert "; 12 network forwards, roughly " in summary and summary.endswith(" on a 2-core CPU")
+
+
+def test_generate_refuses_what_cannot_fit_in_memory_in_one_line(tmp_path, capsys, monkeypatch):
+    from cogsample import cost
+
+    out = tmp_path / "o"
+    rc = main(["generate", "--width", "100000", "--height", "100000", "--prompt", "x", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert err.startswith("cogsample generate: error: frames=49, height=100000, width=100000: this video needs ")
+    monkeypatch.setattr(cost, "free_bytes", lambda _d: 16 * 10**9)  # any machine: 16 GB free
+    monkeypatch.setattr(cost, "_meminfo", lambda _k: 0)
+    assert main(["generate", "--frames", "100001", "--prompt", "x", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "frames=100001, height=240, width=368: " in err and "16 GB" in err
+    assert not out.exists()

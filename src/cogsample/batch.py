@@ -243,13 +243,14 @@ def batch_options(
     return jobs
 
 
-def plan_jobs(jobs: Sequence[tuple[str, GenerateOptions]]) -> list[BatchItem]:
+def plan_jobs(jobs: Sequence[tuple[str, GenerateOptions]], *, memory: bool = True) -> list[BatchItem]:
     """Plan (check) every job before any work; ``ValueError`` lists every bad one with where it
-    came from."""
+    came from. ``memory``: each video's memory is checked against this machine's
+    (:func:`~cogsample.pipeline.plan`; off where other processes run the batch)."""
     items, errors = [], []
     for where, job in jobs:
         try:
-            items.append(BatchItem(plan(job), 0, where))
+            items.append(BatchItem(plan(job, memory=memory), 0, where))
         except ValueError as e:
             errors.append(f"{where}: {e}" if where else str(e))
     if errors:
@@ -262,9 +263,10 @@ def batch_items(
     entries: Sequence[tuple[str, Mapping[str, Any]]],
     *,
     fast: bool = False,
+    memory: bool = True,
 ) -> list[BatchItem]:
     """:func:`batch_options` then :func:`plan_jobs`."""
-    return plan_jobs(batch_options(base, entries, fast=fast))
+    return plan_jobs(batch_options(base, entries, fast=fast), memory=memory)
 
 
 # ----------------------------------------------------------------------------------------------

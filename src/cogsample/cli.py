@@ -137,6 +137,7 @@ def _quiet_libraries() -> None:
 
 def _generate(args: argparse.Namespace) -> int:
     from .batch import Interrupted, batch_options, count_finished, plan_jobs, run_batch, signals_raise
+    from .cost import describe
     from .distributed import Launch
     from .outdir import OutDir, WriteError
     from .pipeline import GenerateOptions
@@ -217,7 +218,7 @@ def _generate(args: argparse.Namespace) -> int:
             noise_repeat=args.noise_repeat,
         )
         jobs = batch_options(base, _entries(args), fast=args.fast)
-        items = plan_jobs(jobs)
+        items = plan_jobs(jobs, memory=args.ray is None)  # Ray's workers check their own memory
         out = OutDir(args.out)
         out.check_writable()
         groups = None
@@ -249,7 +250,7 @@ def _generate(args: argparse.Namespace) -> int:
         log(
             f"{len(mine)} video(s) of {first.frames} frames at {first.width}x{first.height} on {first.info.name}, "
             f"each on {groups.config.degree} ranks ({groups.config}): {first.sampling.sampler}, "
-            f"{first.sampling.steps} steps" + _windows_note(first)
+            f"{first.sampling.steps} steps" + _windows_note(first) + f"; {describe([i.plan for i in mine])}"
         )
     elif args.ray is None:
         first = mine[0].plan if mine else items[0].plan
@@ -263,6 +264,7 @@ def _generate(args: argparse.Namespace) -> int:
                 if launch.distributed
                 else ""
             )
+            + f"; {describe([i.plan for i in mine])}"
         )
 
     paths = sys.stdout  # the video paths, and only they, go here (Ray's messages go to stderr)

@@ -431,9 +431,13 @@ def _prepare_image(image: Any, opts: GenerateOptions, height: int, width: int, s
     return resize_image_for_i2v(image, height, width)
 
 
-def plan(opts: GenerateOptions) -> Plan:
+def plan(opts: GenerateOptions, *, memory: bool = True) -> Plan:
     """Check everything about ``opts`` and resolve its defaults; raises ``ValueError`` naming the
-    parameter, the value and what is allowed. Reads configs and the image, never weights."""
+    parameter, the value and what is allowed. Reads configs and the image, never weights.
+
+    ``memory``: also refuse a video that cannot fit in the device's available memory
+    (:func:`cogsample.cost.check_memory`; off where another process will run it, as a Ray
+    driver's plans)."""
     prompts = tuple(opts.prompts)
     if not prompts:
         raise ValueError("no prompt: give --prompt TEXT (repeatable) or --prompts-file FILE")
@@ -538,6 +542,10 @@ def plan(opts: GenerateOptions) -> Plan:
         initial_noise=initial,
     )
     p.stems = [video_stem(p, k) for k in range(len(prompts))]
+    if memory:
+        from .cost import check_memory
+
+        check_memory(p)
     return p
 
 
@@ -773,18 +781,11 @@ def _noise_row(p: Plan, k: int) -> int:
 
 def free_memory(device: torch.device) -> int | None:
     """Bytes free for new tensors on ``device`` (CUDA: the driver's free memory plus what torch's
-    allocator holds unused; CPU: the kernel's MemAvailable), None where unknown."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    allocator holds unused; CPU: the kernel's MemAvailable), None where unknown:
+    :func:`cogsample.cost.free_bytes`, what ``--vae-tiling auto`` reads as it decodes."""
+    from .cost import free_bytes
+
+    return free_bytes(device)
 
 
 def vae_tiling(
