@@ -183,6 +183,16 @@ def test_diffusers_profile_runs_on_builtin(tmp_path):
         ({"noise_repeat": True}, "noise_repeat repeats the first context window's noise.*exact at any length"),
         ({"noise_repeat": True, "context_frames": 3}, "noise_repeat .*this latent of 3 frames is sampled whole"),
         ({"frames": 25, "context_frames": 3, "cache": 0.1, "cache_kind": "first-block"}, "first-block"),
+        ({"scale": -3.0}, r"^--scale must be a finite number >= 0 \(the guidance scale\), got -3.0$"),
+        ({"scale": -1, "guidance": "none"}, r"^--scale must be a finite number >= 0 .*got -1$"),
+        ({"scale": -0.5, "profile": "diffusers"}, r"^--scale must be a finite number >= 0 .*got -0.5$"),
+        (
+            {"profile": "diffusers", "sampler": "vpsde_dpmpp_2m"},
+            r"^--sampler 'vpsde_dpmpp_2m' is not in the diffusers profile.*one of diffusers_ddim, diffusers_dpm",
+        ),
+        ({"context_overlap": 1}, r"^--context-overlap 1 has no effect: this latent of 3 frames is sampled whole"),
+        ({"context_overlap": 1, "frames": 61}, r"--context-overlap 1 .* 16 frames .*exact at any length"),
+        ({"context_overlap": 1, "frames": 25, "context_frames": 7}, r"--context-overlap 1 .*fits one window of 7"),
     ],
 )
 def test_bad_requests_fail_before_any_work(tmp_path, no_loading, change, match):

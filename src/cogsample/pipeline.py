@@ -262,11 +262,18 @@ def _resolve_dtype(dtype: str | None, device: torch.device, info: ModelInfo, bui
     return DTYPES[dtype]
 
 
+def check_scale(scale: Any) -> None:
+    """``ValueError`` unless ``scale`` is a guidance scale: a finite number >= 0 (0 and 1 are the
+    edges: one branch alone; below 0 guidance would push away from the prompt)."""
+    ok = not isinstance(scale, bool) and isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 0
+    if not ok:
+        raise ValueError(f"--scale must be a finite number >= 0 (the guidance scale), got {scale!r}")
+
+
 def _guidance(kind: str, scale: float, steps: int) -> Guidance:
     if kind == "none":
         return NoGuidance()
-    if not math.isfinite(scale):
-        raise ValueError(f"scale must be a finite number, got {scale!r}")
+    check_scale(scale)
     if kind == "cfg":
         return CFG(scale)
     return DynamicCFG(scale, DYNAMIC_CFG_EXP, steps)
@@ -293,9 +300,18 @@ def resolve_sampling(opts: GenerateOptions, info: ModelInfo) -> SamplingConfig:
     steps = opts.steps
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if opts.sampler is not None and opts.profile == "diffusers":
+        from .profiles import DIFFUSERS_SAMPLERS
+
+        allowed = sorted(set(DIFFUSERS_SAMPLERS.values()))
+        if opts.sampler not in allowed:
+            raise ValueError(
+                f"--sampler {opts.sampler!r} is not in the diffusers profile, which reproduces diffusers' "
+                f"schedulers only: use one of {', '.join(allowed)} (or --profile sat for every sampler)"
+            )
     if opts.sampler is not None:
         get_sampler(opts.sampler)  # names the allowed samplers when unknown
-    _guidance(opts.guidance, opts.scale, 1)  # checks the scale whatever the branch below
+    check_scale(opts.scale)  # whatever the guidance: a value given is never ignored unchecked
     if opts.sampler_config is not None:
         if opts.profile != "sat":
             raise ValueError("--sampler-config is a SAT yaml: it goes with --profile sat")
@@ -357,6 +373,11 @@ FAST: dict[str, Any] = {
 def fast_options(opts: GenerateOptions, steps_given: bool = False) -> GenerateOptions:
     """``opts`` with the :data:`FAST` settings (its own step count kept when ``steps_given``, its
     own sampler when it names one)."""
+    if opts.profile != "sat":
+        raise ValueError(
+            f"--fast is the sat profile's measured setup (its sampler, grid and guidance index); it does not go "
+            f"with --profile {opts.profile}"
+        )
     fast = {k: v for k, v in FAST.items() if not ((k == "steps" and steps_given) or (k == "sampler" and opts.sampler))}
     return dataclasses.replace(opts, **fast)
 
@@ -594,6 +615,16 @@ def resolve_windows(opts: GenerateOptions, info: ModelInfo, length: int) -> Cont
         overlap = default_overlap(frames) if isinstance(frames, int) and not isinstance(frames, bool) else 0
     windows = ContextWindows(frames, overlap)  # names a bad context_frames / context_overlap
     if length <= frames or not (info.context_windows or opts.context_frames is not None):
+        if opts.context_overlap is not None:
+            why = (
+                f"model {info.name!r} is exact at any length: give --context-frames for windows"
+                if length > frames
+                else f"it fits one window of {frames}"
+            )
+            raise ValueError(
+                f"--context-overlap {opts.context_overlap} has no effect: this latent of {length} frames is "
+                f"sampled whole, in no context windows ({why}); drop it"
+            )
         if opts.noise_repeat:
             raise ValueError(
                 f"noise_repeat repeats the first context window's noise over the later ones; this latent of "
