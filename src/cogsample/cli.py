@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -564,8 +565,13 @@ def _train_tiny(args: argparse.Namespace) -> int:
         out = Path(args.out)
         if (out / "config.json").exists() and not args.overwrite:
             raise ValueError(f"--out {args.out!r} already holds a transformer (config.json); pass --overwrite")
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"--out {args.out!r} exists and is not a directory")
+        from .outputs import check_writable
+
+        check_writable(out, "--out")  # before training, not after it
+        if args.plot is not None:
+            plot = Path(args.plot)
+            if plot.is_dir() or not plot.parent.is_dir() or not os.access(plot.parent, os.W_OK):
+                raise ValueError(f"--plot {args.plot!r} cannot be written: name a file in an existing writable folder")
     except ValueError as e:
         print(f"cogsample train-tiny: error: {e}", file=sys.stderr)
         return 2
