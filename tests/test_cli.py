@@ -110,3 +110,60 @@ def test_generate_refuses_what_cannot_fit_in_memory_in_one_line(tmp_path, capsys
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "frames=100001, height=240, width=368: " in err and "16 GB" in err
     assert not out.exists()
+
+
+def _noise_files(tmp_path):
+    import torch
+
+    wrong = tmp_path / "wrong.pt"
+    torch.save(torch.zeros(1, 5, 16, 8, 12), wrong)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a tensor file at all" * 10)
+    blocker = tmp_path / "afile"
+    blocker.write_text("mine")
+    return wrong, garbage, blocker
+
+
+@pytest.mark.parametrize(
+    ("args", "want"),
+    [
+        (["--context-overlap", "5"], "--context-overlap 5 has no effect: this latent of 3 frames is sampled whole"),
+        (
+            ["--profile", "diffusers", "--sampler", "vpsde_dpmpp_2m"],
+            "--sampler 'vpsde_dpmpp_2m' is not in the diffusers profile, which reproduces diffusers' schedulers "
+            "only: use one of diffusers_ddim, diffusers_dpm",
+        ),
+        (["--scale", "-3"], "--scale must be a finite number >= 0 (the guidance scale), got -3.0"),
+        (["--fast", "--profile", "diffusers"], "--fast is the sat profile's measured setup"),
+        (
+            ["--initial-noise", "{wrong}", "--prompt", "y"],
+            "initial_noise '{wrong}' has shape (1, 5, 16, 8, 12); this request samples latents "
+            "(1 or 2, 3, 16, 8, 12), i.e. (1 or one row per video, T, 16, H/8, W/8)",
+        ),
+        (
+            ["--initial-noise", "{garbage}"],
+            "initial_noise '{garbage}' is not a tensor file cogsample can read (a .safetensors file, or a tensor "
+            "saved with torch.save)",
+        ),
+        (["--out", "{blocker}"], "out directory '{blocker}' is not writable: it is a file, not a folder"),
+        (
+            ["--model", "builtinx"],
+            "model 'builtinx' is neither a built-in model (builtin, builtin-i2v, builtin-trained, "
+            "builtin-trained-i2v) nor an existing path; a path must be a diffusers-format CogVideoX folder",
+        ),
+    ],
+    ids=["overlap", "diffusers-sampler", "scale", "fast-diffusers", "noise-shape", "noise-garbage", "out", "model"],
+)
+def test_generate_usage_errors_are_one_clear_line(tmp_path, capsys, monkeypatch, args, want):
+    from cogsample import pipeline
+
+    monkeypatch.setattr(pipeline, "load_model", lambda *_a, **_k: pytest.fail("loaded"))
+    wrong, garbage, blocker = _noise_files(tmp_path)
+    names = {"wrong": wrong, "garbage": garbage, "blocker": blocker}
+    args = [a.format(**names) for a in args]
+    out = ["--out", str(tmp_path / "o")] if "--out" not in args else []
+    assert main(["generate", "--prompt", "x", *out, *SMALL, *args]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("cogsample generate: error: ")
+    assert want.format(**names) in err and "weights_only" not in err
+    assert not (tmp_path / "o").exists() and blocker.read_text() == "mine"

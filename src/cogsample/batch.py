@@ -247,10 +247,16 @@ def plan_jobs(jobs: Sequence[tuple[str, GenerateOptions]], *, memory: bool = Tru
     """Plan (check) every job before any work; ``ValueError`` lists every bad one with where it
     came from. ``memory``: each video's memory is checked against this machine's
     (:func:`~cogsample.pipeline.plan`; off where other processes run the batch)."""
+    # the rows a shared --initial-noise needs: one per video that takes a row of it
+    rows: dict[str, int] = {}
+    for _, job in jobs:
+        if job.initial_noise is not None and job.initial_noise_row is not None:
+            rows[job.initial_noise] = max(rows.get(job.initial_noise, 0), job.initial_noise_row + 1)
     items, errors = [], []
     for where, job in jobs:
         try:
-            items.append(BatchItem(plan(job, memory=memory), 0, where))
+            n = rows.get(job.initial_noise or "") if job.initial_noise_row is not None else None
+            items.append(BatchItem(plan(job, memory=memory, noise_rows=n), 0, where))
         except ValueError as e:
             errors.append(f"{where}: {e}" if where else str(e))
     if errors:
