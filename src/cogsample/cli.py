@@ -148,6 +148,7 @@ def _generate(args: argparse.Namespace) -> int:
             print(f"{prefix}{m}", file=sys.stderr, flush=True)
 
     prefix = ""
+    launch = None
     # a warning is a message to the user here, not a source location
     warnings.formatwarning = lambda msg, cat, *_a, **_k: f"cogsample generate: warning ({cat.__name__}): {msg}\n"
     try:
@@ -220,19 +221,20 @@ def _generate(args: argparse.Namespace) -> int:
         )
         jobs = batch_options(base, _entries(args), fast=args.fast)
         items = plan_jobs(jobs, memory=args.ray is None)  # Ray's workers check their own memory
+        if parallel is not None:
+            from .pipeline import check_parallel
+
+            check_parallel(parallel, items[0].plan.info)
         out = OutDir(args.out)
         out.check_writable()
         groups = None
         if parallel is not None:
             from .parallel import ParallelGroups, init_parallel
-            from .pipeline import check_parallel
 
-            check_parallel(parallel, items[0].plan.info)
             init_parallel(items[0].plan.device)
             groups = ParallelGroups.build(parallel)
     except ValueError as e:
-        print(f"cogsample generate: error: {e}", file=sys.stderr)
-        return 2
+        return _usage_error(f"cogsample generate: error: {e}", launch)
     if groups is not None:
         # one video group makes each video: the leader speaks for it, the others only compute
         prefix = f"video group {groups.group}/{groups.groups}: " if groups.groups > 1 else ""
@@ -352,6 +354,29 @@ def _generate(args: argparse.Namespace) -> int:
 
         dist.destroy_process_group()
     return 0
+
+
+#: Seconds a rank other than 0 waits, silent, before it exits with a usage error under torchrun:
+#: rank 0 says the same error meanwhile and exits first, so the launcher names its message as the
+#: root cause and ends the others (a rank whose error rank 0 does not share exits after the wait).
+RANK0_GRACE_S = 5.0
+
+
+def _usage_error(line: str, launch) -> int:
+    """Report a usage error (exit 2): one line on stderr. Under torchrun every rank finds the same
+    error, so rank 0 alone prints it, and every rank leaves it in its torchelastic error file
+    (:func:`cogsample.distributed.record_error`), which torchrun's summary shows as the root cause."""
+    if launch is None or not launch.distributed:
+        print(line, file=sys.stderr, flush=True)
+        return 2
+    from .distributed import record_error
+
+    record_error(line)
+    if launch.rank == 0:
+        print(line, file=sys.stderr, flush=True)
+    else:
+        time.sleep(RANK0_GRACE_S)
+    return 2
 
 
 def _add_generate(sub) -> None:
