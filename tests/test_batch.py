@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from cogsample import batch
+from cogsample import batch, pipeline
 from cogsample.batch import Interrupted, batch_items, batch_options, read_prompts_file, run_batch
 from cogsample.outdir import OutDir, WriteError
 from cogsample.pipeline import GenerateOptions, Pipeline
@@ -92,8 +92,46 @@ def test_seeds_and_noise_rows_follow_the_list(tmp_path):
     # each video names its noise row: three distinct videos even with equal prompts and seeds
     assert len({i.stem for i in items}) == 3
     too_few = [*entries, ("", {"prompt": "d"})]
-    with pytest.raises(ValueError, match=r"initial_noise .* at least 4"):
+    with pytest.raises(ValueError) as e:
         batch_items(_base(tmp_path, initial_noise=str(noise)), too_few)
+    # one line: the file, its shape, and the shape the four videos need
+    assert str(e.value) == (
+        f"initial_noise {str(noise)!r} has shape (3, 3, 16, 8, 8); this request samples latents (1 or 4, 3, 16, 8, 8), "
+        "i.e. (1 or one row per video, T, 16, H/8, W/8)"
+    )
+
+
+def test_one_row_noise_starts_every_video_of_the_list(tmp_path):
+    noise = tmp_path / "one.pt"
+    torch.save(torch.randn(1, 3, 16, 4, 4), noise)
+    entries = [("", {"prompt": p}) for p in ("a", "b", "c")]
+    items = batch_items(_base(tmp_path, height=32, width=32, initial_noise=str(noise)), entries)
+    assert [pipeline._noise_row(i.plan, 0) for i in items] == [0, 0, 0]
+
+
+def test_jsonl_lines_get_the_command_lines_new_checks(tmp_path, monkeypatch):
+    from cogsample import cost
+
+    monkeypatch.setattr(cost, "free_bytes", lambda _d: 16 * 10**9)
+    monkeypatch.setattr(cost, "_meminfo", lambda _k: 0)
+    f = tmp_path / "b.jsonl"
+    lines = [
+        {"prompt": "a", "scale": -3},
+        {"prompt": "b", "context_overlap": 2},
+        {"prompt": "c", "frames": 100001, "height": 240, "width": 368},
+        {"prompt": "d", "sampler": "vpsde_dpmpp_2m"},
+        {"prompt": "e", "scale": 0},
+    ]
+    f.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    with pytest.raises(ValueError) as e:
+        batch_items(_base(tmp_path), read_prompts_file(f))
+    msg = str(e.value).splitlines()
+    assert msg[0] == f"{f} line 1: --scale must be a finite number >= 0 (the guidance scale), got -3"
+    assert msg[1].startswith(f"{f} line 2: --context-overlap 2 has no effect")
+    assert msg[2].startswith(f"{f} line 3: frames=100001, height=240, width=368: this video needs at least")
+    assert len(msg) == 3  # the sat profile runs every sampler; a zero scale is a scale
+    with pytest.raises(ValueError, match=r"line 4: --sampler 'vpsde_dpmpp_2m' is not in the diffusers profile"):
+        batch_items(_base(tmp_path, profile="diffusers"), read_prompts_file(f))
 
 
 def test_fast_per_line_keeps_its_steps(tmp_path):

@@ -80,8 +80,6 @@ def test_generate_says_when_it_reproduces_a_broken_diffusers_grid(tmp_path):
 
 
 def test_version(capsys):
-    import pytest
-
     import cogsample
 
     with pytest.raises(SystemExit) as e:
@@ -243,3 +241,85 @@ def test_the_folders_the_readme_examples_write_are_ignored_by_git(tmp_path):
         text=True,
     )
     assert r.stdout.split() == ["outputs/a.mp4", "runs/a.mp4", "bench/bench.json", "batch.jsonl"], r.stderr
+
+
+def test_generate_says_what_the_run_costs_up_front(tmp_path, capsys):
+    rc = main(["generate", "--prompt", "a red ball bouncing", "--out", str(tmp_path), *SMALL])
+    assert rc == 0
+    summary = capsys.readouterr().err.splitlines()[0]
+    # 6 steps of DynamicCFG, both branches each: 12 forwards, and a rough time on the built-in model
+    assert summary.startswith("1 video(s) of 9 frames at 96x64 on builtin: ")
+    assert "; 12 network forwards, roughly " in summary and summary.endswith(" on a 2-core CPU")
+
+
+def test_generate_refuses_what_cannot_fit_in_memory_in_one_line(tmp_path, capsys, monkeypatch):
+    from cogsample import cost
+
+    out = tmp_path / "o"
+    rc = main(["generate", "--width", "100000", "--height", "100000", "--prompt", "x", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert err.startswith("cogsample generate: error: frames=49, height=100000, width=100000: this video needs ")
+    monkeypatch.setattr(cost, "free_bytes", lambda _d: 16 * 10**9)  # any machine: 16 GB free
+    monkeypatch.setattr(cost, "_meminfo", lambda _k: 0)
+    assert main(["generate", "--frames", "100001", "--prompt", "x", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "frames=100001, height=240, width=368: " in err and "16 GB" in err
+    assert not out.exists()
+
+
+def _noise_files(tmp_path):
+    import torch
+
+    wrong = tmp_path / "wrong.pt"
+    torch.save(torch.zeros(1, 5, 16, 8, 12), wrong)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a tensor file at all" * 10)
+    blocker = tmp_path / "afile"
+    blocker.write_text("mine")
+    return wrong, garbage, blocker
+
+
+@pytest.mark.parametrize(
+    ("args", "want"),
+    [
+        (["--context-overlap", "5"], "--context-overlap 5 has no effect: this latent of 3 frames is sampled whole"),
+        (
+            ["--profile", "diffusers", "--sampler", "vpsde_dpmpp_2m"],
+            "--sampler 'vpsde_dpmpp_2m' is not in the diffusers profile, which reproduces diffusers' schedulers "
+            "only: use one of diffusers_ddim, diffusers_dpm",
+        ),
+        (["--scale", "-3"], "--scale must be a finite number >= 0 (the guidance scale), got -3.0"),
+        (["--fast", "--profile", "diffusers"], "--fast is the sat profile's measured setup"),
+        (
+            ["--initial-noise", "{wrong}", "--prompt", "y"],
+            "initial_noise '{wrong}' has shape (1, 5, 16, 8, 12); this request samples latents "
+            "(1 or 2, 3, 16, 8, 12), i.e. (1 or one row per video, T, 16, H/8, W/8)",
+        ),
+        (
+            ["--initial-noise", "{garbage}"],
+            "initial_noise '{garbage}' is not a tensor file cogsample can read (a .safetensors file, or a tensor "
+            "saved with torch.save)",
+        ),
+        (["--out", "{blocker}"], "out directory '{blocker}' is not writable: it is a file, not a folder"),
+        (
+            ["--model", "builtinx"],
+            "model 'builtinx' is neither a built-in model (builtin, builtin-i2v, builtin-trained, "
+            "builtin-trained-i2v) nor an existing path; a path must be a diffusers-format CogVideoX folder",
+        ),
+    ],
+    ids=["overlap", "diffusers-sampler", "scale", "fast-diffusers", "noise-shape", "noise-garbage", "out", "model"],
+)
+def test_generate_usage_errors_are_one_clear_line(tmp_path, capsys, monkeypatch, args, want):
+    from cogsample import pipeline
+
+    monkeypatch.setattr(pipeline, "load_model", lambda *_a, **_k: pytest.fail("loaded"))
+    wrong, garbage, blocker = _noise_files(tmp_path)
+    names = {"wrong": wrong, "garbage": garbage, "blocker": blocker}
+    args = [a.format(**names) for a in args]
+    out = ["--out", str(tmp_path / "o")] if "--out" not in args else []
+    assert main(["generate", "--prompt", "x", *out, *SMALL, *args]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("cogsample generate: error: ")
+    assert want.format(**names) in err and "weights_only" not in err
+    assert not (tmp_path / "o").exists() and blocker.read_text() == "mine"

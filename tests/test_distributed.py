@@ -25,3 +25,20 @@ def test_torchrun_variables_share_and_device():
 def test_bad_variables_are_named(env, match):
     with pytest.raises(ValueError, match=match):
         Launch.from_env(env)
+
+
+def test_a_usage_error_is_the_launchers_root_cause(tmp_path, monkeypatch):
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from cogsample.distributed import record_error
+
+    monkeypatch.delenv("TORCHELASTIC_ERROR_FILE", raising=False)
+    assert record_error("cogsample generate: error: x") is False  # not under torchrun: nowhere to write
+    error_file = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+    line = "cogsample generate: error: --parallel ulysses=2 shards a transformer's attention over ranks"
+    assert record_error(line) is True
+    # torchrun reads the file with torch's own ProcessFailure and shows it in its summary
+    failure = ProcessFailure(local_rank=0, pid=1, exitcode=2, error_file=str(error_file))
+    summary = ChildFailedError("cogsample", {0: failure}).format_msg()
+    assert f"traceback : {line}\n" in summary and "To enable traceback" not in summary

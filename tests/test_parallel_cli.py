@@ -145,3 +145,17 @@ def test_ulysses_on_the_trained_model_equals_one_process(tmp_path):
     b = par / a.name
     x, y = load_file(str(a))["latents"], load_file(str(b))["latents"]
     assert (x - y).abs().max() <= 1e-5 * max(1.0, x.abs().max().item())
+
+
+def test_a_bad_request_under_torchrun_is_one_line_and_the_root_cause(tmp_path):
+    cmd = torchrun(2, "-m", "cogsample", *_args("--prompt", "a red ball", "--out", str(tmp_path / "o")))
+    rc, stdout, err = run_bounded([*cmd, "--parallel", "ulysses=2"], timeout=60)
+    line = (
+        "cogsample generate: error: --parallel ulysses=2 shards a transformer's attention over ranks; model "
+        "'builtin' has none (its network is exact): use --parallel cfg=2"
+    )
+    # rank 0 alone says it; torchrun's summary names it as the root cause
+    assert rc != 0 and stdout == "" and [ln for ln in err.splitlines() if ln.startswith("cogsample generate")] == [line]
+    root = err.split("Root Cause (first observed failure):", 1)[1]
+    assert f"traceback : {line}" in root and "To enable traceback" not in err
+    assert not (tmp_path / "o").exists()

@@ -183,6 +183,16 @@ def test_diffusers_profile_runs_on_builtin(tmp_path):
         ({"noise_repeat": True}, "noise_repeat repeats the first context window's noise.*exact at any length"),
         ({"noise_repeat": True, "context_frames": 3}, "noise_repeat .*this latent of 3 frames is sampled whole"),
         ({"frames": 25, "context_frames": 3, "cache": 0.1, "cache_kind": "first-block"}, "first-block"),
+        ({"scale": -3.0}, r"^--scale must be a finite number >= 0 \(the guidance scale\), got -3.0$"),
+        ({"scale": -1, "guidance": "none"}, r"^--scale must be a finite number >= 0 .*got -1$"),
+        ({"scale": -0.5, "profile": "diffusers"}, r"^--scale must be a finite number >= 0 .*got -0.5$"),
+        (
+            {"profile": "diffusers", "sampler": "vpsde_dpmpp_2m"},
+            r"^--sampler 'vpsde_dpmpp_2m' is not in the diffusers profile.*one of diffusers_ddim, diffusers_dpm",
+        ),
+        ({"context_overlap": 1}, r"^--context-overlap 1 has no effect: this latent of 3 frames is sampled whole"),
+        ({"context_overlap": 1, "frames": 61}, r"--context-overlap 1 .* 16 frames .*exact at any length"),
+        ({"context_overlap": 1, "frames": 25, "context_frames": 7}, r"--context-overlap 1 .*fits one window of 7"),
     ],
 )
 def test_bad_requests_fail_before_any_work(tmp_path, no_loading, change, match):
@@ -352,3 +362,72 @@ def test_windows_and_repeated_noise_run_end_to_end_and_reproduce(tmp_path):
     assert meta["noise_repeat"] is True and meta["forwards"] == 24
     assert meta["command"][-5:] == ["--context-frames", "3", "--context-overlap", "1", "--noise-repeat"]
     assert torch.equal(res.latents, a.latents)
+
+
+def test_what_cannot_fit_in_memory_is_refused_before_any_work(tmp_path, no_loading, monkeypatch):
+    from cogsample import cost
+
+    with pytest.raises(ValueError) as e:
+        plan(_opts(tmp_path, frames=49, height=100000, width=100000))
+    msg = str(e.value)
+    assert msg.startswith("frames=49, height=100000, width=100000: this video needs at least 21.9 TB of memory (")
+    assert "17.6 TB for the decoded video, 49 x 100000 x 100000 x 3 in float32 then uint8" in msg
+    assert " is available (MemAvailable" in msg and "\n" not in msg
+    # the estimate is machine-independent; what is available is read from the machine
+    monkeypatch.setattr(cost, "free_bytes", lambda _d: 16 * 10**9)
+    monkeypatch.setattr(cost, "_meminfo", lambda _k: 0)  # no swap
+    with pytest.raises(ValueError, match=r"^frames=100001, height=240, width=368: .* 391 GB .* but 16 GB is available"):
+        plan(_opts(tmp_path, frames=100001, height=None, width=None))
+    # windows name their size too, and the built-in model's clips are rendered for the whole latent
+    with pytest.raises(ValueError, match=r"^frames=100001, height=240, width=368, context_frames=13: "):
+        plan(_opts(tmp_path, frames=100001, height=None, width=None, context_frames=13))
+    # what runs is let through: the defaults, the README's 480x720, 4x the native length in windows
+    for size in ({"frames": None, "height": None, "width": None}, {"height": 480, "width": 720}, {"frames": "4x"}):
+        plan(_opts(tmp_path, **size))
+    # a plan for another process (a Ray driver's) skips the check
+    assert plan(_opts(tmp_path, frames=100001, height=None, width=None), memory=False).frames == 100001
+    assert not (tmp_path / "out").exists()
+
+
+def test_memory_need_on_a_gpu_counts_the_decoded_video_on_the_host(tmp_path, no_loading, monkeypatch):
+    from cogsample import cost
+
+    p = dataclasses.replace(plan(_opts(tmp_path, frames=49, height=480, width=720)), device=torch.device("cuda", 0))
+    need = cost.memory_need(p)
+    assert need.host_bytes == 3 * 12 * 49 * 480 * 720  # float32 video + two float32 intermediates
+    assert need.host_parts[0][0].startswith("the decoded video, 49 x 480 x 720 x 3")
+    assert need.device_bytes >= 16 * 13 * 16 * 60 * 90 * 8  # the clip latents (float64) stay on the device
+    monkeypatch.setattr(cost, "free_bytes", lambda d: 10**12 if d.type == "cuda" else 10**8)
+    with pytest.raises(ValueError, match=r"needs at least 610 MB of host memory \(610 MB for the decoded video"):
+        cost.check_memory(p)
+    monkeypatch.setattr(cost, "free_bytes", lambda d: 10**8 if d.type == "cuda" else 10**12)
+    with pytest.raises(ValueError, match=r"of memory on cuda:0 .*but 100 MB is free"):
+        cost.check_memory(p)
+    monkeypatch.setattr(cost, "free_bytes", lambda d: None)  # unknown: not refused
+    cost.check_memory(p)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {},
+        {"guidance": "none"},
+        {"sampler": "heun", "grid": "logsnr", "cfg_index": "loop"},
+        {"cfg_interval": (0.4, 1.0), "skip_unit_cfg": True, "cfg_index": "loop", "steps": 6},
+        {"frames": 25, "context_frames": 3},
+        {"profile": "diffusers", "scale": 0.5},
+        {"profile": "diffusers"},
+    ],
+    ids=["dynamic", "none", "heun", "interval-skip", "windows", "diffusers-unguided", "diffusers"],
+)
+def test_forwards_are_known_before_the_run(tmp_path, change):
+    from cogsample import cost
+    from cogsample.pipeline import Pipeline
+
+    p = plan(_opts(tmp_path, **{"height": 32, "width": 48, "steps": 5, **change}))
+    n, exact = cost.forwards(p)
+    pipe = Pipeline.load("builtin", profile=p.options.profile)
+    ran = pipe.run(p, decode=False).forwards
+    assert ran == n if exact else ran <= n
+    assert exact == (p.sampling.spec.calls_per_step == 1)
+    assert cost.describe([p, p]).startswith(f"{'' if exact else 'at most '}{2 * n} network forwards in all, roughly")

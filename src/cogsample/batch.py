@@ -252,16 +252,23 @@ def batch_options(
     return jobs
 
 
-def plan_jobs(jobs: Sequence[tuple[str, Any]]) -> list[BatchItem]:
+def plan_jobs(jobs: Sequence[tuple[str, Any]], *, memory: bool = True) -> list[BatchItem]:
     """Plan (check) every job before any work; ``ValueError`` lists every bad one (a job that is a
     ``ValueError`` already, a line that could not be read, included), in order, with where it
-    came from."""
+    came from. ``memory``: each video's memory is checked against this machine's
+    (:func:`~cogsample.pipeline.plan`; off where other processes run the batch)."""
+    # the rows a shared --initial-noise needs: one per video that takes a row of it
+    rows: dict[str, int] = {}
+    for _, job in jobs:
+        if not isinstance(job, ValueError) and job.initial_noise is not None and job.initial_noise_row is not None:
+            rows[job.initial_noise] = max(rows.get(job.initial_noise, 0), job.initial_noise_row + 1)
     items, errors = [], []
     for where, job in jobs:
         try:
             if isinstance(job, ValueError):
                 raise job
-            items.append(BatchItem(plan(job), 0, where))
+            n = rows.get(job.initial_noise or "") if job.initial_noise_row is not None else None
+            items.append(BatchItem(plan(job, memory=memory, noise_rows=n), 0, where))
         except ValueError as e:
             errors.append(f"{where}: {e}" if where else str(e))
     if errors:
@@ -274,9 +281,10 @@ def batch_items(
     entries: Sequence[tuple[str, Any]],
     *,
     fast: bool = False,
+    memory: bool = True,
 ) -> list[BatchItem]:
     """:func:`batch_options` then :func:`plan_jobs`."""
-    return plan_jobs(batch_options(base, entries, fast=fast))
+    return plan_jobs(batch_options(base, entries, fast=fast), memory=memory)
 
 
 def repeats(items: Sequence[BatchItem]) -> list[list[int]]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -120,6 +122,7 @@ def _quiet_libraries() -> None:
 
 def _generate(args: argparse.Namespace) -> int:
     from .batch import Interrupted, batch_options, count_finished, plan_jobs, repeats, run_batch, signals_raise
+    from .cost import describe
     from .distributed import Launch
     from .models import check_installed
     from .outdir import OutDir, WriteError
@@ -130,6 +133,7 @@ def _generate(args: argparse.Namespace) -> int:
             print(f"{prefix}{m}", file=sys.stderr, flush=True)
 
     prefix = ""
+    launch = None
     # a warning is a message to the user here, not a source location
     warnings.formatwarning = lambda msg, cat, *_a, **_k: f"cogsample generate: warning ({cat.__name__}): {msg}\n"
     try:
@@ -202,20 +206,21 @@ def _generate(args: argparse.Namespace) -> int:
         )
         check_installed(base.model, base.profile)  # once, before the lines are planned
         jobs = batch_options(base, _entries(args), fast=args.fast)
-        items = plan_jobs(jobs)
+        items = plan_jobs(jobs, memory=args.ray is None)  # Ray's workers check their own memory
+        if parallel is not None:
+            from .pipeline import check_parallel
+
+            check_parallel(parallel, items[0].plan.info)
         out = OutDir(args.out)
         out.check_writable()
         groups = None
         if parallel is not None:
             from .parallel import ParallelGroups, init_parallel
-            from .pipeline import check_parallel
 
-            check_parallel(parallel, items[0].plan.info)
             init_parallel(items[0].plan.device)
             groups = ParallelGroups.build(parallel)
     except ValueError as e:
-        print(f"cogsample generate: error: {e}", file=sys.stderr)
-        return 2
+        return _usage_error(f"cogsample generate: error: {e}", launch)
     if groups is not None:
         # one video group makes each video: the leader speaks for it, the others only compute
         prefix = f"video group {groups.group}/{groups.groups}: " if groups.groups > 1 else ""
@@ -244,7 +249,10 @@ def _generate(args: argparse.Namespace) -> int:
     count = f"{unique} video(s)" + (f" ({len(mine)} asked for)" if unique != len(mine) else "")
     plans = [item.plan for item in (mine or items)]
     if args.ray is None and groups is not None:
-        log(_header(plans, count, base.profile) + f"; each on {groups.config.degree} ranks ({groups.config})")
+        log(
+            _header(plans, count, base.profile)
+            + f"; each on {groups.config.degree} ranks ({groups.config}); {describe([i.plan for i in mine])}"
+        )
     elif args.ray is None:
         log(
             _header(plans, count, base.profile)
@@ -253,6 +261,7 @@ def _generate(args: argparse.Namespace) -> int:
                 if launch.distributed
                 else ""
             )
+            + f"; {describe([i.plan for i in mine])}"
         )
 
     paths = sys.stdout  # the video paths, and only they, go here (Ray's messages go to stderr)
@@ -346,6 +355,29 @@ def _generate(args: argparse.Namespace) -> int:
 
         dist.destroy_process_group()
     return 0
+
+
+#: Seconds a rank other than 0 waits, silent, before it exits with a usage error under torchrun:
+#: rank 0 says the same error meanwhile and exits first, so the launcher names its message as the
+#: root cause and ends the others (a rank whose error rank 0 does not share exits after the wait).
+RANK0_GRACE_S = 5.0
+
+
+def _usage_error(line: str, launch) -> int:
+    """Report a usage error (exit 2): one line on stderr. Under torchrun every rank finds the same
+    error, so rank 0 alone prints it, and every rank leaves it in its torchelastic error file
+    (:func:`cogsample.distributed.record_error`), which torchrun's summary shows as the root cause."""
+    if launch is None or not launch.distributed:
+        print(line, file=sys.stderr, flush=True)
+        return 2
+    from .distributed import record_error
+
+    record_error(line)
+    if launch.rank == 0:
+        print(line, file=sys.stderr, flush=True)
+    else:
+        time.sleep(RANK0_GRACE_S)
+    return 2
 
 
 def _add_generate(sub) -> None:
@@ -566,8 +598,13 @@ def _train_tiny(args: argparse.Namespace) -> int:
         out = Path(args.out)
         if (out / "config.json").exists() and not args.overwrite:
             raise ValueError(f"--out {args.out!r} already holds a transformer (config.json); pass --overwrite")
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"--out {args.out!r} exists and is not a directory")
+        from .outputs import check_writable
+
+        check_writable(out, "--out")  # before training, not after it
+        if args.plot is not None:
+            plot = Path(args.plot)
+            if plot.is_dir() or not plot.parent.is_dir() or not os.access(plot.parent, os.W_OK):
+                raise ValueError(f"--plot {args.plot!r} cannot be written: name a file in an existing writable folder")
     except ValueError as e:
         print(f"cogsample train-tiny: error: {e}", file=sys.stderr)
         return 2

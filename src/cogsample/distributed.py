@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-__all__ = ["Launch"]
+__all__ = ["Launch", "record_error"]
 
 T = TypeVar("T")
 
@@ -63,3 +63,43 @@ class Launch:
     def record(self) -> dict[str, object]:
         """What each video's JSON says of it."""
         return {"engine": "torchrun" if self.distributed else "local", "rank": self.rank, "world_size": self.world_size}
+
+
+def record_error(message: str) -> bool:
+    """Leave ``message`` as this process's error for its torchrun launcher, which names the first
+    failed rank's in its summary ("Root Cause ... traceback :"); True if there was a place for it.
+
+    torch's :class:`~torch.distributed.elastic.multiprocessing.errors.ErrorHandler` writes a
+    failure to the file ``TORCHELASTIC_ERROR_FILE`` names, in the launcher's JSON, with the
+    exception's Python traceback as the part the summary shows; the handler here (its documented
+    extension point, ``record_exception``) gives that part the one-line message instead, since a
+    usage error has no traceback worth reading."""
+    try:
+        from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+    except ImportError:  # pragma: no cover - torch without distributed
+        return False
+
+    class OneLine(ErrorHandler):
+        def record_exception(self, e: BaseException) -> None:
+            import json
+            import time
+
+            file = self._get_error_file_path()
+            if file:
+                data = {
+                    "message": {
+                        "message": str(e),
+                        "extraInfo": {"py_callstack": str(e), "timestamp": str(int(time.time()))},
+                    }
+                }
+                self._write_error_file(file, json.dumps(data))
+
+    handler = OneLine()
+    if not handler._get_error_file_path():
+        return False
+    handler.record_exception(UsageError(message))
+    return True
+
+
+class UsageError(ValueError):
+    """A request that cannot run, as told to the user (one line)."""

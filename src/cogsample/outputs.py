@@ -46,16 +46,25 @@ def slug(text: str, max_len: int = 48) -> str:
     return (s[:max_len].rstrip("-")) or "video"
 
 
-def check_writable(directory: str | Path) -> Path:
-    """Create ``directory`` if needed and prove a file can be written there; ``ValueError`` if not."""
+def check_writable(directory: str | Path, name: str = "out directory") -> Path:
+    """Create ``directory`` if needed and prove a file can be written there; ``ValueError`` naming
+    it (as ``name``) if not: a file where the folder (or one above it) should be, a folder that
+    cannot be made, or one that takes no file."""
     path = Path(directory)
+    blocker = next((a for a in (path, *path.parents) if a.exists() or a.is_symlink()), None)
+    if blocker is not None and not blocker.is_dir():
+        what = "it" if blocker == path else repr(str(blocker))
+        raise ValueError(f"{name} {str(path)!r} is not writable: {what} is a file, not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{name} {str(path)!r} cannot be made: {e.strerror or e}") from e
+    try:
         fd, probe = tempfile.mkstemp(prefix=".cogsample-probe-", dir=path)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise ValueError(f"out directory {str(path)!r} is not writable: {e.strerror or e}") from e
+        raise ValueError(f"{name} {str(path)!r} is not writable: {e.strerror or e}") from e
     return path
 
 

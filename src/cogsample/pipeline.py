@@ -262,11 +262,18 @@ def _resolve_dtype(dtype: str | None, device: torch.device, info: ModelInfo, bui
     return DTYPES[dtype]
 
 
+def check_scale(scale: Any) -> None:
+    """``ValueError`` unless ``scale`` is a guidance scale: a finite number >= 0 (0 and 1 are the
+    edges: one branch alone; below 0 guidance would push away from the prompt)."""
+    ok = not isinstance(scale, bool) and isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 0
+    if not ok:
+        raise ValueError(f"--scale must be a finite number >= 0 (the guidance scale), got {scale!r}")
+
+
 def _guidance(kind: str, scale: float, steps: int) -> Guidance:
     if kind == "none":
         return NoGuidance()
-    if not math.isfinite(scale):
-        raise ValueError(f"scale must be a finite number, got {scale!r}")
+    check_scale(scale)
     if kind == "cfg":
         return CFG(scale)
     return DynamicCFG(scale, DYNAMIC_CFG_EXP, steps)
@@ -293,9 +300,18 @@ def resolve_sampling(opts: GenerateOptions, info: ModelInfo) -> SamplingConfig:
     steps = opts.steps
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if opts.sampler is not None and opts.profile == "diffusers":
+        from .profiles import DIFFUSERS_SAMPLERS
+
+        allowed = sorted(set(DIFFUSERS_SAMPLERS.values()))
+        if opts.sampler not in allowed:
+            raise ValueError(
+                f"--sampler {opts.sampler!r} is not in the diffusers profile, which reproduces diffusers' "
+                f"schedulers only: use one of {', '.join(allowed)} (or --profile sat for every sampler)"
+            )
     if opts.sampler is not None:
         get_sampler(opts.sampler)  # names the allowed samplers when unknown
-    _guidance(opts.guidance, opts.scale, 1)  # checks the scale whatever the branch below
+    check_scale(opts.scale)  # whatever the guidance: a value given is never ignored unchecked
     if opts.sampler_config is not None:
         if opts.profile != "sat":
             raise ValueError("--sampler-config is a SAT yaml: it goes with --profile sat")
@@ -357,6 +373,11 @@ FAST: dict[str, Any] = {
 def fast_options(opts: GenerateOptions, steps_given: bool = False) -> GenerateOptions:
     """``opts`` with the :data:`FAST` settings (its own step count kept when ``steps_given``, its
     own sampler when it names one)."""
+    if opts.profile != "sat":
+        raise ValueError(
+            f"--fast is the sat profile's measured setup (its sampler, grid and guidance index); it does not go "
+            f"with --profile {opts.profile}"
+        )
     fast = {k: v for k, v in FAST.items() if not ((k == "steps" and steps_given) or (k == "sampler" and opts.sampler))}
     return dataclasses.replace(opts, **fast)
 
@@ -431,9 +452,14 @@ def _prepare_image(image: Any, opts: GenerateOptions, height: int, width: int, s
     return resize_image_for_i2v(image, height, width)
 
 
-def plan(opts: GenerateOptions) -> Plan:
+def plan(opts: GenerateOptions, *, memory: bool = True, noise_rows: int | None = None) -> Plan:
     """Check everything about ``opts`` and resolve its defaults; raises ``ValueError`` naming the
-    parameter, the value and what is allowed. Reads configs and the image, never weights."""
+    parameter, the value and what is allowed. Reads configs and the image, never weights.
+
+    ``memory``: also refuse a video that cannot fit in the device's available memory
+    (:func:`cogsample.cost.check_memory`; off where another process will run it, as a Ray
+    driver's plans). ``noise_rows``: the videos of the batch that share ``initial_noise`` (one row
+    each), for the expected shape an error states (default: what ``initial_noise_row`` says)."""
     prompts = tuple(opts.prompts)
     if not prompts:
         raise ValueError("no prompt: give --prompt TEXT (repeatable) or --prompts-file FILE")
@@ -514,7 +540,7 @@ def plan(opts: GenerateOptions) -> Plan:
         raise ValueError("initial_noise_row picks a row of --initial-noise, which is not given")
     initial = None
     if opts.initial_noise is not None:
-        initial = load_initial_noise(opts.initial_noise, shape, len(prompts), first_row=row)
+        initial = load_initial_noise(opts.initial_noise, shape, len(prompts), first_row=row, rows=noise_rows)
     if not isinstance(opts.out, (str, Path)) or not str(opts.out):
         raise ValueError(f"out must be a directory path, got {opts.out!r}")
     fps = opts.fps or int(info.extra.get("fps", 8))
@@ -539,6 +565,10 @@ def plan(opts: GenerateOptions) -> Plan:
         initial_noise=initial,
     )
     p.stems = [video_stem(p, k) for k in range(len(prompts))]
+    if memory:
+        from .cost import check_memory
+
+        check_memory(p)
     return p
 
 
@@ -587,6 +617,16 @@ def resolve_windows(opts: GenerateOptions, info: ModelInfo, length: int) -> Cont
         overlap = default_overlap(frames) if isinstance(frames, int) and not isinstance(frames, bool) else 0
     windows = ContextWindows(frames, overlap)  # names a bad context_frames / context_overlap
     if length <= frames or not (info.context_windows or opts.context_frames is not None):
+        if opts.context_overlap is not None:
+            why = (
+                f"model {info.name!r} is exact at any length: give --context-frames for windows"
+                if length > frames
+                else f"it fits one window of {frames}"
+            )
+            raise ValueError(
+                f"--context-overlap {opts.context_overlap} has no effect: this latent of {length} frames is "
+                f"sampled whole, in no context windows ({why}); drop it"
+            )
         if opts.noise_repeat:
             raise ValueError(
                 f"noise_repeat repeats the first context window's noise over the later ones; this latent of "
@@ -654,28 +694,36 @@ def video_stem(p: Plan, k: int) -> str:
     return f"{outputs.slug(p.options.prompts[k], 40)}-s{p.options.seed + k}-{digest}"
 
 
-def load_initial_noise(path: str, shape: Sequence[int], videos: int, first_row: int | None = None) -> Tensor:
+def load_initial_noise(
+    path: str, shape: Sequence[int], videos: int, first_row: int | None = None, rows: int | None = None
+) -> Tensor:
     """The initial noise in ``path`` (``.safetensors``: its one tensor, or the one named ``noise``;
     ``.pt``: a tensor, or such a mapping) as ``(B, T, C, H, W)`` float32 on the CPU, checked against
     the sampled latent ``shape`` ``(1, T, C, H, W)``: ``B`` is 1 (every video starts from it) or
     ``videos`` (video k from row k); with ``first_row`` r, video k takes row r + k of any ``B``
-    that has it. A ``(T, C, H, W)`` tensor counts as ``B = 1``."""
+    that has it (or the one row of a one-row file). A ``(T, C, H, W)`` tensor counts as ``B = 1``.
+    ``rows``: the videos of the whole batch, for the expected shape the error states."""
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"initial_noise {path!r} does not exist or is not a file")
+    if p.suffix not in (".safetensors", ".pt", ".pth"):
+        raise ValueError(f"initial_noise {path!r} must be a .safetensors or .pt file")
     try:
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             data: Any = load_file(str(p))
-        elif p.suffix in (".pt", ".pth"):
-            data = torch.load(p, map_location="cpu", weights_only=True)
         else:
-            raise ValueError(f"initial_noise {path!r} must be a .safetensors or .pt file")
-    except ValueError:
-        raise
+            data = torch.load(p, map_location="cpu", weights_only=True)
+    except OSError as e:
+        raise ValueError(f"initial_noise {path!r} cannot be read: {e.strerror or e}") from e
     except Exception as e:
-        raise ValueError(f"initial_noise {path!r} cannot be read: {type(e).__name__}: {e}") from e
+        # torch's own text is many lines and suggests weights_only=False, which would run the
+        # file's code: the one fact that matters is that this is no tensor file
+        raise ValueError(
+            f"initial_noise {path!r} is not a tensor file cogsample can read (a .safetensors file, or a tensor "
+            f"saved with torch.save); reading it failed with {type(e).__name__}"
+        ) from None
     if isinstance(data, dict):
         tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
         if "noise" in tensors:
@@ -685,17 +733,20 @@ def load_initial_noise(path: str, shape: Sequence[int], videos: int, first_row: 
         else:
             raise ValueError(f"initial_noise {path!r} holds {sorted(tensors)}: give one tensor, or name it 'noise'")
     if not isinstance(data, torch.Tensor) or not data.is_floating_point():
-        raise ValueError(f"initial_noise {path!r} must hold a floating-point tensor, got {type(data).__name__}")
+        got = f"a {data.dtype} tensor" if isinstance(data, torch.Tensor) else type(data).__name__
+        raise ValueError(f"initial_noise {path!r} must hold a floating-point tensor, got {got}")
     want = tuple(shape[1:])
     x = data.unsqueeze(0) if data.ndim == len(want) else data
-    rows_ok = x.shape[0] >= first_row + videos if first_row is not None else x.shape[0] in (1, videos)
+    need = videos if first_row is None else first_row + videos
+    if x.ndim == len(want) + 1:
+        rows_ok = x.shape[0] == 1 or (x.shape[0] == videos if first_row is None else x.shape[0] >= need)
     if x.ndim != len(want) + 1 or tuple(x.shape[1:]) != want or not rows_ok:
-        rows = "1" if videos == 1 else f"1 or {videos}"
-        if first_row is not None:
-            rows = f"at least {first_row + videos} (initial_noise_row {first_row})"
+        n = max(need, rows or 0)
+        b = "1" if n == 1 else f"1 or {n}"
+        dims = ", ".join(map(str, want))
         raise ValueError(
-            f"initial_noise {path!r} has shape {tuple(data.shape)}; this request samples latents "
-            f"({rows}, {', '.join(map(str, want))}) (B, T, C, H/8, W/8), B = {rows}"
+            f"initial_noise {path!r} has shape {tuple(data.shape)}; this request samples latents ({b}, {dims}), "
+            f"i.e. (1 or one row per video, T, {want[1]}, H/8, W/8)"
         )
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"initial_noise {path!r} holds NaN or infinite values")
@@ -767,6 +818,8 @@ def _initial(p: Plan, noise: NoiseSource, k: int) -> Tensor:
 
 def _noise_row(p: Plan, k: int) -> int:
     """The row of the ``--initial-noise`` file that video ``k`` starts from."""
+    if p.initial_noise is not None and p.initial_noise.shape[0] == 1:
+        return 0  # a one-row file: every video starts from it
     if p.options.initial_noise_row is not None:
         return p.options.initial_noise_row + k
     return k if p.initial_noise is not None and p.initial_noise.shape[0] > 1 else 0
@@ -774,18 +827,11 @@ def _noise_row(p: Plan, k: int) -> int:
 
 def free_memory(device: torch.device) -> int | None:
     """Bytes free for new tensors on ``device`` (CUDA: the driver's free memory plus what torch's
-    allocator holds unused; CPU: the kernel's MemAvailable), None where unknown."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    allocator holds unused; CPU: the kernel's MemAvailable), None where unknown:
+    :func:`cogsample.cost.free_bytes`, what ``--vae-tiling auto`` reads as it decodes."""
+    from .cost import free_bytes
+
+    return free_bytes(device)
 
 
 def vae_tiling(

@@ -110,3 +110,20 @@ def test_train_tiny_writes_a_loadable_transformer_and_its_curve(tmp_path, capsys
     assert "already holds a transformer" in capsys.readouterr().err
     assert main(["train-tiny", "--out", str(tmp_path / "u"), "--steps", "0"]) == 2
     assert "steps must be an integer >= 1, got 0" in capsys.readouterr().err
+
+
+def test_train_tiny_checks_its_out_folder_before_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("cogsample.models.trained.train", lambda *_a, **_k: pytest.fail("trained"))
+    blocker = tmp_path / "file"
+    blocker.write_text("mine")
+    for out, why in (
+        (blocker, f"--out {str(blocker)!r} is not writable: it is a file, not a folder"),
+        (blocker / "t", f"--out {str(blocker / 't')!r} is not writable: {str(blocker)!r} is a file, not a folder"),
+        ("/proc/x", "--out '/proc/x' cannot be made: "),  # what the user tried: /proc takes no folder
+    ):
+        assert main(["train-tiny", "--out", str(out), "--steps", "2"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"cogsample train-tiny: error: {why}") and len(err.splitlines()) == 1
+    assert main(["train-tiny", "--out", str(tmp_path / "t"), "--plot", str(tmp_path / "no" / "loss.png")]) == 2
+    assert "--plot" in capsys.readouterr().err
+    assert blocker.read_text() == "mine"

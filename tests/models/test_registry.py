@@ -23,8 +23,14 @@ def test_inspect_the_built_in_models():
 
 
 def test_inspect_a_missing_folder_names_it(tmp_path):
-    with pytest.raises(ValueError, match=r"model '.*nowhere': CogVideoX folder not found"):
-        models.inspect(str(tmp_path / "nowhere"))
+    # a typo of a built-in name or a missing folder: the built-in names, and what a path must be
+    for name in (str(tmp_path / "nowhere"), "builtinx"):
+        with pytest.raises(ValueError) as e:
+            models.inspect(name)
+        assert str(e.value) == (
+            f"model {name!r} is neither a built-in model (builtin, builtin-i2v, builtin-trained, builtin-trained-i2v) "
+            "nor an existing path; a path must be a diffusers-format CogVideoX folder (with model_index.json)"
+        )
 
 
 def test_load_the_exact_model():

@@ -113,6 +113,11 @@ def inspect(name: str) -> ModelInfo:
         from .trained import trained_info
 
         return trained_info(i2v=name.endswith("-i2v"))
+    if not isinstance(name, (str, Path)) or not str(name) or not Path(name).expanduser().exists():
+        raise ValueError(
+            f"model {name!r} is neither a built-in model ({', '.join(BUILTIN)}) nor an existing path; "
+            "a path must be a diffusers-format CogVideoX folder (with model_index.json)"
+        )
     try:
         from .cogvideox import inspect_folder
     except ImportError as e:

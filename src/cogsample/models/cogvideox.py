@@ -52,6 +52,8 @@ __all__ = [
     "inspect_folder",
     "load_cogvideox",
     "resize_image_for_i2v",
+    "untiled_decode_estimate",
+    "vae_frame_batch",
     "validate_cogvideox_folder",
 ]
 
@@ -78,11 +80,51 @@ VAE_FRAME_BATCH = 2
 #: measured on the released VAE (``benchmarks/vae_memory.py``: 7631-7650 at 1.0's and 1.5's shapes
 #: on an H100 in bf16), rounded up for a margin.
 VAE_DECODE_BYTES_PER_PX = 8000
+#: The released VAE's ``block_out_channels`` (every CogVideoX release), which that figure was measured on.
+RELEASED_VAE_CHANNELS = (128, 256, 256, 512)
 
 
 def first_frame_batch(frames: int, batch: int) -> int:
     """Latent frames in the VAE decoder's first (largest) call: ``batch`` plus the remainder."""
     return batch + frames % batch if frames >= batch else frames
+
+
+def vae_frame_batch(
+    info: ModelInfo, frames: int, reference: str = "diffusers", *, warn: bool = True, stacklevel: int = 2
+) -> int:
+    """Latent frames per decoder call: diffusers' :data:`VAE_FRAME_BATCH` (the first call takes the
+    odd one too; SAT's 1.0 code, v1.0, decodes the same 3, 2, 2, ... chunks of an odd count).
+    SAT's 1.5 code (7a1af71) cuts ``frames`` into ``min(10, frames // 2)`` near-equal chunks,
+    the larger first: for 21 and 41 frames (81 and 161 video frames) that is diffusers' plan with
+    2 and 4 frames a batch. Other counts give chunks diffusers' decoder cannot run the same
+    way (it treats every odd-length chunk as holding frame 0): diffusers' plan, with a warning.
+    From the model's :class:`ModelInfo` alone, so a plan can ask before anything loads."""
+    n = min(10, frames // 2)
+    if reference != "sat" or info.patch_size_t is None or n == 0:
+        return VAE_FRAME_BATCH
+    batch = frames // n
+    if frames % n <= 1 and frames // batch == n:
+        return batch
+    if warn:
+        warnings.warn(
+            f"SAT decodes {frames} latent frames in {n} chunks of {batch} or {batch + 1}, which diffusers' VAE "
+            f"cannot reproduce; decoding in diffusers' batches of {VAE_FRAME_BATCH} instead",
+            stacklevel=stacklevel,
+        )
+    return VAE_FRAME_BATCH
+
+
+def untiled_decode_estimate(shape: Sequence[int], frame_batch: int, esize: int, *, slicing: bool = False) -> int:
+    """Peak memory (bytes) of an untiled decode of latents ``(B, T, 16, h, w)`` in batches of
+    ``frame_batch`` latent frames with ``esize``-byte elements: :data:`VAE_DECODE_BYTES_PER_PX` x
+    the first batch's frames (the largest; the decoder's activations dominate) x ``64 h w`` x
+    element size, plus the decoded video twice (the batches and their concatenation)."""
+    b, t, _, h, w = shape
+    first = first_frame_batch(t, frame_batch)
+    pixels = 64 * h * w
+    video = 2 * b * (4 * (t - 1) + 1) * 3 * pixels * esize
+    slices = 1 if slicing else b
+    return VAE_DECODE_BYTES_PER_PX * slices * first * pixels * esize + video
 
 
 # --------------------------------------------------------------------------- the network adapter
@@ -388,6 +430,7 @@ def _info(root: Path, configs: dict[str, dict[str, Any]]) -> ModelInfo:
             "pipeline": pipeline,
             "patch_size": int(tc.get("patch_size", 2)),
             "vae_scale_factor_spatial": spatial,
+            "vae_block_out_channels": [int(c) for c in vc.get("block_out_channels", ())],
             "vae_scaling_factor": float(vc.get("scaling_factor", 1.15258426)),
             "invert_scale_latents": bool(vc.get("invert_scale_latents", False)),
             "rotary": bool(tc.get("use_rotary_positional_embeddings", False)),
@@ -654,25 +697,8 @@ class CogVideoXModel(VideoModel):
             vae.use_tiling, vae.use_slicing, vae.num_latent_frames_batch_size = saved
 
     def frame_batch(self, frames: int, reference: str = "diffusers", *, warn: bool = True) -> int:
-        """Latent frames per decoder call: diffusers' :data:`VAE_FRAME_BATCH` (the first call takes the
-        odd one too; SAT's 1.0 code, v1.0, decodes the same 3, 2, 2, ... chunks of an odd count).
-        SAT's 1.5 code (7a1af71) cuts ``frames`` into ``min(10, frames // 2)`` near-equal chunks,
-        the larger first: for 21 and 41 frames (81 and 161 video frames) that is diffusers' plan with
-        2 and 4 frames a batch. Other counts give chunks diffusers' decoder cannot run the same
-        way (it treats every odd-length chunk as holding frame 0): diffusers' plan, with a warning."""
-        n = min(10, frames // 2)
-        if reference != "sat" or self.info.patch_size_t is None or n == 0:
-            return VAE_FRAME_BATCH
-        batch = frames // n
-        if frames % n <= 1 and frames // batch == n:
-            return batch
-        if warn:
-            warnings.warn(
-                f"SAT decodes {frames} latent frames in {n} chunks of {batch} or {batch + 1}, which diffusers' VAE "
-                f"cannot reproduce; decoding in diffusers' batches of {VAE_FRAME_BATCH} instead",
-                stacklevel=3,
-            )
-        return VAE_FRAME_BATCH
+        """Latent frames per decoder call for this model: :func:`vae_frame_batch`."""
+        return vae_frame_batch(self.info, frames, reference, warn=warn, stacklevel=4)
 
     def prepare_decode(self) -> None:
         """Under offload, send the resident part (the transformer, after sampling) back to the CPU now
@@ -682,16 +708,11 @@ class CogVideoXModel(VideoModel):
 
     def untiled_decode_bytes(self, shape: Sequence[int], reference: str = "diffusers") -> int:
         """Peak memory (bytes) of an untiled :meth:`decode` of latents ``(B, T, 16, h, w)`` in the
-        ``reference``'s frame batches (:meth:`frame_batch`): :data:`VAE_DECODE_BYTES_PER_PX` x the
-        first batch's frames (the largest; the decoder's activations dominate) x ``64 h w`` x element
-        size, plus the decoded video twice (the batches and their concatenation)."""
-        b, t, _, h, w = shape
+        ``reference``'s frame batches (:meth:`frame_batch`) and the VAE's dtype:
+        :func:`untiled_decode_estimate`."""
         esize = torch.finfo(next(self.vae.parameters()).dtype).bits // 8
-        first = first_frame_batch(t, self.frame_batch(t, reference, warn=False))
-        pixels = 64 * h * w
-        video = 2 * b * (4 * (t - 1) + 1) * 3 * pixels * esize
-        slices = 1 if self.slicing else b
-        return VAE_DECODE_BYTES_PER_PX * slices * first * pixels * esize + video
+        batch = self.frame_batch(shape[1], reference, warn=False)
+        return untiled_decode_estimate(shape, batch, esize, slicing=self.slicing)
 
     def decode(
         self,
