@@ -22,6 +22,9 @@ SRC = Path(cogsample.__file__).parent
 #: Top-level modules above the models: they put models, core and files together.
 ORCHESTRATION = {"cogsample", "cogsample.__main__", "cogsample.pipeline", "cogsample.cli", "cogsample.batch"}
 ORCHESTRATION |= {"cogsample.raybatch"}
+#: What a planned video costs reads each model's sizes (the trained transformer's config, the
+#: released VAE's layout): it sits beside the pipeline, above the models, until ModelInfo carries them.
+ORCHESTRATION |= {"cogsample.cost"}
 #: Core modules that must exist (the layer is every top-level module that is not orchestration).
 CORE_NAMED = ("cache", "denoiser", "guidance", "noise", "samplers", "sampling", "scalings", "schedules", "images")
 MODEL_MODULES = ("cogsample.models.cogvideox", "cogsample.models.trained", "cogsample.models.builtin")
