@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .progress import BatchProgress, Progress
+from .progress import BatchProgress, Progress, say
 
 __all__ = ["BatchProgress", "Progress", "build_parser", "main"]
 
@@ -130,7 +130,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     def log(m: str) -> None:
         if not args.quiet:
-            print(f"{prefix}{m}", file=sys.stderr, flush=True)
+            say(f"{prefix}{m}")
 
     prefix = ""
     launch = None
@@ -239,11 +239,9 @@ def _generate(args: argparse.Namespace) -> int:
     label = {id(item): item.where or f"--prompt {n + 1}" for n, item in enumerate(items)}
     for ns in repeats(mine):
         if leads:
-            print(
+            say(
                 f"{prefix}cogsample generate: warning: {_which([label[id(mine[n])] for n in ns])} define the same "
-                f"video ({mine[ns[0]].stem}): made once, its path printed for each",
-                file=sys.stderr,
-                flush=True,
+                f"video ({mine[ns[0]].stem}): made once, its path printed for each"
             )
     unique = len({item.stem for item in mine})
     count = f"{unique} video(s)" + (f" ({len(mine)} asked for)" if unique != len(mine) else "")
@@ -273,7 +271,7 @@ def _generate(args: argparse.Namespace) -> int:
         if not leads:
             return
         for _ in range(asked.get(r.files["video"].name, 1)):
-            print(r.files["video"], file=paths, flush=True)
+            say(str(r.files["video"]), paths)
         if r.skipped:
             log(f"finished before: {r.files['video']}")
         batch.result(r)
@@ -331,17 +329,13 @@ def _generate(args: argparse.Namespace) -> int:
         if groups is not None and not groups.leader:
             return e.exit_code  # the leader reports for its group
         done, total = getattr(e, "finished", None) or count_finished(mine, out)
-        print(
-            f"{prefix}interrupted: {done} of {total} videos finished; run the same command again to resume",
-            file=sys.stderr,
-            flush=True,
-        )
+        say(f"{prefix}interrupted: {done} of {total} videos finished; run the same command again to resume")
         return e.exit_code
     except OSError as e:
         if progress is not None:
             progress.close()
         what = str(e) if isinstance(e, WriteError) else f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
-        print(f"{prefix}cogsample generate: error: {what}", file=sys.stderr, flush=True)
+        say(f"{prefix}cogsample generate: error: {what}")
         if leads:
             log(batch.summary(failed=1))
         return 1
@@ -368,13 +362,13 @@ def _usage_error(line: str, launch) -> int:
     error, so rank 0 alone prints it, and every rank leaves it in its torchelastic error file
     (:func:`cogsample.distributed.record_error`), which torchrun's summary shows as the root cause."""
     if launch is None or not launch.distributed:
-        print(line, file=sys.stderr, flush=True)
+        say(line)
         return 2
     from .distributed import record_error
 
     record_error(line)
     if launch.rank == 0:
-        print(line, file=sys.stderr, flush=True)
+        say(line)
     else:
         time.sleep(RANK0_GRACE_S)
     return 2

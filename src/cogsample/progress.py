@@ -13,7 +13,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["BatchProgress", "Progress", "duration"]
+__all__ = ["BatchProgress", "Progress", "duration", "say"]
+
+
+def say(line: str, stream=None) -> None:
+    """Write ``line`` and its newline in one call, then flush. ``print`` writes them apart, and
+    with an unbuffered stream (``PYTHONUNBUFFERED=1``) ranks sharing a pipe could join two lines."""
+    stream = stream or sys.stderr
+    stream.write(f"{line}\n")
+    stream.flush()
 
 
 class Progress:
@@ -34,7 +42,7 @@ class Progress:
         if ev.done == 0 or quarter > self._said:
             self._said = quarter
             line = f"{self.prefix}video {ev.video + 1}/{ev.videos}: {ev.what} ({ev.done}/{ev.total})"
-            print(line, file=self.stream, flush=True)
+            say(line, self.stream)
 
     def __call__(self, ev) -> None:
         from .pipeline import PrepareEvent
@@ -68,11 +76,10 @@ class Progress:
         if (ev.step + 1) % every == 0 or ev.step + 1 == ev.steps:
             rate = (ev.step + 1) / ev.elapsed if ev.elapsed > 0 else float("inf")
             eta = (ev.steps - ev.step - 1) / rate if rate > 0 else 0.0
-            print(
+            say(
                 f"{self.prefix}video {ev.video + 1}/{ev.videos} step {ev.step + 1}/{ev.steps} {level} "
                 f"{rate:.2f} step/s eta {eta:.0f}s",
-                file=self.stream,
-                flush=True,
+                self.stream,
             )
 
     def close(self) -> None:
