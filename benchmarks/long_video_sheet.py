@@ -19,10 +19,10 @@ import torch
 from PIL import Image, ImageDraw
 
 from cogsample import Conditioning, sample
+from cogsample.jobs.outputs import contact_sheet, to_uint8
 from cogsample.models.family import FAMILY
-from cogsample.noise import GlobalNoise
-from cogsample.outputs import contact_sheet, to_uint8
-from cogsample.pipeline import Pipeline
+from cogsample.pipeline.pipeline import Pipeline
+from cogsample.sampling.noise import GlobalNoise
 
 PROMPT = "a yellow square moving from left to right on a blue background"
 SEED = 42

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 pytest.importorskip("diffusers")
 
-from cogsample.cli import main
+from cogsample.cli.main import main
 from cogsample.models.builtin import MixtureNetwork
 from cogsample.models.family import FAMILY
 

@@ -15,9 +15,10 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from cogsample import batch, outputs, pipeline
+from cogsample.jobs import batch, outputs
 from cogsample.models.cogvideox import VAE_FRAME_BATCH, CogVideoXModel, load_cogvideox
-from cogsample.pipeline import GenerateOptions, plan
+from cogsample.pipeline import pipeline
+from cogsample.pipeline.pipeline import GenerateOptions, plan
 
 pytest.importorskip("diffusers")
 
@@ -62,7 +63,7 @@ def _png(tmp_path) -> str:
 
 def test_the_224_token_rule_is_the_shipped_configs(tiny_models):
     from cogsample.models.cogvideox import SAT_TEXT_LEN_15
-    from cogsample.satconfig import sat_text_max_length
+    from cogsample.reference.satconfig import sat_text_max_length
 
     assert SAT_TEXT_LEN_15 == sat_text_max_length("cogvideox1.5-5b") == sat_text_max_length("cogvideox1.5-5b-i2v")
     assert tiny_models["t2v-1.5"].info.text_len("sat") == SAT_TEXT_LEN_15

@@ -65,9 +65,9 @@ def test_shipped_weights_are_the_documented_transformer(shipped):
 
 def _sample(model, prompts, seed=0, steps=50):
     from cogsample.bench.quality import reference_default
-    from cogsample.guidance import Conditioning
-    from cogsample.noise import SeededNoise, latent_shape
-    from cogsample.sampling import build_model
+    from cogsample.sampling.config import build_model
+    from cogsample.sampling.guidance import Conditioning
+    from cogsample.sampling.noise import SeededNoise, latent_shape
 
     shape = latent_shape(len(prompts), tr.FRAMES, tr.HEIGHT, tr.WIDTH)
     x = SeededNoise([seed + i for i in range(len(prompts))]).initial(shape)

@@ -10,8 +10,8 @@ each configuration:
 
 * ``whole``: no windows, the network sees all 12 latent frames at once;
 * ``overlap{o}``: windows of the native 3 frames, neighbours sharing ``o`` = 0, 1, 2 of them
-  (:class:`~cogsample.context_windows.ContextWindows`); ``overlap{o}/noise_repeat`` the same with
-  FreeNoise's repeated noise (:class:`~cogsample.context_windows.RepeatedNoise` over the same
+  (:class:`~cogsample.sampling.context_windows.ContextWindows`); ``overlap{o}/noise_repeat`` the same with
+  FreeNoise's repeated noise (:class:`~cogsample.sampling.context_windows.RepeatedNoise` over the same
   draws: the initial latent and every in-loop draw);
 
 and scores two calibration rows alike: ``data`` (true samples ``mu_k + tau z``, ``k ~ w``) and
@@ -29,7 +29,7 @@ For samples ``x`` the figures are (``k* = argmin_k |x - mu_k|^2`` over all clips
   pair of neighbouring windows ``j, j+1`` and the frames they share, the raw outputs ``o_j, o_{j+1}``
   (both CFG branches); ``sqrt(sum |o_j - o_{j+1}|^2 / sum (|o_j|^2 + |o_{j+1}|^2) / 2)`` pooled over
   the pairs: their disagreement across the seam relative to the outputs' RMS;
-* ``forwards``: network evaluations per sample (:attr:`~cogsample.guidance.GuidedModel.forwards`,
+* ``forwards``: network evaluations per sample (:attr:`~cogsample.sampling.guidance.GuidedModel.forwards`,
   one per window), ``seconds``: the sampling wall time.
 
 Everything runs on two seed sets (:data:`SEED_SETS`, independent noise) and, for the windowed and
@@ -49,10 +49,10 @@ from typing import Any
 
 import torch
 
-from ..context_windows import ContextWindows, RepeatedNoise, WindowedNetwork
-from ..guidance import Conditioning
-from ..noise import SeededNoise, latent_shape
-from ..sampling import build_model, release
+from ..sampling.config import build_model, release
+from ..sampling.context_windows import ContextWindows, RepeatedNoise, WindowedNetwork
+from ..sampling.guidance import Conditioning
+from ..sampling.noise import SeededNoise, latent_shape
 from .quality import TRAINED, Candidate, Env, fast_candidate, reference_default
 
 Tensor = torch.Tensor

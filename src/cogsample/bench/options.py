@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from ..cache import CacheConfig
-from ..guidance import Conditioning, GuidanceInterval
-from ..noise import SeededNoise, latent_shape
-from ..sampling import SamplingConfig, build_model, release
+from ..sampling.cache import CacheConfig
+from ..sampling.config import SamplingConfig, build_model, release
+from ..sampling.guidance import Conditioning, GuidanceInterval
+from ..sampling.noise import SeededNoise, latent_shape
 from .common import BENCH_SIZE, BENCH_VIDEO, quiet
 from .quality import reference_default
 

@@ -87,13 +87,13 @@ def parallel_speed(quick: bool = False, timeout: float = 600) -> dict[str, Any]:
 def _worker(out: str, spec: str | None, steps: int) -> None:
     import torch.distributed as dist
 
-    from ..distributed import Launch
-    from ..guidance import Conditioning, DynamicCFG
+    from ..jobs.distributed import Launch
     from ..models.cogvideox import CogVideoXTransformerNetwork
     from ..models.tiny import tiny_transformer
-    from ..noise import SeededNoise
-    from ..parallel import ParallelConfig, ParallelGroups, init_parallel
-    from ..sampling import SamplingConfig, build_model, release
+    from ..sampling.config import SamplingConfig, build_model, release
+    from ..sampling.guidance import Conditioning, DynamicCFG
+    from ..sampling.noise import SeededNoise
+    from ..sampling.parallel import ParallelConfig, ParallelGroups, init_parallel
     from .common import BENCH_SIZE
     from .speed import COGVIDEOX_5B_TRANSFORMER, _step_times, _sync
 

@@ -44,14 +44,14 @@ from typing import Any
 
 import torch
 
-from ..denoiser import DenoiserConfig
-from ..guidance import Conditioning, DynamicCFG, Guidance, GuidanceInterval
 from ..models.builtin import CLIPS, DEFAULT_TAU, MixtureNetwork, match_prompt
-from ..noise import SeededNoise, latent_shape
-from ..samplers import get_sampler
-from ..sampling import SamplingConfig, build_model
-from ..scalings import VideoScaling
-from ..schedules import Schedule, SpacedDDPM, ZeroSNRDDPM
+from ..sampling.config import SamplingConfig, build_model
+from ..sampling.denoiser import DenoiserConfig
+from ..sampling.guidance import Conditioning, DynamicCFG, Guidance, GuidanceInterval
+from ..sampling.noise import SeededNoise, latent_shape
+from ..sampling.samplers import get_sampler
+from ..sampling.scalings import VideoScaling
+from ..sampling.schedules import Schedule, SpacedDDPM, ZeroSNRDDPM
 
 Tensor = torch.Tensor
 
@@ -170,8 +170,8 @@ def reference_default() -> Candidate:
 
 
 def fast_candidate() -> tuple[Candidate, int]:
-    """``--fast`` (:data:`cogsample.pipeline.FAST`) as a bench candidate and its step count."""
-    from ..pipeline import FAST
+    """``--fast`` (:data:`cogsample.pipeline.pipeline.FAST`) as a bench candidate and its step count."""
+    from ..pipeline.pipeline import FAST
 
     start = FAST["cfg_interval"][0] if FAST.get("cfg_interval") else 0.0
     cand = Candidate(

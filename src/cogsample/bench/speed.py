@@ -42,11 +42,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..guidance import Conditioning
 from ..models.tiny import TinySize, build_tiny_folder
-from ..noise import DiffusersNoise, GlobalNoise, latent_shape
-from ..profiles import COGVIDEOX_5B_SCHEDULER, diffusers_sampling, sat_sampling
-from ..sampling import sample
+from ..reference.profiles import COGVIDEOX_5B_SCHEDULER, diffusers_sampling, sat_sampling
+from ..sampling.config import sample
+from ..sampling.guidance import Conditioning
+from ..sampling.noise import DiffusersNoise, GlobalNoise, latent_shape
 from .common import BENCH_SIZE, BENCH_VIDEO, cpu_name, quiet
 
 Tensor = torch.Tensor
@@ -190,7 +190,7 @@ def compare_diffusers(
     quick: bool = False, *, steps: int | None = None, repeats: int | None = None, seed: int = SEED
 ) -> dict[str, Any]:
     """Wall time of a whole video and of the denoising loop, cogsample's ``diffusers`` profile
-    (:func:`~cogsample.batch.run_plan`) against ``CogVideoXPipeline`` on the same modules.
+    (:func:`~cogsample.jobs.batch.run_plan`) against ``CogVideoXPipeline`` on the same modules.
 
     * ``loop_s_per_step``: each step's duration, from one step's end to the next (step callbacks
       on both sides; the first step from the start of the first transformer forward), over every
@@ -206,8 +206,8 @@ def compare_diffusers(
       diffusers), and ``gc_collect_s``: one ``gc.collect()`` in this process, which cogsample's
       ``run_plan`` pays per call (``release_text_encoder``) and diffusers does not.
     """
-    from ..batch import run_plan
-    from ..pipeline import GenerateOptions, plan
+    from ..jobs.batch import run_plan
+    from ..pipeline.pipeline import GenerateOptions, plan
 
     steps = steps or (4 if quick else 20)
     repeats = repeats or (2 if quick else 5)
@@ -645,9 +645,9 @@ def _memory_child(library: str, folder: str, steps: int, out: str) -> dict[str, 
     size = {"num_frames" if k == "frames" else k: v for k, v in BENCH_VIDEO.items()}
     with quiet():
         if library == "cogsample":
-            from ..batch import run_plan
+            from ..jobs.batch import run_plan
             from ..models.cogvideox import load_cogvideox
-            from ..pipeline import GenerateOptions, plan
+            from ..pipeline.pipeline import GenerateOptions, plan
 
             try:  # run_plan writes an mp4 with PyAV: its libraries are not generation memory
                 import av  # noqa: F401

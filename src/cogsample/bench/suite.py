@@ -23,11 +23,11 @@ from typing import Any
 
 import torch
 
-from ..cache import CacheConfig
-from ..guidance import GuidanceInterval
-from ..noise import SeededNoise
-from ..samplers import SAMPLERS
-from ..sampling import SamplingConfig, build_model, release
+from ..sampling.cache import CacheConfig
+from ..sampling.config import SamplingConfig, build_model, release
+from ..sampling.guidance import GuidanceInterval
+from ..sampling.noise import SeededNoise
+from ..sampling.samplers import SAMPLERS
 from .common import cpu_name
 from .quality import (
     HELD_OUT,
@@ -301,7 +301,7 @@ def choose_fast(models: dict[str, Any]) -> dict[str, Any] | None:
 def summarize(res: dict[str, Any]) -> None:
     """Per model: ``forwards_to_match_reference`` (the fewest forwards of a stable match) and
     ``fast_matches_reference`` (``--fast`` matches at its step count and every larger one, at every
-    seed). A pure function of the stored runs and :data:`~cogsample.pipeline.FAST`."""
+    seed). A pure function of the stored runs and :data:`~cogsample.pipeline.pipeline.FAST`."""
     fast, fast_steps = fast_candidate()
     for m in res["models"].values():
         if "runs" not in m:

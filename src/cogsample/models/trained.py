@@ -37,8 +37,8 @@ from typing import Any
 
 import torch
 
-from ..noise import LATENT_CHANNELS, latent_shape
-from ..schedules import ZeroSNRDDPM
+from ..sampling.noise import LATENT_CHANNELS, latent_shape
+from ..sampling.schedules import ZeroSNRDDPM
 from .base import ModelInfo
 from .builtin import DEFAULT_TAU, BlockVAE, BlockVAEModel, MixtureNetwork, parse_prompt
 from .cogvideox import CogVideoXTransformerNetwork

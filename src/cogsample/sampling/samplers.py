@@ -1,0 +1,1113 @@
+"""Samplers: plain functions ``sample_*(model, x, grid, noise, **options) -> x0``.
+
+Every sampler takes
+
+* ``model(x, level) -> x0``: a denoiser (guidance already inside, see :mod:`cogsample.sampling.guidance`);
+  the samplers that replicate diffusers' schedulers take ``model(x, level) -> v`` instead, the
+  guided raw network output (``SamplerSpec.consumes == "v"``);
+* ``x``: unit-variance noise ``(B, T, C, H, W)``; sigma-space samplers scale it to
+  ``sqrt(1 + sigma_0^2)`` themselves, as the reference does;
+* ``grid``: a :class:`~cogsample.sampling.schedules.Grid` in either space (converted when needed);
+* ``noise``: a :class:`~cogsample.sampling.noise.NoiseSource` for the in-loop draws;
+* ``callback(step, x, denoised)``: called after every executed step.
+
+All per-step coefficients are computed as vectors before the loop, so the loop never reads a
+value back from the device. They are evaluated with the reference's formulas, operation for
+operation and in the reference's dtypes, which is what makes the golden replays bit-exact:
+video samplers (alpha space) compute in float32, or float64 for a float64 ``x``, and cast the
+prediction to float32; sigma-space samplers compute every scalar in float32 whatever ``x`` is.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from .denoiser import Level
+from .noise import NoiseSource
+from .schedules import DDPMSteps, Grid, Space
+
+Tensor = torch.Tensor
+Model = Callable[[Tensor, Level], Tensor]
+Callback = Callable[[int, Tensor, Tensor], None] | None
+
+__all__ = [
+    "REFERENCE_NAMES",
+    "SAMPLERS",
+    "SamplerSpec",
+    "get_sampler",
+    "lms_coefficients",
+    "sample_ddim",
+    "sample_diffusers_ddim",
+    "sample_diffusers_dpm",
+    "sample_dpmpp_2m",
+    "sample_dpmpp_2m_sde",
+    "sample_dpmpp_2s_ancestral",
+    "sample_euler",
+    "sample_euler_ancestral",
+    "sample_heun",
+    "sample_lms",
+    "sample_sdedit_euler",
+    "sample_video_ddim",
+    "sample_video_ddpm",
+    "sample_vp_unipc",
+    "sample_vpode_dpmpp_2m",
+    "sample_vpode_dpmpp_3m",
+    "sample_vpsde_dpmpp_2m",
+    "sample_vpsde_dpmpp_3m",
+]
+
+_EPS_ZERO = 1e-14  # the reference's "all noise levels are 0" test
+
+
+def _per_step(v: Tensor, x: Tensor) -> Tensor:
+    """(S,) -> (S, 1, ..., 1) so that ``v[i]`` broadcasts against ``x`` and keeps its dtype in promotion."""
+    return v.reshape(-1, *([1] * x.ndim))
+
+
+def _timestep(grid: Grid, i: int) -> int | None:
+    return None if grid.timesteps is None else grid.timesteps[i]
+
+
+def _emit(callback: Callback, i: int, x: Tensor, denoised: Tensor) -> None:
+    if callback is not None:
+        callback(i, x, denoised)
+
+
+# ----------------------------------------------------------------------------------------------
+# sigma space (k-diffusion / sgm samplers)
+
+
+def _sigma_levels(grid: Grid, x: Tensor) -> tuple[Tensor, np.ndarray]:
+    """The grid as float32 sigmas on x's device, and the same values on the host."""
+    s = grid.sigmas()
+    if not torch.isfinite(s[0]):
+        raise ValueError(
+            "this sampler works in sigma space and cannot start from alpha=0 (infinite sigma), "
+            "the first level of a zero-terminal-SNR schedule: use an alpha-space sampler "
+            "(vpsde_dpmpp_2m, vpode_dpmpp_2m, video_ddim, video_ddpm)"
+        )
+    return s.to(x.device), s.numpy()
+
+
+def _scale_init(x: Tensor, s: Tensor) -> Tensor:
+    """x * sqrt(1 + sigma_0^2): unit noise to the variance-exploding start (float32 factor)."""
+    return x * torch.sqrt(1.0 + s[0] ** 2.0)
+
+
+def _ancestral(s_cur: Tensor, s_next: Tensor, eta: float) -> tuple[Tensor, Tensor]:
+    """sigma_up = min(s', eta sqrt(s'^2 (s^2 - s'^2) / s^2)), sigma_down = sqrt(s'^2 - sigma_up^2)."""
+    if not eta:
+        return s_next, torch.zeros_like(s_next)
+    sigma_up = torch.minimum(s_next, eta * (s_next**2 * (s_cur**2 - s_next**2) / s_cur**2) ** 0.5)
+    sigma_down = (s_next**2 - sigma_up**2) ** 0.5
+    return sigma_down, sigma_up
+
+
+def _churn_gammas(s_host: np.ndarray, s_churn: float, s_tmin: float, s_tmax: float) -> list[float]:
+    """gamma_i = min(s_churn / S, sqrt2 - 1) where s_tmin <= sigma_i <= s_tmax (float32 compare)."""
+    num = len(s_host) - 1
+    lo, hi = np.float32(s_tmin), np.float32(s_tmax)
+    return [min(s_churn / num, 2**0.5 - 1) if lo <= s_host[i] <= hi else 0.0 for i in range(num)]
+
+
+def _sigma_level(v: Tensor, i: int, step: int, timestep: int | None) -> Level:
+    return Level(v[i].reshape(1), "sigma", step, timestep)
+
+
+def _edm_loop(
+    model: Model,
+    x: Tensor,
+    grid: Grid,
+    noise: NoiseSource,
+    *,
+    heun: bool,
+    s_churn: float,
+    s_tmin: float,
+    s_tmax: float,
+    s_noise: float,
+    callback: Callback,
+    steps: Sequence[int] | None = None,
+    image: Tensor | None = None,
+) -> Tensor:
+    """Karras et al. (2022) Alg. 2: churn to sigma_hat = sigma (1 + gamma), Euler (or Heun) to sigma'.
+
+    ``x`` is unit noise. It starts at ``x sqrt(1 + sigma_0^2)``, or, with ``image`` (SDEdit), at
+    ``image + x sigma_i`` on the first of ``steps``, the loop indices to run.
+    """
+    s, s_host = _sigma_levels(grid, x)
+    gammas = _churn_gammas(s_host, s_churn, s_tmin, s_tmax)
+    sigma_hat = s[:-1] * torch.tensor([g + 1.0 for g in gammas], dtype=s.dtype, device=s.device)
+    churn = _per_step((sigma_hat**2 - s[:-1] ** 2) ** 0.5, x)
+    dt = _per_step(s[1:] - sigma_hat, x)
+    s_b, sh_b = _per_step(s, x), _per_step(sigma_hat, x)
+    steps = range(grid.num_steps) if steps is None else steps
+    x = _scale_init(x, s) if image is None else image + x * s_b[steps[0]]
+    for i in steps:
+        if gammas[i] > 0:
+            x = x + noise.draw(x) * s_noise * churn[i]
+        denoised = model(x, _sigma_level(sigma_hat, i, i, _timestep(grid, i)))
+        d = (x - denoised) / sh_b[i]
+        x_next = x + dt[i] * d
+        if heun and not s_host[i + 1] < _EPS_ZERO:
+            nt = _timestep(grid, i + 1) if i + 1 < grid.num_steps else None
+            denoised_2 = model(x_next, _sigma_level(s, i + 1, i, nt))
+            d_prime = (d + (x_next - denoised_2) / s_b[i + 1]) / 2.0
+            x_next = x + d_prime * dt[i]
+        x = x_next
+        _emit(callback, i, x, denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_euler(
+    model: Model,
+    x: Tensor,
+    grid: Grid,
+    noise: NoiseSource,
+    *,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+    callback: Callback = None,
+) -> Tensor:
+    """Euler with EDM churn (reference ``EulerEDMSampler``): x += (sigma' - sigma_hat) (x - D)/sigma_hat."""
+    return _edm_loop(
+        model,
+        x,
+        grid,
+        noise,
+        heun=False,
+        s_churn=s_churn,
+        s_tmin=s_tmin,
+        s_tmax=s_tmax,
+        s_noise=s_noise,
+        callback=callback,
+    )
+
+
+@torch.no_grad()
+def sample_heun(
+    model: Model,
+    x: Tensor,
+    grid: Grid,
+    noise: NoiseSource,
+    *,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+    callback: Callback = None,
+) -> Tensor:
+    """Heun's 2nd order method with EDM churn (reference ``HeunEDMSampler``); Euler on the step to 0."""
+    return _edm_loop(
+        model,
+        x,
+        grid,
+        noise,
+        heun=True,
+        s_churn=s_churn,
+        s_tmin=s_tmin,
+        s_tmax=s_tmax,
+        s_noise=s_noise,
+        callback=callback,
+    )
+
+
+@torch.no_grad()
+def sample_sdedit_euler(
+    model: Model,
+    x: Tensor,
+    grid: Grid,
+    noise: NoiseSource,
+    *,
+    image: Tensor,
+    edit_ratio: float = 0.5,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+    callback: Callback = None,
+) -> Tensor:
+    """SDEdit (reference ``SdeditEDMSampler``): skip steps with i/S < edit_ratio, start from
+    ``image + x * sigma_i`` (x the unit noise) and run Euler-EDM steps; churn keeps gamma's 1/S."""
+    if not 0 <= edit_ratio < 1:
+        raise ValueError(f"edit_ratio must be in [0, 1), got {edit_ratio!r}")
+    if tuple(image.shape) != tuple(x.shape):
+        raise ValueError(f"image must have the latent's shape {tuple(x.shape)}, got {tuple(image.shape)}")
+    steps = [i for i in range(grid.num_steps) if not i / grid.num_steps < edit_ratio]
+    return _edm_loop(
+        model,
+        x,
+        grid,
+        noise,
+        heun=False,
+        s_churn=s_churn,
+        s_tmin=s_tmin,
+        s_tmax=s_tmax,
+        s_noise=s_noise,
+        callback=callback,
+        steps=steps,
+        image=image,
+    )
+
+
+def _validate_eta(eta: float, s_noise: float) -> None:
+    if not eta >= 0:
+        raise ValueError(f"eta must be >= 0, got {eta!r}")
+    if not s_noise >= 0:
+        raise ValueError(f"s_noise must be >= 0, got {s_noise!r}")
+
+
+@torch.no_grad()
+def sample_euler_ancestral(
+    model: Model,
+    x: Tensor,
+    grid: Grid,
+    noise: NoiseSource,
+    *,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    callback: Callback = None,
+) -> Tensor:
+    """Ancestral Euler (reference ``EulerAncestralSampler``): Euler to sigma_down, then add
+    s_noise * sigma_up noise; the draw on the step to 0 is made and discarded."""
+    _validate_eta(eta, s_noise)
+    s, s_host = _sigma_levels(grid, x)
+    sigma_down, sigma_up = _ancestral(s[:-1], s[1:], eta)
+    dt = _per_step(sigma_down - s[:-1], x)
+    s_b, up = _per_step(s, x), _per_step(sigma_up, x)
+    x = _scale_init(x, s)
+    for i in range(grid.num_steps):
+        denoised = model(x, _sigma_level(s, i, i, _timestep(grid, i)))
+        x = x + dt[i] * ((x - denoised) / s_b[i])
+        if s_host[i + 1] > 0:
+            x = x + noise.draw(x) * s_noise * up[i]
+        else:
+            noise.discard(x)
+        _emit(callback, i, x, denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2s_ancestral(
+    model: Model,
+    x: Tensor,
+    grid: Grid,
+    noise: NoiseSource,
+    *,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    callback: Callback = None,
+) -> Tensor:
+    """DPM-Solver++(2S) ancestral (reference ``DPMPP2SAncestralSampler``), t = -log sigma:
+    midpoint s = t + h/2 with one extra call there; Euler on the step whose sigma_down is 0."""
+    _validate_eta(eta, s_noise)
+    s, s_host = _sigma_levels(grid, x)
+    sigma_down, sigma_up = _ancestral(s[:-1], s[1:], eta)
+    t, t_next = s[:-1].log().neg(), sigma_down.log().neg()
+    h = t_next - t
+    t_mid = t + 0.5 * h
+    sigma_mid = t_mid.neg().exp()
+    m1 = _per_step(sigma_mid / t.neg().exp(), x)
+    m2 = _per_step((-0.5 * h).expm1(), x)
+    m3 = _per_step(t_next.neg().exp() / t.neg().exp(), x)
+    m4 = _per_step((-h).expm1(), x)
+    dt = _per_step(sigma_down - s[:-1], x)
+    s_b, up = _per_step(s, x), _per_step(sigma_up, x)
+    down_host = sigma_down.cpu().numpy()
+    x = _scale_init(x, s)
+    for i in range(grid.num_steps):
+        denoised = model(x, _sigma_level(s, i, i, _timestep(grid, i)))
+        if down_host[i] < _EPS_ZERO:
+            x = x + dt[i] * ((x - denoised) / s_b[i])
+        else:
+            x_mid = m1[i] * x - m2[i] * denoised
+            denoised_2 = model(x_mid, _sigma_level(sigma_mid, i, i, None))
+            x = m3[i] * x - m4[i] * denoised_2
+        if s_host[i + 1] > 0:
+            x = x + noise.draw(x) * s_noise * up[i]
+        else:
+            noise.discard(x)
+        _emit(callback, i, x, denoised)
+    return x
+
+
+def _multistep_ratios(h: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """2M correction weights: r = h_{i-1}/h_i, (1 + 1/(2r), 1/(2r)); entry 0 unused."""
+    h_last = torch.cat([h.new_full([1], float("nan")), t[1:] - t[:-1]])
+    r = h_last / h
+    return 1 + 1 / (2 * r), 1 / (2 * r)
+
+
+def _dpmpp_2m_sigma(model: Model, x: Tensor, grid: Grid, noise: NoiseSource | None, callback: Callback) -> Tensor:
+    s, s_host = _sigma_levels(grid, x)
+    t, t_next = s[:-1].log().neg(), s[1:].log().neg()
+    h = t_next - t
+    sde = noise is not None
+    if sde:
+        m1 = t_next.neg().exp() / t.neg().exp() * (-h).exp()
+        m2 = (-2 * h).expm1()
+        mn = _per_step(s[1:] * (1 - (-2 * h).exp()) ** 0.5, x)
+    else:
+        m1 = t_next.neg().exp() / t.neg().exp()
+        m2 = (-h).expm1()
+    m3, m4 = _multistep_ratios(h, t)
+    m1, m2, m3, m4 = (_per_step(m, x) for m in (m1, m2, m3, m4))
+    x = _scale_init(x, s)
+    old = None
+    for i in range(grid.num_steps):
+        denoised = model(x, _sigma_level(s, i, i, _timestep(grid, i)))
+        first_order = old is None or s_host[i + 1] < _EPS_ZERO
+        if not first_order and sde:
+            noise.discard(x)
+        d = denoised if first_order else m3[i] * denoised - m4[i] * old
+        x = m1[i] * x - m2[i] * d
+        if sde:
+            x = x + mn[i] * noise.draw(x)
+        old = denoised
+        _emit(callback, i, x, denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(model: Model, x: Tensor, grid: Grid, noise: NoiseSource, *, callback: Callback = None) -> Tensor:
+    """DPM-Solver++(2M) in sigma space (reference ``DPMPP2MSampler``), t = -log sigma:
+    x' = (sigma'/sigma) x - expm1(-h) D_i, D_i = (1 + 1/2r) D - (1/2r) D_prev after the first step."""
+    return _dpmpp_2m_sigma(model, x, grid, None, callback)
+
+
+@torch.no_grad()
+def sample_dpmpp_2m_sde(
+    model: Model, x: Tensor, grid: Grid, noise: NoiseSource, *, callback: Callback = None
+) -> Tensor:
+    """SDE DPM-Solver++(2M) in sigma space (reference ``SDEDPMPP2MSampler``):
+    x' = (sigma'/sigma) e^-h x - expm1(-2h) D_i + sigma' sqrt(1 - e^-2h) z."""
+    return _dpmpp_2m_sigma(model, x, grid, noise, callback)
+
+
+@torch.no_grad()
+def sample_ddim(
+    model: Model,
+    x: Tensor,
+    grid: Grid,
+    noise: NoiseSource,
+    *,
+    s_noise: float = 0.1,
+    callback: Callback = None,
+) -> Tensor:
+    """Generic DDIM in sigma space (reference ``DDIMSampler``):
+    x' = x + (sigma' sqrt(1 - s_noise^2) - sigma) d + s_noise sigma' z, d = (x - D)/sigma."""
+    if not 0 <= s_noise <= 1:
+        raise ValueError(f"s_noise must be in [0, 1] for ddim, got {s_noise!r}")
+    s, _ = _sigma_levels(grid, x)
+    dt = _per_step(s[1:] * (1 - s_noise**2) ** 0.5 - s[:-1], x)
+    nm = _per_step(s_noise * s[1:], x)
+    s_b = _per_step(s, x)
+    x = _scale_init(x, s)
+    for i in range(grid.num_steps):
+        denoised = model(x, _sigma_level(s, i, i, _timestep(grid, i)))
+        x = x + dt[i] * ((x - denoised) / s_b[i]) + nm[i] * noise.draw(x)
+        _emit(callback, i, x, denoised)
+    return x
+
+
+def lms_coefficients(sigmas: Sequence[float], order: int) -> list[list[float]]:
+    """Linear multistep weights: ``c[i][j] = integral_{s_i}^{s_{i+1}} prod_{m != j} (tau - s_{i-m}) /
+    (s_{i-j} - s_{i-m}) dtau`` over the ``min(i+1, order)`` latest points, exact by Gauss-Legendre.
+
+    (The reference integrates numerically with scipy's quad at epsrel 1e-4; its values differ from
+    these by up to ~1e-7 relative.)
+    """
+    s = [float(v) for v in sigmas]
+    nodes, weights = np.polynomial.legendre.leggauss(max(order, 1))
+    out = []
+    for i in range(len(s) - 1):
+        k = min(i + 1, order)
+        a, b = s[i], s[i + 1]
+        tau = (b - a) / 2 * nodes + (a + b) / 2
+        row = []
+        for j in range(k):
+            basis = np.ones_like(tau)
+            for m in range(k):
+                if m != j:
+                    basis *= (tau - s[i - m]) / (s[i - j] - s[i - m])
+            row.append(float((b - a) / 2 * np.sum(weights * basis)))
+        out.append(row)
+    return out
+
+
+@torch.no_grad()
+def sample_lms(
+    model: Model,
+    x: Tensor,
+    grid: Grid,
+    noise: NoiseSource,
+    *,
+    order: int = 4,
+    coefficients: Sequence[Sequence[float]] | None = None,
+    callback: Callback = None,
+) -> Tensor:
+    """Linear multistep (reference ``LinearMultistepSampler``): x += sum_j c[i][j] d_{i-j}, the
+    Adams-Bashforth weights of :func:`lms_coefficients` (or given ``coefficients``)."""
+    if isinstance(order, bool) or not isinstance(order, int) or order < 1:
+        raise ValueError(f"order must be an integer >= 1, got {order!r}")
+    s, s_host = _sigma_levels(grid, x)
+    coeffs = lms_coefficients(s_host, order) if coefficients is None else [list(c) for c in coefficients]
+    if len(coeffs) != grid.num_steps or any(len(coeffs[i]) < min(i + 1, order) for i in range(grid.num_steps)):
+        raise ValueError(f"coefficients must have {grid.num_steps} rows of min(i+1, order) entries")
+    s_b = _per_step(s, x)
+    x = _scale_init(x, s)
+    ds: list[Tensor] = []
+    for i in range(grid.num_steps):
+        denoised = model(x, _sigma_level(s, i, i, _timestep(grid, i)))
+        ds.append((x - denoised) / s_b[i])
+        if len(ds) > order:
+            ds.pop(0)
+        k = min(i + 1, order)
+        x = x + sum(c * d for c, d in zip(coeffs[i][:k], reversed(ds), strict=True))
+        _emit(callback, i, x, denoised)
+    return x
+
+
+# ----------------------------------------------------------------------------------------------
+# alpha space (CogVideoX's video samplers)
+
+
+def _alpha_levels(grid: Grid, x: Tensor) -> Tensor:
+    """The grid as alphas on x's device: float64 for a float64 x, else float32 (the reference's s_in)."""
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return grid.alphas().to(device=x.device, dtype=dtype)
+
+
+def _alpha_level(a: Tensor, i: int, timestep: int | None) -> Level:
+    return Level(a[i].reshape(1), "alpha", i, timestep)
+
+
+def _predict(model: Model, x: Tensor, a: Tensor, i: int, timestep: int | None) -> Tensor:
+    return model(x, _alpha_level(a, i, timestep)).to(torch.float32)
+
+
+@torch.no_grad()
+def sample_video_ddim(model: Model, x: Tensor, grid: Grid, noise: NoiseSource, *, callback: Callback = None) -> Tensor:
+    """Deterministic DDIM in alpha space (reference ``VideoDDIMSampler``, ``Image2VideoDDIMSampler``):
+    x' = sqrt((1 - a'^2)/(1 - a^2)) x + (a' - a sqrt((1 - a'^2)/(1 - a^2))) D."""
+    a = _alpha_levels(grid, x)
+    a_t = ((1 - a[1:] ** 2) / (1 - a[:-1] ** 2)) ** 0.5
+    b_t = a[1:] - a[:-1] * a_t
+    a_t, b_t = _per_step(a_t, x), _per_step(b_t, x)
+    for i in range(grid.num_steps):
+        denoised = _predict(model, x, a, i, _timestep(grid, i))
+        x = a_t[i] * x + b_t[i] * denoised
+        _emit(callback, i, x, denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_video_ddpm(model: Model, x: Tensor, grid: Grid, noise: NoiseSource, *, callback: Callback = None) -> Tensor:
+    """Ancestral DDPM in alpha space (reference ``VideoDDPMSampler``), with r = a/a':
+    x' = r(1 - a'^2)/(1 - a^2) x + a'(1 - r^2)/(1 - a^2) D + sqrt((1 - a'^2)(1 - r^2)/(1 - a^2)) z;
+    the last step returns D. As in the reference, the network's timestep is idx*1000//S
+    (idx = S - i: 1000, 900, ... for 10 steps), not the grid's DDPM index."""
+    a = _alpha_levels(grid, x)
+    r = a[:-1] / a[1:]
+    c_x = _per_step(r * (1 - a[1:] ** 2) / (1 - a[:-1] ** 2), x)
+    c_d = _per_step(a[1:] * (1 - r**2) / (1 - a[:-1] ** 2), x)
+    c_z = _per_step(((1 - a[1:] ** 2) * (1 - r**2) / (1 - a[:-1] ** 2)) ** 0.5, x)
+    n = grid.num_steps
+    for i in range(n):
+        denoised = _predict(model, x, a, i, (n - i) * 1000 // n)
+        if i == n - 1:
+            x = denoised
+        else:
+            x = c_x[i] * x + c_d[i] * denoised + c_z[i] * noise.draw(x)
+        _emit(callback, i, x, denoised)
+    return x
+
+
+def _vp_dpmpp_2m(
+    model: Model,
+    x: Tensor,
+    grid: Grid,
+    noise: NoiseSource | None,
+    callback: Callback,
+    fixed_frames: int = 0,
+    sdedit: bool = False,
+) -> Tensor:
+    """DPM-Solver++(2M) in alpha space with lambda = log(a / sqrt(1 - a^2)); see the public wrappers."""
+    a = _alpha_levels(grid, x)
+    a_cur, a_next = a[:-1], a[1:]
+    ac, acn = a_cur**2, a_next**2
+    lam = ((ac / (1 - ac)) ** 0.5).log()
+    lam_next = ((acn / (1 - acn)) ** 0.5).log()
+    h = lam_next - lam
+    sde = noise is not None
+    if sde:
+        m1 = ((1 - a_next**2) / (1 - a_cur**2)) ** 0.5 * (-h).exp()
+        m2 = (-2 * h).expm1() * a_next
+        mn = _per_step((1 - a_next**2) ** 0.5 * (1 - (-2 * h).exp()) ** 0.5, x)
+    else:
+        m1 = ((1 - a_next**2) / (1 - a_cur**2)) ** 0.5
+        m2 = (-h).expm1() * a_next
+    m3, m4 = _multistep_ratios(h, lam)
+    m1, m2, m3, m4 = (_per_step(m, x) for m in (m1, m2, m3, m4))
+    a_host = a.cpu().numpy()
+    prefix = x[:, :fixed_frames] if fixed_frames > 0 else None
+    if prefix is not None and sdedit:
+        # the reference noises the fixed frames with the float32 schedule value
+        a32 = grid.alphas().to(x.device)
+        keep, spread = a32, _per_step(((1 - a32**2) ** 0.5).to(a.dtype), x)
+    n = grid.num_steps
+    old = None
+    for i in range(n):
+        if prefix is not None:
+            if sdedit:
+                head = keep[i] * prefix + noise.draw(prefix) * spread[i]
+            else:
+                head = prefix
+            x = torch.cat([head, x[:, fixed_frames:]], dim=1)
+        denoised = _predict(model, x, a, i, _timestep(grid, i))
+        if i == n - 1:
+            x = denoised
+        else:
+            first_order = old is None or a_host[i + 1] < _EPS_ZERO
+            if sde and not first_order:
+                noise.discard(x)
+            d = denoised if first_order else m3[i] * denoised - m4[i] * old
+            x = m1[i] * x - m2[i] * d
+            if sde:
+                x = x + mn[i] * noise.draw(x)
+        old = denoised
+        _emit(callback, i, x, denoised)
+    if prefix is not None:
+        x = torch.cat([prefix, x[:, fixed_frames:]], dim=1)
+    return x
+
+
+def _validate_fixed(x: Tensor, fixed_frames: int) -> None:
+    if isinstance(fixed_frames, bool) or not isinstance(fixed_frames, int) or not 0 <= fixed_frames < x.shape[1]:
+        raise ValueError(f"fixed_frames must be an integer in [0, T={x.shape[1]}), got {fixed_frames!r}")
+
+
+@torch.no_grad()
+def sample_vpsde_dpmpp_2m(
+    model: Model,
+    x: Tensor,
+    grid: Grid,
+    noise: NoiseSource,
+    *,
+    fixed_frames: int = 0,
+    sdedit: bool = False,
+    callback: Callback = None,
+) -> Tensor:
+    """SDE DPM-Solver++(2M) in alpha space, CogVideoX's default (reference ``VPSDEDPMPP2MSampler``):
+    x' = sqrt((1-a'^2)/(1-a^2)) e^-h x - expm1(-2h) a' D_i + sqrt(1-a'^2) sqrt(1-e^-2h) z,
+    D_i = (1 + 1/2r) D - (1/2r) D_prev after the first step; the last step returns D.
+
+    ``fixed_frames=F`` resets the first F frames to the input's before every step (re-noised to
+    the step's level with a fresh draw when ``sdedit``) and puts the clean frames back at the end.
+    """
+    _validate_fixed(x, fixed_frames)
+    return _vp_dpmpp_2m(model, x, grid, noise, callback, fixed_frames, sdedit)
+
+
+@torch.no_grad()
+def sample_vpode_dpmpp_2m(
+    model: Model, x: Tensor, grid: Grid, noise: NoiseSource, *, callback: Callback = None
+) -> Tensor:
+    """Deterministic DPM-Solver++(2M) in alpha space (reference ``VPODEDPMPP2MSampler``):
+    x' = sqrt((1-a'^2)/(1-a^2)) x - expm1(-h) a' D_i; the last step returns D."""
+    return _vp_dpmpp_2m(model, x, grid, None, callback)
+
+
+# ----------------------------------------------------------------------------------------------
+# higher-order multistep samplers in alpha space (not reference samplers)
+#
+# In log-SNR lambda = log(a/s), s = sqrt(1 - a^2), the probability-flow ODE has the exact solution
+#   x' = (s'/s) x + a' integral_0^h e^{-(h-u)} D(lambda + u) du,   h = lambda' - lambda,
+# and integral_0^h e^{-(h-u)} u^k/k! du = h^{k+1} phi_{k+1}(-h): a polynomial fit of D through past
+# predictions integrates in closed form. Every coefficient is a host float64 number computed before
+# the loop; the zero-SNR start (a = 0) has lambda = -inf and h = inf, and no past point there is used.
+
+
+def _log_snr_host(grid: Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Host float64 (a, s, lambda) of the grid's levels (as the float32 alphas the model sees)."""
+    a = grid.alphas().double().numpy()
+    s = np.sqrt(np.maximum(1.0 - a * a, 0.0))
+    with np.errstate(divide="ignore"):
+        lam = np.log(a) - np.log(s)  # -inf at a = 0, +inf at a = 1
+    return a, s, lam
+
+
+def _phi(k: int, z: float) -> float:
+    """phi_k(z) = sum_j z^j / (j + k)!: phi_0 = e^z, phi_{k+1}(z) = (phi_k(z) - 1/k!)/z; at z = -inf
+    the recursion gives phi_k = 0 (k >= 1) exactly, with no inf/inf."""
+    if k == 0:
+        return math.exp(z)
+    if abs(z) < 1.0:
+        # the recursion cancels catastrophically for small z; 30 terms leave < 1e-30 there
+        return sum(z**j / math.factorial(j + k) for j in range(30))
+    out = math.expm1(z) / z
+    for j in range(1, k):
+        out = (out - 1.0 / math.factorial(j)) / z
+    return out
+
+
+def _finite_history(lam: np.ndarray, i: int, most: int) -> int:
+    """How many of the levels before ``i`` (newest first, at most ``most``) step ``i`` can extrapolate
+    from: a prediction at a = 0 (lambda = -inf) is not a point to fit, and with an infinite step
+    (from a = 0 or to a = 1) the ratios r = h_past/h degenerate, so such steps stay first order."""
+    if not (math.isfinite(lam[i]) and math.isfinite(lam[i + 1])):
+        return 0
+    k = 0
+    while k < most and i - 1 - k >= 0 and math.isfinite(lam[i - 1 - k]):
+        k += 1
+    return k
+
+
+def _combine(x: Tensor, c_x: float, terms: Sequence[tuple[float, Tensor]]) -> Tensor:
+    """c_x x + sum_j w_j D_j, skipping zero weights (x's dtype: Python scalars do not promote)."""
+    out = x * c_x if c_x != 1.0 else x
+    for w, d in terms:
+        if w != 0.0:
+            out = out + w * d
+    return out
+
+
+def _dpmpp_3m_coefficients(
+    a: np.ndarray, s: np.ndarray, lam: np.ndarray, eta: float, s_noise: float
+) -> list[tuple[float, tuple[float, float, float], float]]:
+    """Per non-final step: (c_x, (w_0, w_1, w_2), c_z) with x' = c_x x + w_0 D + w_1 D_-1 + w_2 D_-2 + c_z z."""
+    coef = []
+    for i in range(len(a) - 2):
+        h = lam[i + 1] - lam[i]
+        h_eta = h * (1.0 + eta)
+        a_n, s_n = float(a[i + 1]), float(s[i + 1])
+        # (s'/s) e^{-eta h}; eta = 0 must not form 0 * inf on the zero-SNR step
+        c_x = s_n / float(s[i]) * (math.exp(-eta * h) if eta > 0 else 1.0)
+        w = [-a_n * math.expm1(-h_eta), 0.0, 0.0]
+        c_z = s_n * math.sqrt(-math.expm1(-2.0 * eta * h)) * s_noise if eta > 0 else 0.0
+        k = _finite_history(lam, i, 2)
+        if k:
+            phi_2 = h_eta * _phi(2, -h_eta)  # expm1(-h_eta)/h_eta + 1
+            r0 = (lam[i] - lam[i - 1]) / h
+            if k == 1:
+                g = a_n * phi_2 / r0  # a' phi_2 (D - D_-1)/r0
+                w[0], w[1] = w[0] + g, -g
+            else:
+                # phi_2/h_eta - 1/2; weight 1 on d2 as published (see sample_vpsde_dpmpp_3m)
+                phi_3 = -h_eta * _phi(3, -h_eta)
+                r1 = (lam[i - 1] - lam[i - 2]) / h
+                # phi_2 d1 - phi_3 d2 = A d1_0 - B d1_1, d1_0 = (D - D_-1)/r0, d1_1 = (D_-1 - D_-2)/r1
+                big_a = phi_2 * (1.0 + r0 / (r0 + r1)) - phi_3 / (r0 + r1)
+                big_b = (phi_2 * r0 - phi_3) / (r0 + r1)
+                w[0] += a_n * big_a / r0
+                w[1] += -a_n * (big_a / r0 + big_b / r1)
+                w[2] += a_n * big_b / r1
+        coef.append((c_x, (w[0], w[1], w[2]), c_z))
+    return coef
+
+
+def _vp_dpmpp_3m(
+    model: Model, x: Tensor, grid: Grid, noise: NoiseSource | None, eta: float, s_noise: float, callback: Callback
+) -> Tensor:
+    """DPM-Solver++(3M) in alpha space; see the public wrappers."""
+    _validate_eta(eta, s_noise)
+    a_dev = _alpha_levels(grid, x)
+    coef = _dpmpp_3m_coefficients(*_log_snr_host(grid), eta, s_noise)
+    stochastic = noise is not None and eta > 0
+    n = grid.num_steps
+    history: list[Tensor] = []  # past predictions, newest first
+    for i in range(n):
+        denoised = _predict(model, x, a_dev, i, _timestep(grid, i))
+        if i == n - 1:
+            x = denoised
+        else:
+            c_x, w, c_z = coef[i]
+            x = _combine(x, c_x, list(zip(w, [denoised, *history], strict=False)))
+            if stochastic:
+                # drawn even at s_noise = 0, so that the stream does not depend on s_noise
+                x = x + c_z * noise.draw(x)
+        history = [denoised, *history][:2]
+        _emit(callback, i, x, denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_vpsde_dpmpp_3m(
+    model: Model,
+    x: Tensor,
+    grid: Grid,
+    noise: NoiseSource,
+    *,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    callback: Callback = None,
+) -> Tensor:
+    """SDE DPM-Solver++(3M) in alpha space, h_eta = (1 + eta) h: x' = (s'/s) e^{-eta h} x
+    - a' expm1(-h_eta) D + a' (phi_2 d1 - phi_3 d2) + s' sqrt(-expm1(-2 eta h)) s_noise z, with
+    phi_2 = expm1(-h_eta)/h_eta + 1, phi_3 = phi_2/h_eta - 1/2 and d1, d2 the divided differences of
+    the last three predictions (k-diffusion's ``dpmpp_3m_sde`` weights); lower order while fewer
+    finite-lambda predictions exist; the last step returns D. One draw per non-final step if eta > 0.
+
+    These published weights give the quadratic term half its Taylor weight (d2 ~ h^2 D''/2 needs
+    2 phi_3), so the method is formally second order, with a smaller error than 2M; the exact
+    third-order extrapolation is ``vp_unipc``'s order-3 predictor."""
+    return _vp_dpmpp_3m(model, x, grid, noise, eta, s_noise, callback)
+
+
+@torch.no_grad()
+def sample_vpode_dpmpp_3m(
+    model: Model, x: Tensor, grid: Grid, noise: NoiseSource, *, callback: Callback = None
+) -> Tensor:
+    """DPM-Solver++(3M) in alpha space, :func:`sample_vpsde_dpmpp_3m` at eta = 0 (no draws):
+    x' = (s'/s) x - a' expm1(-h) D + a' (phi_2 d1 - phi_3 d2); the last step returns D."""
+    return _vp_dpmpp_3m(model, x, grid, None, 0.0, 1.0, callback)
+
+
+def _unipc_rhos(r: Sequence[float], h: float) -> np.ndarray:
+    """Solve sum_k rho_k r_k^(m-1) = b_m, m = 1..len(r), b_m = m! (-h) phi_{m+1}(-h) / expm1(-h): the
+    weights that make -expm1(-h) sum_k rho_k (D_k - D)/r_k integrate the Taylor terms of D exactly
+    (B(h) = expm1(-h), "bh2"). At h = inf every b_m = 1."""
+    if math.isinf(h):  # the limit: -h phi_{m+1}(-h) = phi_m(-h) - 1/m! -> -1/m!, expm1(-h) -> -1
+        b = np.ones(len(r))
+    else:
+        b = np.array([math.factorial(m) * -h * _phi(m + 1, -h) / math.expm1(-h) for m in range(1, len(r) + 1)])
+    vander = np.vander(np.asarray(r, dtype=np.float64), len(r), increasing=True).T
+    return np.linalg.solve(vander, b)
+
+
+def _unipc_coefficients(
+    a: np.ndarray, s: np.ndarray, lam: np.ndarray, order: int
+) -> tuple[list[tuple[float, list[float]]], list[tuple[float, list[float], float]]]:
+    """Per non-final step i: the predictor (c_x, [w_D, w_D-1, ...]) and the corrector
+    (c_x, [w_D, w_D-1, ...], w_new), both from the corrected x at level i."""
+    pred, corr = [], []
+    for i in range(len(a) - 2):
+        h = lam[i + 1] - lam[i]
+        a_n = float(a[i + 1])
+        c_x = float(s[i + 1] / s[i])
+        base = -a_n * math.expm1(-h)
+        b_h = math.expm1(-h)
+        k = _finite_history(lam, i, order - 1)
+        r = [(lam[i - 1 - j] - lam[i]) / h for j in range(k)]
+        # x' = c_x x - a' expm1(-h) D - a' B(h) sum_j rho_j (D_j - D)/r_j
+        w_p = [base] + [0.0] * k
+        if k:
+            rho = _unipc_rhos(r, h)
+            for j in range(k):
+                g = -a_n * b_h * rho[j] / r[j]
+                w_p[0] -= g
+                w_p[1 + j] += g
+        pred.append((c_x, w_p))
+        # the corrector adds the new point at r = 1: one order more from the same history
+        rho_c = _unipc_rhos([*r, 1.0], h)
+        w_c = [base] + [0.0] * k
+        for j in range(k):
+            g = -a_n * b_h * rho_c[j] / r[j]
+            w_c[0] -= g
+            w_c[1 + j] += g
+        w_new = -a_n * b_h * rho_c[k]
+        w_c[0] -= w_new
+        corr.append((c_x, w_c, w_new))
+    return pred, corr
+
+
+@torch.no_grad()
+def sample_vp_unipc(
+    model: Model, x: Tensor, grid: Grid, noise: NoiseSource, *, order: int = 2, callback: Callback = None
+) -> Tensor:
+    """UniPC (Zhao et al. 2023), B(h) = expm1(-h), data prediction, in alpha space: UniP-p predictor
+    x' = (s'/s) x - a' expm1(-h) D - a' B(h) sum_k rho_k (D_k - D)/r_k, r_k = (lambda_k - lambda)/h,
+    over the last p = min(order, 1 + finite-lambda history) predictions, then UniC with the
+    prediction at the new point (the next step's model call, r = 1) for one order more; the last
+    step returns D (so its state is not corrected)."""
+    if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= 3:
+        raise ValueError(f"order must be an integer in [1, 3], got {order!r}")
+    a_dev = _alpha_levels(grid, x)
+    pred, corr = _unipc_coefficients(*_log_snr_host(grid), order)
+    n = grid.num_steps
+    history: list[Tensor] = []  # past predictions, newest first, at predicted (uncorrected) states
+    x_base = x  # the corrected state the last predictor started from
+    for i in range(n):
+        denoised = _predict(model, x, a_dev, i, _timestep(grid, i))
+        if i == n - 1:
+            x = denoised
+        else:
+            if i > 0:
+                c_x, w_c, w_new = corr[i - 1]
+                x = _combine(x_base, c_x, [(w_new, denoised), *zip(w_c, history, strict=False)])
+            history = [denoised, *history][:order]
+            x_base = x
+            c_x, w_p = pred[i]
+            x = _combine(x_base, c_x, list(zip(w_p, history, strict=False)))
+        _emit(callback, i, x, denoised)
+    return x
+
+
+# ----------------------------------------------------------------------------------------------
+# diffusers' CogVideoX schedulers (v prediction in, alpha space)
+#
+# Each step's scalars are 0-d CPU tensors in the schedule's dtype (float64), computed one step at
+# a time with the scheduler's own expressions before the loop: the same operands as diffusers'
+# ``alphas_cumprod[t]`` arithmetic, so they round identically, and the loop never syncs.
+
+
+def _x0_from_v(steps: DDPMSteps) -> list[tuple[Tensor, Tensor]]:
+    """x0 = sqrt(ac) x - sqrt(1 - ac) v, per step."""
+    ac = steps.alphas_cumprod
+    return [(ac[i] ** 0.5, (1 - ac[i]) ** 0.5) for i in range(len(steps.to_final))]
+
+
+def _log_snr(ac: Tensor) -> Tensor:
+    """lambda = log sqrt(ac / (1 - ac)), as diffusers writes it."""
+    return ((ac / (1 - ac)) ** 0.5).log()
+
+
+@torch.no_grad()
+def sample_diffusers_dpm(
+    model: Model, x: Tensor, grid: Grid, noise: NoiseSource, *, callback: Callback = None
+) -> Tensor:
+    """diffusers' ``CogVideoXDPMScheduler`` loop (SDE DPM-Solver++(2M), v prediction):
+    x' = sqrt((1-ac')/(1-ac)) e^-h x - expm1(-2h) sqrt(ac') D_i + sqrt(1-ac') sqrt(1-e^-2h) z,
+    D = sqrt(ac) x - sqrt(1-ac) v; D_i = (1 + 1/2r) D - (1/2r) D_prev except on the first step and
+    on steps to the final level (first order). Every step draws z first; a second-order step
+    discards it and draws again. ``model`` returns the guided v; latents keep x's dtype."""
+    steps = grid.ddpm_steps()
+    a = _alpha_levels(grid, x)
+    to_x0 = _x0_from_v(steps)
+    ac, ac_next = steps.alphas_cumprod, steps.alphas_cumprod_next
+    coef = []
+    for i in range(grid.num_steps):
+        lam, lam_next = _log_snr(ac[i]), _log_snr(ac_next[i])
+        h = lam_next - lam
+        m1 = ((1 - ac_next[i]) / (1 - ac[i])) ** 0.5 * (-h).exp()
+        m2 = (-2 * h).expm1() * ac_next[i] ** 0.5
+        mn = (1 - ac_next[i]) ** 0.5 * (1 - (-2 * h).exp()) ** 0.5
+        first_order = i == 0 or steps.to_final[i]
+        if first_order:
+            m3 = m4 = None
+        else:
+            r = (lam - _log_snr(ac[i - 1])) / h
+            m3, m4 = 1 + 1 / (2 * r), 1 / (2 * r)
+        coef.append((m1, m2, mn, m3, m4))
+    dtype = x.dtype
+    x = x * 1.0  # the pipeline's latents * init_noise_sigma
+    old = None
+    for i in range(grid.num_steps):
+        v = model(x, _alpha_level(a, i, _timestep(grid, i)))
+        c_x, c_v = to_x0[i]
+        denoised = c_x * x - c_v * v
+        m1, m2, mn, m3, m4 = coef[i]
+        if m3 is None:
+            x_next = m1 * x - m2 * denoised + mn * noise.draw(x)
+        else:
+            noise.discard(x)
+            d = m3 * denoised - m4 * old
+            x_next = m1 * x - m2 * d + mn * noise.draw(x)
+        x = x_next.to(dtype)
+        old = denoised
+        _emit(callback, i, x, denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_diffusers_ddim(
+    model: Model, x: Tensor, grid: Grid, noise: NoiseSource, *, callback: Callback = None
+) -> Tensor:
+    """diffusers' ``CogVideoXDDIMScheduler`` loop (deterministic DDIM, v prediction):
+    x' = sqrt((1-ac')/(1-ac)) x + (sqrt(ac') - sqrt(ac) sqrt((1-ac')/(1-ac))) D,
+    D = sqrt(ac) x - sqrt(1-ac) v. ``model`` returns the guided v; latents keep x's dtype."""
+    steps = grid.ddpm_steps()
+    a = _alpha_levels(grid, x)
+    to_x0 = _x0_from_v(steps)
+    ac, ac_next = steps.alphas_cumprod, steps.alphas_cumprod_next
+    coef = []
+    for i in range(grid.num_steps):
+        a_t = ((1 - ac_next[i]) / (1 - ac[i])) ** 0.5
+        coef.append((a_t, ac_next[i] ** 0.5 - ac[i] ** 0.5 * a_t))
+    dtype = x.dtype
+    x = x * 1.0  # the pipeline's latents * init_noise_sigma
+    for i in range(grid.num_steps):
+        v = model(x, _alpha_level(a, i, _timestep(grid, i)))
+        c_x, c_v = to_x0[i]
+        denoised = c_x * x - c_v * v
+        a_t, b_t = coef[i]
+        x = (a_t * x + b_t * denoised).to(dtype)
+        _emit(callback, i, x, denoised)
+    return x
+
+
+# ----------------------------------------------------------------------------------------------
+# registry
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A sampler function and what callers must know about it.
+
+    ``space``: the coordinates it integrates in; ``prediction_dtype``: the dtype it casts network
+    predictions to before guidance (float32 for the reference's video samplers and diffusers');
+    ``reference``: the SAT sampler or diffusers scheduler class names it reproduces; ``needs``:
+    extra inputs (``image`` for SDEdit); ``consumes``: what its ``model`` returns, the denoised
+    ``"x0"`` or the guided raw network output ``"v"`` (diffusers' schedulers).
+    """
+
+    name: str
+    fn: Callable[..., Tensor]
+    space: Space
+    stochastic: bool
+    reference: tuple[str, ...]
+    calls_per_step: Literal[1, 2] = 1
+    prediction_dtype: torch.dtype | None = None
+    needs: tuple[str, ...] = ()
+    summary: str = field(default="", compare=False)
+    consumes: Literal["x0", "v"] = "x0"
+
+    def options(self) -> dict[str, Any]:
+        """The sampler's tunable options and their defaults, from its signature."""
+        skip = {"model", "x", "grid", "noise", "callback", *self.needs}
+        return {p.name: p.default for p in inspect.signature(self.fn).parameters.values() if p.name not in skip}
+
+
+def _spec(name, fn, space, stochastic, reference, summary, **kw) -> SamplerSpec:
+    return SamplerSpec(name, fn, space, stochastic, tuple(reference), summary=summary, **kw)
+
+
+_F32 = torch.float32
+SAMPLERS: dict[str, SamplerSpec] = {
+    s.name: s
+    for s in [
+        _spec(
+            "euler", sample_euler, "sigma", True, ["EulerEDMSampler"], "Euler, EDM churn (deterministic at s_churn=0)"
+        ),
+        _spec("heun", sample_heun, "sigma", True, ["HeunEDMSampler"], "Heun 2nd order, EDM churn", calls_per_step=2),
+        _spec("euler_ancestral", sample_euler_ancestral, "sigma", True, ["EulerAncestralSampler"], "ancestral Euler"),
+        _spec(
+            "dpmpp_2s_ancestral",
+            sample_dpmpp_2s_ancestral,
+            "sigma",
+            True,
+            ["DPMPP2SAncestralSampler"],
+            "DPM-Solver++(2S) ancestral",
+            calls_per_step=2,
+        ),
+        _spec("dpmpp_2m", sample_dpmpp_2m, "sigma", False, ["DPMPP2MSampler"], "DPM-Solver++(2M)"),
+        _spec("dpmpp_2m_sde", sample_dpmpp_2m_sde, "sigma", True, ["SDEDPMPP2MSampler"], "SDE DPM-Solver++(2M)"),
+        _spec("lms", sample_lms, "sigma", False, ["LinearMultistepSampler"], "linear multistep (Adams)"),
+        _spec("ddim", sample_ddim, "sigma", True, ["DDIMSampler"], "DDIM in sigma space with s_noise"),
+        _spec(
+            "sdedit_euler",
+            sample_sdedit_euler,
+            "sigma",
+            True,
+            ["SdeditEDMSampler"],
+            "SDEdit: Euler-EDM from a noised image",
+            needs=("image",),
+        ),
+        _spec(
+            "video_ddim",
+            sample_video_ddim,
+            "alpha",
+            False,
+            ["VideoDDIMSampler", "Image2VideoDDIMSampler"],
+            "DDIM in alpha space",
+            prediction_dtype=_F32,
+        ),
+        _spec(
+            "video_ddpm",
+            sample_video_ddpm,
+            "alpha",
+            True,
+            ["VideoDDPMSampler"],
+            "ancestral DDPM in alpha space",
+            prediction_dtype=_F32,
+        ),
+        _spec(
+            "vpsde_dpmpp_2m",
+            sample_vpsde_dpmpp_2m,
+            "alpha",
+            True,
+            ["VPSDEDPMPP2MSampler"],
+            "SDE DPM-Solver++(2M) in alpha space (CogVideoX default)",
+            prediction_dtype=_F32,
+        ),
+        _spec(
+            "vpode_dpmpp_2m",
+            sample_vpode_dpmpp_2m,
+            "alpha",
+            False,
+            ["VPODEDPMPP2MSampler"],
+            "DPM-Solver++(2M) in alpha space",
+            prediction_dtype=_F32,
+        ),
+        _spec(
+            "vpsde_dpmpp_3m",
+            sample_vpsde_dpmpp_3m,
+            "alpha",
+            True,
+            (),
+            "SDE DPM-Solver++(3M) in alpha space (eta, s_noise)",
+            prediction_dtype=_F32,
+        ),
+        _spec(
+            "vpode_dpmpp_3m",
+            sample_vpode_dpmpp_3m,
+            "alpha",
+            False,
+            (),
+            "DPM-Solver++(3M) in alpha space",
+            prediction_dtype=_F32,
+        ),
+        _spec(
+            "vp_unipc",
+            sample_vp_unipc,
+            "alpha",
+            False,
+            (),
+            "UniPC (bh2 predictor-corrector, order 1-3) in alpha space",
+            prediction_dtype=_F32,
+        ),
+        _spec(
+            "diffusers_dpm",
+            sample_diffusers_dpm,
+            "alpha",
+            True,
+            ["CogVideoXDPMScheduler"],
+            "diffusers' CogVideoXDPMScheduler loop (SDE DPM-Solver++(2M) on v), bit-exact",
+            prediction_dtype=_F32,
+            consumes="v",
+        ),
+        _spec(
+            "diffusers_ddim",
+            sample_diffusers_ddim,
+            "alpha",
+            False,
+            ["CogVideoXDDIMScheduler"],
+            "diffusers' CogVideoXDDIMScheduler loop (DDIM on v), bit-exact",
+            prediction_dtype=_F32,
+            consumes="v",
+        ),
+    ]
+}
+
+#: SAT sampler / diffusers scheduler class name -> cogsample sampler name.
+REFERENCE_NAMES: dict[str, str] = {ref: s.name for s in SAMPLERS.values() for ref in s.reference}
+
+
+def get_sampler(name: str) -> SamplerSpec:
+    """The sampler called ``name`` (a cogsample name, a SAT sampler or a diffusers scheduler class name)."""
+    spec = SAMPLERS.get(name) or SAMPLERS.get(REFERENCE_NAMES.get(name, ""))
+    if spec is None:
+        raise ValueError(
+            f"sampler must be one of {sorted(SAMPLERS)} (or a SAT sampler / diffusers scheduler class name), "
+            f"got {name!r}"
+        )
+    return spec
