@@ -107,7 +107,7 @@ _ENCODE = """
 import ctypes, glob, os, sys
 import av
 import numpy as np
-from cogsample import outputs
+from cogsample.jobs import outputs
 from pathlib import Path
 if sys.argv[2] == "no-simd":  # libav's C code paths, as on a processor without SIMD
     lib = glob.glob(os.path.join(os.path.dirname(av.__file__), "..", "av.libs", "libavutil*"))
