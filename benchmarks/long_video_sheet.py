@@ -1,4 +1,4 @@
-"""The README's contact sheet of a 4x-length video: the trained built-in model at 45 frames.
+"""The contact sheet of a 4x-length video in docs/long-videos.md: the trained built-in model at 45 frames.
 
 Four rows of 16 evenly spaced frames (of 45): the true long clip the prompt names, the model on the
 whole length at once (``--context off``, what the CLI refuses for this model), in context windows

@@ -82,7 +82,7 @@ def _nearest(out):
 
 
 def test_a_full_caption_gives_its_colour_and_background(shipped):
-    """What 5000 steps on two CPU cores learned (README): background and colour mostly right
+    """What 5000 steps on two CPU cores learned (docs/training.md): background and colour mostly right
     (by chance 1 in 4 and 1 in 5), shape and motion far less often."""
     picks = [FAMILY[k] for k in (0, 101, 257, 388, 530, 615)]
     got = _nearest(_sample(shipped, [c.caption for c in picks]))
