@@ -45,6 +45,7 @@ from ..sampling.noise import GlobalNoise, NoiseSource, latent_shape
 from ..sampling.samplers import get_sampler
 from ..sampling.scalings import VideoScaling
 from ..sampling.schedules import SpacedDDPM, ZeroSNRDDPM
+from .events import PrepareEvent, StepEvent
 
 Tensor = torch.Tensor
 Profile = Literal["sat", "diffusers"]
@@ -179,35 +180,6 @@ class Plan:
     def forwards_per_call(self) -> int:
         """Network calls per branch per denoiser call: the number of context windows."""
         return 1 if self.windows is None else self.windows.count(self.shape[1])
-
-
-@dataclass(frozen=True)
-class StepEvent:
-    """Progress of one sampler step: video ``video`` of ``videos``, step ``step + 1`` of ``steps``;
-    ``forwards``: network evaluations per sample so far (each context window counts), ``windows``:
-    context windows per call (1: none)."""
-
-    video: int
-    videos: int
-    step: int
-    steps: int
-    timestep: int | None
-    sigma: float
-    elapsed: float
-    forwards: int = 0
-    windows: int = 1
-
-
-@dataclass(frozen=True)
-class PrepareEvent:
-    """Work a model does once per size before video ``video``'s first step (the built-in model
-    renders its clips): ``done`` of ``total`` parts of ``what``."""
-
-    video: int
-    videos: int
-    done: int
-    total: int
-    what: str
 
 
 @dataclass(frozen=True)
