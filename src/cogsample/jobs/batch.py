@@ -4,7 +4,7 @@ share it and however they end.
 * **Input**: ``--prompt`` texts, a text file (one prompt a line) or JSONL (one object a line:
   ``prompt`` and any per-video option, see :data:`PER_VIDEO`), all checked, with line numbers,
   before any work (:func:`read_prompts_file`, :func:`batch_items`).
-* **Names** come from what defines a video (:func:`~cogsample.pipeline.pipeline.video_stem`), so a rerun
+* **Names** come from what defines a video (:func:`~cogsample.jobs.naming.video_stem`), so a rerun
   of the same command finds its finished videos and skips them; leftovers of unfinished ones are
   removed and they are made again (:mod:`cogsample.jobs.outdir` has the rules).
 * **Running**: :func:`run_batch` makes each unfinished video under its claim, prints it as soon
@@ -25,21 +25,14 @@ import signal
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..pipeline.pipeline import (
-    PROCESS_OPTIONS,
-    GenerateOptions,
-    Pipeline,
-    Plan,
-    Result,
-    fast_options,
-    plan,
-    write_video,
-)
+from ..pipeline.pipeline import PROCESS_OPTIONS, GenerateOptions, Pipeline, Plan, fast_options, plan
+from .naming import video_stem
 from .outdir import Claim, OutDir
+from .write import Result, write_video
 
 __all__ = [
     "PER_VIDEO",
@@ -205,15 +198,16 @@ def _listed(errors: Sequence[str], limit: int = 20) -> str:
 
 @dataclass(frozen=True)
 class BatchItem:
-    """Video ``k`` of ``plan``; ``where`` says where it was asked for (for messages)."""
+    """Video ``k`` of ``plan``; ``where`` says where it was asked for (for messages); ``stem``: its
+    name in the out folder (:func:`~cogsample.jobs.naming.video_stem`), given when it is made."""
 
     plan: Plan
     k: int = 0
     where: str = ""
+    stem: str = field(init=False)
 
-    @property
-    def stem(self) -> str:
-        return self.plan.stems[self.k]
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stem", video_stem(self.plan, self.k))  # frozen: set once, here
 
     @property
     def prompt(self) -> str:
@@ -313,7 +307,7 @@ def run_batch(
     group: Any = None,
 ) -> list[Result]:
     """Make every item not yet finished in ``out`` (all of them with ``overwrite``), each under
-    its claim; one :class:`~cogsample.pipeline.pipeline.Result` per distinct video, in order.
+    its claim; one :class:`~cogsample.jobs.write.Result` per distinct video, in order.
 
     ``pipeline``: a loaded :class:`Pipeline`, or a function that loads one (called only if
     something is left to make). Every prompt is encoded first, then the text encoder released.

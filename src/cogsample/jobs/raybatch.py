@@ -20,8 +20,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..pipeline.pipeline import GenerateOptions, Result
+from ..pipeline.pipeline import GenerateOptions
 from .outdir import OutDir
+from .write import Result
 
 __all__ = ["RETRIES", "check_ray", "run_on_ray"]
 
@@ -132,7 +133,7 @@ def run_on_ray(
 ) -> list[Result]:
     """Make ``jobs`` (:func:`~cogsample.jobs.batch.batch_options`) on Ray: the cluster at ``address``,
     or a new local one; ``workers`` actors (default: one per GPU, else 1). One
-    :class:`~cogsample.pipeline.pipeline.Result` per distinct video, in order; ``on_result`` hears of each
+    :class:`~cogsample.jobs.write.Result` per distinct video, in order; ``on_result`` hears of each
     as soon as it is finished."""
     import ray
 

@@ -1,4 +1,4 @@
-"""Prompt (and image) to video: encode -> sample -> decode -> save. Orchestration only, no math.
+"""Prompt (and image) to video, in memory: encode -> sample -> decode. Orchestration only, no math; it writes nothing.
 
 :func:`plan` checks a request completely and cheaply (model folder, sizes, image, output
 directory, sampler combination) before any weight is loaded; :func:`generate` then runs it.
@@ -16,11 +16,7 @@ Two reproduction profiles:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
-import platform
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,11 +27,9 @@ import numpy as np
 import torch
 
 from .. import models
-from ..jobs import outputs
-from ..jobs.outdir import Claim, OutDir
 from ..models import BUILTIN as BUILTIN  # the built-in model names, re-exported (they live in the registry)
 from ..models import EXACT, ModelInfo, VideoModel
-from ..models.images import image_to_tensor, resize_image_for_i2v
+from ..models.images import image_to_tensor, load_image, resize_image_for_i2v
 from ..sampling.cache import CacheConfig
 from ..sampling.config import SamplingConfig, build_model, check_combination, release
 from ..sampling.context_windows import ContextWindows, RepeatedNoise
@@ -56,12 +50,11 @@ __all__ = [
     "Pipeline",
     "Plan",
     "PrepareEvent",
-    "Result",
     "StepEvent",
     "VideoResult",
     "check_parallel",
     "plan",
-    "video_identity",
+    "to_uint8",
 ]
 
 PROFILES = ("sat", "diffusers")
@@ -164,7 +157,6 @@ class Plan:
     dtype: torch.dtype
     device: torch.device
     out: Path
-    stems: list[str]
     fps: int
     image: Any = None  # PIL image, resized, for I2V
     text_len: int = 226  # prompt tokens the profile encodes for this model
@@ -181,19 +173,13 @@ class Plan:
         """Network calls per branch per denoiser call: the number of context windows."""
         return 1 if self.windows is None else self.windows.count(self.shape[1])
 
-
-@dataclass(frozen=True)
-class Result:
-    """A video written to the out folder. ``skipped``: it was finished before (by an earlier run or
-    another process) and not made again; then ``video`` is None and ``latents`` are read back."""
-
-    prompt: str
-    seed: int
-    files: dict[str, Path]
-    latents: Tensor | None  # None when skipped (read them from files["latents"])
-    video: Tensor | None  # (F, 3, H, W) in [0, 1]
-    timings: dict[str, float]
-    skipped: bool = False
+    def noise_row(self, k: int) -> int:
+        """The row of the ``--initial-noise`` file that video ``k`` starts from."""
+        if self.initial_noise is not None and self.initial_noise.shape[0] == 1:
+            return 0  # a one-row file: every video starts from it
+        if self.options.initial_noise_row is not None:
+            return self.options.initial_noise_row + k
+        return k if self.initial_noise is not None and self.initial_noise.shape[0] > 1 else 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -393,24 +379,6 @@ def apply_speedups(cfg: SamplingConfig, opts: GenerateOptions, info: ModelInfo) 
     return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
-def _load_image(path: Any) -> Any:
-    from PIL import Image, UnidentifiedImageError
-
-    if isinstance(path, Image.Image):
-        return path.convert("RGB")
-    if not isinstance(path, (str, Path)):
-        raise ValueError(f"image must be a file path or a PIL image, got {type(path).__name__}")
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"image {path!r} does not exist or is not a file")
-    try:
-        with Image.open(p) as im:
-            im.load()
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"image {path!r} cannot be read as an image: {e}") from e
-
-
 def _prepare_image(image: Any, opts: GenerateOptions, height: int, width: int, short_side: int | None):
     """The I2V first frame at ``height x width``, as each profile prepares it (``short_side``: the
     size came from the image, :meth:`ModelInfo.size_for_image`)."""
@@ -460,7 +428,7 @@ def plan(opts: GenerateOptions, *, memory: bool = True, noise_rows: int | None =
         raise ValueError(f"--image given, but model {info.name!r} is text-to-video{hint}")
     if opts.image is None and info.i2v:
         raise ValueError(f"model {info.name!r} is image-to-video: give --image PATH")
-    image = _load_image(opts.image) if opts.image is not None else None
+    image = load_image(opts.image) if opts.image is not None else None
 
     frames = resolve_frames(opts.frames, info)
     height, width = opts.height, opts.width
@@ -531,13 +499,11 @@ def plan(opts: GenerateOptions, *, memory: bool = True, noise_rows: int | None =
         dtype=dtype,
         device=device,
         out=Path(opts.out),
-        stems=[],
         fps=fps,
         image=image,
         text_len=info.text_len(opts.profile),
         initial_noise=initial,
     )
-    p.stems = [video_stem(p, k) for k in range(len(prompts))]
     if memory:
         from .cost import check_memory
 
@@ -609,62 +575,6 @@ def resolve_windows(opts: GenerateOptions, info: ModelInfo, length: int) -> Cont
             )
         return None
     return windows
-
-
-def _sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _image_digest(image: Any) -> str:
-    # its pixels define the video, whether given as a file or a PIL image (Pipeline)
-    rgb = _load_image(image)
-    return hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
-
-
-def video_identity(p: Plan, k: int) -> dict[str, Any]:
-    """What defines video ``k`` of ``p``: every resolved input that changes its latents or files
-    (prompt, seed, model, size, sampling, dtype, the bytes of its image and initial noise, ...),
-    and nothing that does not (out folder, device index, offload, process). Equal identities give
-    equal videos, so they share a name (:func:`video_stem`)."""
-    o = p.options
-    model = o.model if _is_builtin(o.model) else str(Path(o.model).resolve())
-    noise = None
-    if o.initial_noise is not None:
-        noise = {"sha256": _sha256(o.initial_noise), "row": _noise_row(p, k)}
-    return {
-        "naming": 1,
-        "model": model,
-        "profile": o.profile,
-        "prompt": o.prompts[k],
-        "seed": o.seed + k,
-        "negative_prompt": p.negative_prompt,
-        "uncond": p.uncond,
-        "image": None if o.image is None else _image_digest(o.image),
-        "frames": p.frames,
-        "height": p.height,
-        "width": p.width,
-        "fps": p.fps,
-        "dtype": str(p.dtype).removeprefix("torch."),
-        "sampling": p.sampling.to_dict(),
-        "vae_tiling": o.vae_tiling,
-        "initial_noise": noise,
-        "uint8": UINT8[o.profile],
-        # only where set, so that every video made before windows keeps its name
-        **({"noise_repeat": True} if o.noise_repeat else {}),
-    }
-
-
-def video_stem(p: Plan, k: int) -> str:
-    """Video ``k``'s file name stem: ``<prompt slug>-s<seed>-<10 hex of its identity's SHA-256>``.
-    The same request always gets the same name (so a rerun finds its finished videos) and any
-    change to what defines the video gets another (so nothing is overwritten)."""
-    text = json.dumps(video_identity(p, k), sort_keys=True, separators=(",", ":"), default=str)
-    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
-    return f"{outputs.slug(p.options.prompts[k], 40)}-s{p.options.seed + k}-{digest}"
 
 
 def load_initial_noise(
@@ -763,18 +673,6 @@ def _noise(p: Plan, seed: int) -> NoiseSource:
     return GlobalNoise()
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for name in ("cogsample", "torch", "diffusers", "transformers", "av", "numpy"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
 def _initial(p: Plan, noise: NoiseSource, k: int) -> Tensor:
     """Video ``k``'s initial latent: drawn, or given (``--initial-noise``). Given, the ``sat``
     profile still makes (and drops) the reference's draw, so the in-loop noise is the seed's as
@@ -785,17 +683,19 @@ def _initial(p: Plan, noise: NoiseSource, k: int) -> Tensor:
         x = noise.initial(p.shape, dtype=dtype, device=p.device)
     if p.initial_noise is None:
         return x
-    given = p.initial_noise[_noise_row(p, k)][None]
+    given = p.initial_noise[p.noise_row(k)][None]
     return given.to(device=p.device, dtype=dtype)
 
 
-def _noise_row(p: Plan, k: int) -> int:
-    """The row of the ``--initial-noise`` file that video ``k`` starts from."""
-    if p.initial_noise is not None and p.initial_noise.shape[0] == 1:
-        return 0  # a one-row file: every video starts from it
-    if p.options.initial_noise_row is not None:
-        return p.options.initial_noise_row + k
-    return k if p.initial_noise is not None and p.initial_noise.shape[0] > 1 else 0
+def to_uint8(video: Tensor, rounding: str = "round") -> np.ndarray:
+    """``(F, 3, H, W)`` float in [0, 1] -> ``(F, H, W, 3)`` uint8: ``255 x`` in float32, rounded to
+    nearest (``"round"``, diffusers' ``numpy_to_pil``) or truncated (``"truncate"``, SAT's
+    ``sample_video.py``)."""
+    if rounding not in ("round", "truncate"):
+        raise ValueError(f"rounding must be 'round' or 'truncate', got {rounding!r}")
+    v = video.detach().float().clamp(0, 1).mul(255)
+    v = v.round() if rounding == "round" else v.trunc()
+    return v.to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
 def free_memory(device: torch.device) -> int | None:
@@ -853,125 +753,14 @@ def _progress_callback(
     return callback
 
 
-def _image_path(image: Any) -> str | None:
-    return str(image) if isinstance(image, (str, Path)) else None
-
-
-def _metadata(r: VideoResult, files: dict[str, Path], run: dict[str, Any]) -> dict:
-    p, prompt, seed, latents, opts = r.plan, r.prompt, r.seed, r.latents, r.plan.options
-    return {
-        "prompt": prompt,
-        "negative_prompt": p.negative_prompt,
-        "uncond": p.uncond,
-        "seed": seed,
-        "profile": opts.profile,
-        "model": {
-            "name": p.info.name,
-            "path": opts.model,
-            "i2v": p.info.i2v,
-            "uses_ofs": p.info.uses_ofs,
-            "patch_size_t": p.info.patch_size_t,
-        },
-        "image": _image_path(opts.image),
-        "frames": p.frames,
-        "height": p.height,
-        "width": p.width,
-        "fps": p.fps,
-        "latent_shape": list(latents.shape),
-        "pad_frames": p.pad_frames,
-        "text_len": p.text_len,
-        "initial_noise": opts.initial_noise,
-        "noise_repeat": opts.noise_repeat,
-        "context_windows": None
-        if p.windows is None
-        else {**p.windows.to_dict(), "spans": [list(ab) for ab in p.windows.spans(p.shape[1])]},
-        "forwards": r.forwards,
-        "uint8": UINT8[opts.profile],
-        "steps": p.sampling.steps,
-        "sampling": p.sampling.to_dict(),
-        "dtype": str(p.dtype).removeprefix("torch."),
-        "device": str(p.device),
-        "files": {k: v.name for k, v in files.items()},
-        "versions": _versions(),
-        "timings_s": r.timings,
-        "vae_tiling": r.vae_tiling,
-        **run,
-        "command": _command(p, prompt, seed),
-        "argv": sys.argv,
-    }
-
-
-def _command(p: Plan, prompt: str, seed: int) -> list[str]:
-    """The ``cogsample generate`` arguments that reproduce this one video."""
-    o = p.options
-    cmd = [
-        "cogsample",
-        "generate",
-        "--model",
-        o.model,
-        "--prompt",
-        prompt,
-        "--seed",
-        str(seed),
-        "--profile",
-        o.profile,
-        "--frames",
-        str(p.frames),
-        "--height",
-        str(p.height),
-        "--width",
-        str(p.width),
-        "--guidance",
-        o.guidance,
-        "--scale",
-        repr(o.scale),
-        "--dtype",
-        str(p.dtype).removeprefix("torch."),
-        "--uncond",
-        p.uncond,
-    ]
-    if o.steps is not None:
-        cmd += ["--steps", str(o.steps)]
-    if o.sampler_config:
-        cmd += ["--sampler-config", o.sampler_config]
-    if o.sampler:
-        cmd += ["--sampler", o.sampler]
-    if p.negative_prompt is not None:
-        cmd += ["--negative-prompt", p.negative_prompt]
-    if _image_path(o.image):
-        cmd += ["--image", _image_path(o.image)]
-    if o.grid != "reference":
-        cmd += ["--grid", o.grid]
-    if o.cfg_index != "reference":
-        cmd += ["--cfg-index", o.cfg_index]
-    if o.cfg_interval is not None:
-        cmd += ["--cfg-interval", f"{o.cfg_interval[0]!r}:{o.cfg_interval[1]!r}"]
-    if o.skip_unit_cfg:
-        cmd.append("--skip-unit-cfg")
-    if p.sampling.cache is not None:
-        cmd += ["--cache", repr(p.sampling.cache.threshold), "--cache-kind", p.sampling.cache.kind]
-    if o.offload != "none":
-        cmd += ["--offload", o.offload]
-    if o.vae_tiling != "auto":
-        cmd += ["--vae-tiling", o.vae_tiling]
-    if o.initial_noise is not None:
-        cmd += ["--initial-noise", o.initial_noise]
-    if p.windows is not None:
-        cmd += ["--context-frames", str(p.windows.frames), "--context-overlap", str(p.windows.overlap)]
-    elif o.context != "auto":
-        cmd += ["--context", o.context]
-    if o.noise_repeat:
-        cmd.append("--noise-repeat")
-    return cmd
-
-
 # ----------------------------------------------------------------------------------------------
 # the Python entry point
 
 
 @dataclass(frozen=True)
 class VideoResult:
-    """One generated video, in memory (nothing written): what ``Pipeline(...)(prompt)`` returns.
+    """One generated video, in memory (nothing written): what ``Pipeline(...)(prompt)`` returns
+    (``cogsample.VideoResult``, :class:`cogsample.jobs.api.VideoResult`, adds its name and ``save``).
 
     ``latents``: ``(1, T, C, H/8, W/8)`` as sampled (float32 in the ``sat`` profile, CogVideoX 1.5's
     padding frame included); ``video``: ``(F, 3, H, W)`` float32 in [0, 1]; ``frames``:
@@ -991,43 +780,6 @@ class VideoResult:
     #: network evaluations per sample (each context window counts)
     forwards: int = 0
 
-    @property
-    def stem(self) -> str:
-        """The file name stem this video gets in an out folder (:func:`video_stem`)."""
-        return self.plan.stems[self.k]
-
-    def save(self, out: str | Path, *, overwrite: bool = False) -> dict[str, Path]:
-        """Write the four files into ``out`` under the out folder's rules (:mod:`cogsample.jobs.outdir`):
-        a finished video of the same name is the same video and is kept unless ``overwrite``."""
-        if self.frames is None:
-            raise ValueError("this result was not decoded (run(..., decode=False)): it has no video to save")
-        d = OutDir(out)
-        d.check_writable()
-        with d.claimed(self.stem, wait=True) as claim:
-            assert claim is not None
-            if d.finished(self.stem) and not overwrite:
-                return d.files(self.stem)
-            d.remove(claim)
-            return write_video(d, claim, self)
-
-
-def write_video(out: OutDir, claim: Claim, r: VideoResult, run: dict[str, Any] | None = None) -> dict[str, Path]:
-    """Commit ``r``'s four files under ``claim`` (the JSON last); ``run`` adds to the JSON (engine,
-    rank, world size, worker). On failure nothing of it is left (:meth:`OutDir.commit`)."""
-    run = {"engine": "local", "rank": 0, "world_size": 1, **(run or {})}
-    files = out.files(claim.stem)
-    meta = _metadata(r, files, run)
-    tensors = {"latents": r.latents, "latents_for_vae": r.latents_for_vae}
-    return out.commit(
-        claim,
-        [
-            ("latents", lambda d: outputs.write_latents(d, tensors)),
-            ("video", lambda d: outputs.write_mp4(d, r.frames, r.fps)),
-            ("sheet", lambda d: outputs.write_contact_sheet(d, r.frames)),
-            ("meta", lambda d: outputs.write_json(d, meta)),
-        ],
-    )
-
 
 def check_parallel(config: Any, info: ModelInfo) -> None:
     """``ValueError`` before anything loads where ``config`` (a
@@ -1042,7 +794,8 @@ class Pipeline:
     ``pipe = Pipeline.load("builtin" | "/models/CogVideoX-5b", device=..., dtype=..., profile=...)``;
     ``pipe(prompt, image=None, **options)`` -> :class:`VideoResult`, where ``options`` are any
     other :class:`GenerateOptions` field (``seed``, ``frames``, ``steps``, ``scale``, ...) or
-    ``fast=True``. Nothing is written; :meth:`VideoResult.save` writes. Prompts are encoded on
+    ``fast=True``. Nothing is written (``cogsample.Pipeline``, :class:`cogsample.jobs.api.Pipeline`,
+    returns results that save themselves). Prompts are encoded on
     first use and kept; :meth:`encode` then :meth:`release_text_encoder` frees the text encoder
     for a known list of prompts, as the batch runner does.
 
@@ -1294,7 +1047,7 @@ class Pipeline:
             latents=latents,
             latents_for_vae=for_vae,
             video=decoded,
-            frames=None if decoded is None else outputs.to_uint8(decoded, UINT8[opts.profile]),
+            frames=None if decoded is None else to_uint8(decoded, UINT8[opts.profile]),
             fps=p.fps,
             timings={"encode_s": t_encode, "sample_s": t_sample, "decode_s": t_decode},
             vae_tiling=tiling,

@@ -104,7 +104,7 @@ def duration(seconds: float) -> str:
 
 class BatchProgress:
     """A batch's progress by video: :meth:`result` for each finished video
-    (:class:`~cogsample.pipeline.pipeline.Result`, made or skipped), :meth:`summary` at the end.
+    (a batch's ``Result``, made or skipped: its ``skipped`` and ``timings``), :meth:`summary` at the end.
 
     After each video made in a batch of several: ``video k of N done (T s); ETA E``, ``k``
     counting the ones finished before too, the ETA the videos left times the mean time of those
