@@ -3,7 +3,7 @@
 from .jobs.api import Pipeline, VideoResult
 from .models.base import CallableNetwork
 from .pipeline.events import StepEvent
-from .pipeline.pipeline import GenerateOptions
+from .pipeline.options import GenerateOptions
 from .reference.profiles import diffusers_sampling, sat_sampling
 from .reference.satconfig import from_sat, load_sat_yaml
 from .sampling.config import SamplingConfig, sample

@@ -10,7 +10,8 @@ import torch
 from cogsample.jobs import batch
 from cogsample.jobs.batch import Interrupted, batch_items, batch_options, read_prompts_file, run_batch
 from cogsample.jobs.outdir import OutDir, WriteError
-from cogsample.pipeline.pipeline import GenerateOptions, Pipeline
+from cogsample.pipeline.options import GenerateOptions
+from cogsample.pipeline.pipeline import Pipeline
 
 SMALL = {"frames": 9, "height": 64, "width": 64, "steps": 4}
 

@@ -11,8 +11,9 @@ from safetensors.torch import load_file
 from cogsample.jobs import batch
 from cogsample.jobs.batch import run_plan
 from cogsample.jobs.naming import video_stem
-from cogsample.pipeline import pipeline
-from cogsample.pipeline.pipeline import GenerateOptions, plan
+from cogsample.pipeline import options, pipeline
+from cogsample.pipeline.options import GenerateOptions
+from cogsample.pipeline.planning import plan
 from cogsample.sampling.config import SamplingConfig, sample
 from cogsample.sampling.guidance import Conditioning
 from cogsample.sampling.noise import GlobalNoise
@@ -306,15 +307,15 @@ def test_speedup_options_compose_into_the_sampling_config(tmp_path, no_loading):
     # sigma-space samplers start one step below the zero-SNR level
     assert plan(_opts(tmp_path, grid="power", sampler="euler")).sampling.schedule.t_max == 998
     # defaults change nothing
-    assert plan(_opts(tmp_path)).sampling == pipeline.resolve_sampling(_opts(tmp_path), p.info)
+    assert plan(_opts(tmp_path)).sampling == options.resolve_sampling(_opts(tmp_path), p.info)
 
 
 def test_fast_preset_and_its_command_round_trip(tmp_path):
     from cogsample.cli.main import build_parser
 
-    opts = pipeline.fast_options(_opts(tmp_path))
-    assert opts.steps == pipeline.FAST["steps"] and opts.grid == "logsnr"
-    assert pipeline.fast_options(_opts(tmp_path), steps_given=True).steps == SMALL["steps"]
+    opts = options.fast_options(_opts(tmp_path))
+    assert opts.steps == options.FAST["steps"] and opts.grid == "logsnr"
+    assert options.fast_options(_opts(tmp_path), steps_given=True).steps == SMALL["steps"]
     (res,) = batch.generate(opts)
     meta = json.loads(res.files["meta"].read_text())
     assert "--grid" in meta["command"] and "--skip-unit-cfg" in meta["command"]
@@ -344,7 +345,8 @@ def test_the_exact_model_samples_whole_unless_windows_are_asked_for(tmp_path, no
 
 
 def test_windows_and_repeated_noise_run_end_to_end_and_reproduce(tmp_path):
-    from cogsample.pipeline.pipeline import Pipeline, StepEvent
+    from cogsample.pipeline.events import StepEvent
+    from cogsample.pipeline.pipeline import Pipeline
 
     pipe = Pipeline.load("builtin")
     events = []

@@ -29,7 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..pipeline.pipeline import PROCESS_OPTIONS, GenerateOptions, Pipeline, Plan, fast_options, plan
+from ..pipeline.options import PROCESS_OPTIONS, GenerateOptions, fast_options
+from ..pipeline.pipeline import Pipeline
+from ..pipeline.plan import Plan
+from ..pipeline.planning import plan
 from .naming import video_stem
 from .outdir import Claim, OutDir
 from .write import Result, write_video
@@ -51,7 +54,7 @@ __all__ = [
 ]
 
 #: The keys a JSONL line may set: ``prompt`` (required), ``fast`` (``--fast`` for that video) and
-#: every generate option that is not fixed per process (:data:`~cogsample.pipeline.pipeline.PROCESS_OPTIONS`).
+#: every generate option that is not fixed per process (:data:`~cogsample.pipeline.options.PROCESS_OPTIONS`).
 PER_VIDEO = (
     "prompt",
     "fast",
@@ -250,7 +253,7 @@ def plan_jobs(jobs: Sequence[tuple[str, Any]], *, memory: bool = True) -> list[B
     """Plan (check) every job before any work; ``ValueError`` lists every bad one (a job that is a
     ``ValueError`` already, a line that could not be read, included), in order, with where it
     came from. ``memory``: each video's memory is checked against this machine's
-    (:func:`~cogsample.pipeline.pipeline.plan`; off where other processes run the batch)."""
+    (:func:`~cogsample.pipeline.planning.plan`; off where other processes run the batch)."""
     # the rows a shared --initial-noise needs: one per video that takes a row of it
     rows: dict[str, int] = {}
     for _, job in jobs:
@@ -519,5 +522,5 @@ def run_plan(
 
 
 def generate(opts: GenerateOptions, **kw: Any) -> list[Result]:
-    """:func:`~cogsample.pipeline.pipeline.plan` then :func:`run_plan`."""
+    """:func:`~cogsample.pipeline.planning.plan` then :func:`run_plan`."""
     return run_plan(plan(opts), **kw)

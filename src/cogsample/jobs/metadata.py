@@ -10,7 +10,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from ..pipeline.pipeline import UINT8, Plan, VideoResult
+from ..pipeline.options import UINT8
+from ..pipeline.pipeline import VideoResult
+from ..pipeline.plan import Plan
 
 __all__ = ["command", "metadata", "versions"]
 

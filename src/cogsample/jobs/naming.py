@@ -13,7 +13,8 @@ from typing import Any
 
 from ..models import is_builtin
 from ..models.images import load_image
-from ..pipeline.pipeline import UINT8, Plan
+from ..pipeline.options import UINT8
+from ..pipeline.plan import Plan
 
 __all__ = ["slug", "video_identity", "video_stem"]
 

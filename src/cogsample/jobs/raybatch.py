@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..pipeline.pipeline import GenerateOptions
+from ..pipeline.options import GenerateOptions
 from .outdir import OutDir
 from .write import Result
 

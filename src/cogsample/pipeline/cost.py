@@ -22,7 +22,7 @@ import torch
 from ..models import BUILTIN, EXACT, untiled_decode_estimate
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from .pipeline import Plan
+    from .plan import Plan
 
 __all__ = ["MemoryNeed", "check_memory", "describe", "forwards", "free_bytes", "memory_need", "seconds"]
 
