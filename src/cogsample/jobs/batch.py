@@ -372,18 +372,11 @@ def _follow(items: Sequence[BatchItem], group: Any, pipeline: Any, progress: Any
             return
         if msg[0] == "load":
             pipe = pipeline if isinstance(pipeline, Pipeline) else pipeline()
-            for stem in msg[1]:
-                _encode(pipe, by_stem[stem])
-            pipe.release_text_encoder()
+            pipe.encode_videos([(by_stem[stem].plan, by_stem[stem].k) for stem in msg[1]])
         elif msg[0] == "make":
             assert pipe is not None
             item = by_stem[msg[1]]
             pipe.run(item.plan, item.k, progress=progress, video=msg[2], videos=msg[3], decode=False)
-
-
-def _encode(pipe: Pipeline, item: BatchItem) -> None:
-    p = item.plan
-    pipe.encode([item.prompt, *([p.negative_prompt] if p.negative_prompt is not None else [])], p.text_len)
 
 
 def _run_batch(
@@ -426,9 +419,7 @@ def _run_batch(
     t0 = time.perf_counter()
     pipe = pipeline if isinstance(pipeline, Pipeline) else pipeline()
     t_load = time.perf_counter() - t0
-    for item in pending:
-        _encode(pipe, item)
-    pipe.release_text_encoder()
+    pipe.encode_videos([(item.plan, item.k) for item in pending])
 
     def make(item: BatchItem, claim: Claim, index: int) -> None:
         if d.finished(item.stem):

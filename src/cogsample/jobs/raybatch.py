@@ -86,10 +86,7 @@ class Worker:
             o = self.jobs[0][1]
             pipe = Pipeline.load(o.model, device=self.device, dtype=o.dtype, profile=o.profile, offload=o.offload)
             # the videos this actor will get are not known yet: encode every prompt once, then free T5
-            for item in self.items():
-                neg = item.plan.negative_prompt
-                pipe.encode([item.prompt, *([neg] if neg is not None else [])], item.plan.text_len)
-            pipe.release_text_encoder()
+            pipe.encode_videos([(item.plan, item.k) for item in self.items()])
             self._pipe = pipe
         return self._pipe
 

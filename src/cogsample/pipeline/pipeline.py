@@ -197,8 +197,8 @@ class Pipeline:
     other :class:`GenerateOptions` field (``seed``, ``frames``, ``steps``, ``scale``, ...) or
     ``fast=True``. Nothing is written (``cogsample.Pipeline``, :class:`cogsample.jobs.api.Pipeline`,
     returns results that save themselves). Prompts are encoded on
-    first use and kept; :meth:`encode` then :meth:`release_text_encoder` frees the text encoder
-    for a known list of prompts, as the batch runner does.
+    first use and kept; :meth:`encode_videos` encodes a known list of videos' prompts, then frees
+    the text encoder, as the batch runners do.
 
     ``parallel``: this rank's :class:`~cogsample.sampling.parallel.ParallelGroups` when several processes
     make each video together (every rank of the video group makes the same calls, in the same
@@ -340,6 +340,14 @@ class Pipeline:
         """Encode each of ``prompts`` (``text_len`` tokens) now, so the text encoder can go."""
         for q in dict.fromkeys(prompts):
             self.context(q, text_len)
+
+    def encode_videos(self, videos: Sequence[tuple[Plan, int]]) -> None:
+        """Encode the prompt (and negative prompt) of each video ``(plan, k)`` now, then free the text
+        encoder: what a batch does once, before its first video, so that sampling has the memory."""
+        for p, k in videos:
+            negative = [] if p.negative_prompt is None else [p.negative_prompt]
+            self.encode([p.options.prompts[k], *negative], p.text_len)
+        self.release_text_encoder()
 
     def context(self, prompt: str, text_len: int) -> Tensor:
         """``prompt``'s encoding (``(1, L, D)``), from the cache or encoded now."""
