@@ -19,9 +19,9 @@ import torch
 from PIL import Image, ImageDraw
 
 from cogsample import Conditioning, sample
-from cogsample.jobs.outputs import contact_sheet, to_uint8
+from cogsample.jobs.outputs import contact_sheet
 from cogsample.models.family import FAMILY
-from cogsample.pipeline.pipeline import Pipeline
+from cogsample.pipeline.pipeline import Pipeline, to_uint8
 from cogsample.sampling.noise import GlobalNoise
 
 PROMPT = "a yellow square moving from left to right on a blue background"

@@ -1,7 +1,9 @@
 """cogsample: CogVideoX's sampling stage as composable parts, bit-exact with the SAT reference."""
 
+from .jobs.api import Pipeline, VideoResult
 from .models.base import CallableNetwork
-from .pipeline.pipeline import GenerateOptions, Pipeline, StepEvent, VideoResult
+from .pipeline.events import StepEvent
+from .pipeline.options import GenerateOptions
 from .reference.profiles import diffusers_sampling, sat_sampling
 from .reference.satconfig import from_sat, load_sat_yaml
 from .sampling.config import SamplingConfig, sample

@@ -154,7 +154,7 @@ def test_the_bench_scores_the_fast_flag_the_cli_runs():
     """``fast_matches_reference`` is about the configuration ``--fast`` really runs."""
     from cogsample.bench.suite import fast_candidate
     from cogsample.jobs.batch import batch_options
-    from cogsample.pipeline.pipeline import GenerateOptions, apply_speedups, inspect_model, resolve_sampling
+    from cogsample.pipeline.options import GenerateOptions, apply_speedups, inspect_model, resolve_sampling
 
     cand, steps = fast_candidate()
     for model in ("builtin", "builtin-trained"):

@@ -52,7 +52,7 @@ def test_generate_progress_bar_on_a_terminal(capsys):
     import io
 
     from cogsample.cli.main import Progress
-    from cogsample.pipeline.pipeline import StepEvent
+    from cogsample.pipeline.events import StepEvent
 
     stream = io.StringIO()
     bar = Progress(stream, bar=True)

@@ -10,8 +10,8 @@ import torch
 from cogsample.jobs import batch
 from cogsample.jobs.batch import Interrupted, batch_items, batch_options, read_prompts_file, run_batch
 from cogsample.jobs.outdir import OutDir, WriteError
-from cogsample.pipeline import pipeline
-from cogsample.pipeline.pipeline import GenerateOptions, Pipeline
+from cogsample.pipeline.options import GenerateOptions
+from cogsample.pipeline.pipeline import Pipeline
 
 SMALL = {"frames": 9, "height": 64, "width": 64, "steps": 4}
 
@@ -107,7 +107,7 @@ def test_one_row_noise_starts_every_video_of_the_list(tmp_path):
     torch.save(torch.randn(1, 3, 16, 4, 4), noise)
     entries = [("", {"prompt": p}) for p in ("a", "b", "c")]
     items = batch_items(_base(tmp_path, height=32, width=32, initial_noise=str(noise)), entries)
-    assert [pipeline._noise_row(i.plan, 0) for i in items] == [0, 0, 0]
+    assert [i.plan.noise_row(0) for i in items] == [0, 0, 0]
 
 
 def test_jsonl_lines_get_the_command_lines_new_checks(tmp_path, monkeypatch):

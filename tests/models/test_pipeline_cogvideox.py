@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from cogsample.jobs import batch
 from cogsample.pipeline import pipeline
-from cogsample.pipeline.pipeline import plan
+from cogsample.pipeline.planning import plan
 
 pytest.importorskip("diffusers")
 

@@ -10,8 +10,10 @@ from safetensors.torch import load_file
 
 from cogsample.jobs import batch
 from cogsample.jobs.batch import run_plan
-from cogsample.pipeline import pipeline
-from cogsample.pipeline.pipeline import GenerateOptions, plan
+from cogsample.jobs.naming import video_stem
+from cogsample.pipeline import options, pipeline
+from cogsample.pipeline.options import GenerateOptions
+from cogsample.pipeline.planning import plan
 from cogsample.sampling.config import SamplingConfig, sample
 from cogsample.sampling.guidance import Conditioning
 from cogsample.sampling.noise import GlobalNoise
@@ -38,7 +40,7 @@ def no_loading(monkeypatch):
 def test_generate_writes_the_four_files(tmp_path):
     (res,) = batch.generate(_opts(tmp_path))
     out = tmp_path / "out"
-    stem = plan(_opts(tmp_path)).stems[0]
+    stem = video_stem(plan(_opts(tmp_path)), 0)
     assert stem.startswith("a-red-ball-bouncing-on-a-blue-background-s42-") and res.files["video"].name == f"{stem}.mp4"
     assert sorted(p.name for p in out.iterdir()) == sorted(
         f"{stem}{s}" for s in (".mp4", ".latents.safetensors", ".json", ".png")
@@ -87,10 +89,10 @@ def test_names_come_from_what_defines_the_video(tmp_path):
     (redo,) = batch.generate(_opts(tmp_path), overwrite=True)
     assert not redo.skipped and redo.files == a.files and torch.equal(redo.latents, a.latents)
     # device and out folder do not define a video; model size, dtype and seed do
-    base = plan(_opts(tmp_path)).stems[0]
-    assert plan(_opts(tmp_path, out=str(tmp_path / "elsewhere"), device="cpu")).stems[0] == base
+    base = video_stem(plan(_opts(tmp_path)), 0)
+    assert video_stem(plan(_opts(tmp_path, out=str(tmp_path / "elsewhere"), device="cpu")), 0) == base
     for change in ({"seed": 43}, {"frames": 13}, {"steps": 9}, {"fps": 9}):
-        assert plan(_opts(tmp_path, **change)).stems[0] != base, change
+        assert video_stem(plan(_opts(tmp_path, **change)), 0) != base, change
     assert len(list((tmp_path / "out").iterdir())) == 8  # two videos, four files each, no lock or temporary
 
 
@@ -305,15 +307,15 @@ def test_speedup_options_compose_into_the_sampling_config(tmp_path, no_loading):
     # sigma-space samplers start one step below the zero-SNR level
     assert plan(_opts(tmp_path, grid="power", sampler="euler")).sampling.schedule.t_max == 998
     # defaults change nothing
-    assert plan(_opts(tmp_path)).sampling == pipeline.resolve_sampling(_opts(tmp_path), p.info)
+    assert plan(_opts(tmp_path)).sampling == options.resolve_sampling(_opts(tmp_path), p.info)
 
 
 def test_fast_preset_and_its_command_round_trip(tmp_path):
     from cogsample.cli.main import build_parser
 
-    opts = pipeline.fast_options(_opts(tmp_path))
-    assert opts.steps == pipeline.FAST["steps"] and opts.grid == "logsnr"
-    assert pipeline.fast_options(_opts(tmp_path), steps_given=True).steps == SMALL["steps"]
+    opts = options.fast_options(_opts(tmp_path))
+    assert opts.steps == options.FAST["steps"] and opts.grid == "logsnr"
+    assert options.fast_options(_opts(tmp_path), steps_given=True).steps == SMALL["steps"]
     (res,) = batch.generate(opts)
     meta = json.loads(res.files["meta"].read_text())
     assert "--grid" in meta["command"] and "--skip-unit-cfg" in meta["command"]
@@ -335,15 +337,16 @@ def test_the_exact_model_samples_whole_unless_windows_are_asked_for(tmp_path, no
     assert p.windows.to_dict() == {"frames": 3, "overlap": 1} and p.forwards_per_call == 3
     assert p.sampling.context == p.windows
     # windows, their overlap and the repeated noise define the video: each gets its own name
-    stems = {p.stems[0]}
+    stems = {video_stem(p, 0)}
     for change in ({"context_overlap": 2}, {"noise_repeat": True}, {"context_frames": 4}):
-        stems.add(plan(_opts(tmp_path, **{"frames": 25, "context_frames": 3, **change})).stems[0])
-    stems.add(plan(_opts(tmp_path, frames=25)).stems[0])
+        stems.add(video_stem(plan(_opts(tmp_path, **{"frames": 25, "context_frames": 3, **change})), 0))
+    stems.add(video_stem(plan(_opts(tmp_path, frames=25)), 0))
     assert len(stems) == 5
 
 
 def test_windows_and_repeated_noise_run_end_to_end_and_reproduce(tmp_path):
-    from cogsample.pipeline.pipeline import Pipeline, StepEvent
+    from cogsample.pipeline.events import StepEvent
+    from cogsample.pipeline.pipeline import Pipeline
 
     pipe = Pipeline.load("builtin")
     events = []
@@ -432,3 +435,10 @@ def test_forwards_are_known_before_the_run(tmp_path, change):
     assert ran == n if exact else ran <= n
     assert exact == (p.sampling.spec.calls_per_step == 1)
     assert cost.describe([p, p]).startswith(f"{'' if exact else 'at most '}{2 * n} network forwards in all, roughly")
+
+
+def test_to_uint8_rounds_and_clamps():
+    v = torch.tensor([-0.5, 0.0, 0.5, 1.0, 2.0]).view(1, 1, 1, 5).expand(1, 3, 1, 5)
+    out = pipeline.to_uint8(v)
+    assert out.shape == (1, 1, 5, 3) and out.dtype == np.uint8
+    assert out[0, 0, :, 0].tolist() == [0, 0, 128, 255, 255]

@@ -171,7 +171,7 @@ def reference_default() -> Candidate:
 
 def fast_candidate() -> tuple[Candidate, int]:
     """``--fast`` (:data:`cogsample.pipeline.pipeline.FAST`) as a bench candidate and its step count."""
-    from ..pipeline.pipeline import FAST
+    from ..pipeline.options import FAST
 
     start = FAST["cfg_interval"][0] if FAST.get("cfg_interval") else 0.0
     cand = Candidate(

@@ -207,7 +207,8 @@ def compare_diffusers(
       ``run_plan`` pays per call (``release_text_encoder``) and diffusers does not.
     """
     from ..jobs.batch import run_plan
-    from ..pipeline.pipeline import GenerateOptions, plan
+    from ..pipeline.options import GenerateOptions
+    from ..pipeline.planning import plan
 
     steps = steps or (4 if quick else 20)
     repeats = repeats or (2 if quick else 5)
@@ -647,7 +648,8 @@ def _memory_child(library: str, folder: str, steps: int, out: str) -> dict[str, 
         if library == "cogsample":
             from ..jobs.batch import run_plan
             from ..models.cogvideox import load_cogvideox
-            from ..pipeline.pipeline import GenerateOptions, plan
+            from ..pipeline.options import GenerateOptions
+            from ..pipeline.planning import plan
 
             try:  # run_plan writes an mp4 with PyAV: its libraries are not generation memory
                 import av  # noqa: F401

@@ -111,7 +111,7 @@ def _generate(args: argparse.Namespace) -> int:
     from ..jobs.outdir import OutDir, WriteError
     from ..models import check_installed
     from ..pipeline.cost import describe
-    from ..pipeline.pipeline import GenerateOptions
+    from ..pipeline.options import GenerateOptions
 
     def log(m: str) -> None:
         if not args.quiet:
@@ -360,7 +360,7 @@ def _usage_error(line: str, launch) -> int:
 
 
 def _add_generate(sub) -> None:
-    from ..pipeline.pipeline import (
+    from ..pipeline.options import (
         CACHE_KINDS,
         CFG_INDEX,
         CONTEXT,

@@ -4,7 +4,7 @@ share it and however they end.
 * **Input**: ``--prompt`` texts, a text file (one prompt a line) or JSONL (one object a line:
   ``prompt`` and any per-video option, see :data:`PER_VIDEO`), all checked, with line numbers,
   before any work (:func:`read_prompts_file`, :func:`batch_items`).
-* **Names** come from what defines a video (:func:`~cogsample.pipeline.pipeline.video_stem`), so a rerun
+* **Names** come from what defines a video (:func:`~cogsample.jobs.naming.video_stem`), so a rerun
   of the same command finds its finished videos and skips them; leftovers of unfinished ones are
   removed and they are made again (:mod:`cogsample.jobs.outdir` has the rules).
 * **Running**: :func:`run_batch` makes each unfinished video under its claim, prints it as soon
@@ -25,21 +25,17 @@ import signal
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..pipeline.pipeline import (
-    PROCESS_OPTIONS,
-    GenerateOptions,
-    Pipeline,
-    Plan,
-    Result,
-    fast_options,
-    plan,
-    write_video,
-)
+from ..pipeline.options import PROCESS_OPTIONS, GenerateOptions, fast_options
+from ..pipeline.pipeline import Pipeline
+from ..pipeline.plan import Plan
+from ..pipeline.planning import plan
+from .naming import video_stem
 from .outdir import Claim, OutDir
+from .write import Result, write_video
 
 __all__ = [
     "PER_VIDEO",
@@ -58,7 +54,7 @@ __all__ = [
 ]
 
 #: The keys a JSONL line may set: ``prompt`` (required), ``fast`` (``--fast`` for that video) and
-#: every generate option that is not fixed per process (:data:`~cogsample.pipeline.pipeline.PROCESS_OPTIONS`).
+#: every generate option that is not fixed per process (:data:`~cogsample.pipeline.options.PROCESS_OPTIONS`).
 PER_VIDEO = (
     "prompt",
     "fast",
@@ -205,15 +201,16 @@ def _listed(errors: Sequence[str], limit: int = 20) -> str:
 
 @dataclass(frozen=True)
 class BatchItem:
-    """Video ``k`` of ``plan``; ``where`` says where it was asked for (for messages)."""
+    """Video ``k`` of ``plan``; ``where`` says where it was asked for (for messages); ``stem``: its
+    name in the out folder (:func:`~cogsample.jobs.naming.video_stem`), given when it is made."""
 
     plan: Plan
     k: int = 0
     where: str = ""
+    stem: str = field(init=False)
 
-    @property
-    def stem(self) -> str:
-        return self.plan.stems[self.k]
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stem", video_stem(self.plan, self.k))  # frozen: set once, here
 
     @property
     def prompt(self) -> str:
@@ -256,7 +253,7 @@ def plan_jobs(jobs: Sequence[tuple[str, Any]], *, memory: bool = True) -> list[B
     """Plan (check) every job before any work; ``ValueError`` lists every bad one (a job that is a
     ``ValueError`` already, a line that could not be read, included), in order, with where it
     came from. ``memory``: each video's memory is checked against this machine's
-    (:func:`~cogsample.pipeline.pipeline.plan`; off where other processes run the batch)."""
+    (:func:`~cogsample.pipeline.planning.plan`; off where other processes run the batch)."""
     # the rows a shared --initial-noise needs: one per video that takes a row of it
     rows: dict[str, int] = {}
     for _, job in jobs:
@@ -313,7 +310,7 @@ def run_batch(
     group: Any = None,
 ) -> list[Result]:
     """Make every item not yet finished in ``out`` (all of them with ``overwrite``), each under
-    its claim; one :class:`~cogsample.pipeline.pipeline.Result` per distinct video, in order.
+    its claim; one :class:`~cogsample.jobs.write.Result` per distinct video, in order.
 
     ``pipeline``: a loaded :class:`Pipeline`, or a function that loads one (called only if
     something is left to make). Every prompt is encoded first, then the text encoder released.
@@ -375,18 +372,11 @@ def _follow(items: Sequence[BatchItem], group: Any, pipeline: Any, progress: Any
             return
         if msg[0] == "load":
             pipe = pipeline if isinstance(pipeline, Pipeline) else pipeline()
-            for stem in msg[1]:
-                _encode(pipe, by_stem[stem])
-            pipe.release_text_encoder()
+            pipe.encode_videos([(by_stem[stem].plan, by_stem[stem].k) for stem in msg[1]])
         elif msg[0] == "make":
             assert pipe is not None
             item = by_stem[msg[1]]
             pipe.run(item.plan, item.k, progress=progress, video=msg[2], videos=msg[3], decode=False)
-
-
-def _encode(pipe: Pipeline, item: BatchItem) -> None:
-    p = item.plan
-    pipe.encode([item.prompt, *([p.negative_prompt] if p.negative_prompt is not None else [])], p.text_len)
 
 
 def _run_batch(
@@ -429,9 +419,7 @@ def _run_batch(
     t0 = time.perf_counter()
     pipe = pipeline if isinstance(pipeline, Pipeline) else pipeline()
     t_load = time.perf_counter() - t0
-    for item in pending:
-        _encode(pipe, item)
-    pipe.release_text_encoder()
+    pipe.encode_videos([(item.plan, item.k) for item in pending])
 
     def make(item: BatchItem, claim: Claim, index: int) -> None:
         if d.finished(item.stem):
@@ -525,5 +513,5 @@ def run_plan(
 
 
 def generate(opts: GenerateOptions, **kw: Any) -> list[Result]:
-    """:func:`~cogsample.pipeline.pipeline.plan` then :func:`run_plan`."""
+    """:func:`~cogsample.pipeline.planning.plan` then :func:`run_plan`."""
     return run_plan(plan(opts), **kw)

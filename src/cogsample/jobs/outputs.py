@@ -2,15 +2,15 @@
 
 Every file is written under a temporary name in the destination directory and renamed into
 place (``os.replace`` is atomic on one filesystem), so a crash or a full disk never leaves a
-half-written output. Which names a video gets, and when it counts as finished, is
-:mod:`cogsample.jobs.outdir`'s business.
+half-written output. Which names a video gets is :mod:`cogsample.jobs.naming`'s business, when it
+counts as finished :mod:`cogsample.jobs.outdir`'s; the uint8 frames come from the pipeline
+(:func:`cogsample.pipeline.pipeline.to_uint8`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping
@@ -28,8 +28,6 @@ __all__ = [
     "atomic_path",
     "check_writable",
     "contact_sheet",
-    "slug",
-    "to_uint8",
     "write_contact_sheet",
     "write_json",
     "write_latents",
@@ -38,12 +36,6 @@ __all__ = [
 
 #: The files one video produces, by role.
 SUFFIXES = {"video": ".mp4", "latents": ".latents.safetensors", "meta": ".json", "sheet": ".png"}
-
-
-def slug(text: str, max_len: int = 48) -> str:
-    """A file-name-safe lower-case stem of ``text`` (``"A red ball!"`` -> ``"a-red-ball"``)."""
-    s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return (s[:max_len].rstrip("-")) or "video"
 
 
 def check_writable(directory: str | Path, name: str = "out directory") -> Path:
@@ -88,17 +80,6 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def to_uint8(video: Tensor, rounding: str = "round") -> np.ndarray:
-    """``(F, 3, H, W)`` float in [0, 1] -> ``(F, H, W, 3)`` uint8: ``255 x`` in float32, rounded to
-    nearest (``"round"``, diffusers' ``numpy_to_pil``) or truncated (``"truncate"``, SAT's
-    ``sample_video.py``)."""
-    if rounding not in ("round", "truncate"):
-        raise ValueError(f"rounding must be 'round' or 'truncate', got {rounding!r}")
-    v = video.detach().float().clamp(0, 1).mul(255)
-    v = v.round() if rounding == "round" else v.trunc()
-    return v.to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
 #: libx264's settings. ``threads=1``: x264's output depends on its thread count, which by default

@@ -20,8 +20,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..pipeline.pipeline import GenerateOptions, Result
+from ..pipeline.options import GenerateOptions
 from .outdir import OutDir
+from .write import Result
 
 __all__ = ["RETRIES", "check_ray", "run_on_ray"]
 
@@ -85,10 +86,7 @@ class Worker:
             o = self.jobs[0][1]
             pipe = Pipeline.load(o.model, device=self.device, dtype=o.dtype, profile=o.profile, offload=o.offload)
             # the videos this actor will get are not known yet: encode every prompt once, then free T5
-            for item in self.items():
-                neg = item.plan.negative_prompt
-                pipe.encode([item.prompt, *([neg] if neg is not None else [])], item.plan.text_len)
-            pipe.release_text_encoder()
+            pipe.encode_videos([(item.plan, item.k) for item in self.items()])
             self._pipe = pipe
         return self._pipe
 
@@ -132,7 +130,7 @@ def run_on_ray(
 ) -> list[Result]:
     """Make ``jobs`` (:func:`~cogsample.jobs.batch.batch_options`) on Ray: the cluster at ``address``,
     or a new local one; ``workers`` actors (default: one per GPU, else 1). One
-    :class:`~cogsample.pipeline.pipeline.Result` per distinct video, in order; ``on_result`` hears of each
+    :class:`~cogsample.jobs.write.Result` per distinct video, in order; ``on_result`` hears of each
     as soon as it is finished."""
     import ray
 

@@ -44,7 +44,10 @@ class ModelInfo:
     table covers (CogVideoX 1.5's rotary table; None: no limit); ``image_short_side``: an I2V
     model that takes its size from the image gives it this short side (CogVideoX 1.5 I2V: 768 px;
     None: the native size). ``attention_heads``: heads of the network's attention, what Ulysses
-    sequence parallel splits over ranks (None: the network has no attention to shard).
+    sequence parallel splits over ranks (None: the network has no attention to shard);
+    ``attention_head_dim`` and ``patch_size`` (the transformer's spatial patch): with
+    ``attention_heads`` and ``patch_size_t``, the transformer's tokens and width, what a memory
+    estimate reads (None: no transformer, the exact model).
     ``context_windows``: a latent longer than the native one is sampled in temporal context
     windows of the native length by default (the network was trained at ``frames``); False where
     the network is exact at any length (the built-in model).
@@ -69,6 +72,8 @@ class ModelInfo:
     max_width: int | None = None
     image_short_side: int | None = None
     attention_heads: int | None = None
+    attention_head_dim: int | None = None
+    patch_size: int | None = None
     context_windows: bool = True
 
     @property

@@ -127,6 +127,17 @@ def untiled_decode_estimate(shape: Sequence[int], frame_batch: int, esize: int, 
     return VAE_DECODE_BYTES_PER_PX * slices * first * pixels * esize + video
 
 
+def planned_decode_estimate(info: ModelInfo, shape: Sequence[int], reference: str, esize: int) -> int | None:
+    """Peak memory (bytes) of an untiled decode of latents ``shape`` ``(B, T, 16, h, w)`` for the
+    folder of ``info`` as ``reference`` decodes them, with ``esize``-byte elements, from its configs
+    alone (:func:`untiled_decode_estimate`); None where its VAE is not the released one
+    (:data:`RELEASED_VAE_CHANNELS`), which the estimate was measured on."""
+    if tuple(info.extra.get("vae_block_out_channels", ())) != RELEASED_VAE_CHANNELS:
+        return None
+    batch = vae_frame_batch(info, shape[1], reference, warn=False)
+    return untiled_decode_estimate(shape, batch, esize)
+
+
 # --------------------------------------------------------------------------- the network adapter
 
 
@@ -453,6 +464,8 @@ def _info(root: Path, configs: dict[str, dict[str, Any]]) -> ModelInfo:
         max_width=None if p_t is None else max_w,
         image_short_side=I2V_SHORT_SIDE_15 if p_t is not None and i2v else None,
         attention_heads=int(tc.get("num_attention_heads", 30)),
+        attention_head_dim=int(tc.get("attention_head_dim", 64)),
+        patch_size=int(tc.get("patch_size", 2)),
     )
 
 

@@ -5,7 +5,8 @@ centre crop) to a size, and the ``[-1, 1]`` tensor. Plain image arithmetic, no m
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -14,7 +15,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 Tensor = torch.Tensor
 
-__all__ = ["i2v_size", "image_to_tensor", "resize_image_for_i2v"]
+__all__ = ["i2v_size", "image_to_tensor", "load_image", "resize_image_for_i2v"]
 
 
 def _nearest_multiple_of_16(n: float) -> float:
@@ -81,3 +82,22 @@ def image_to_tensor(image: Image.Image) -> Tensor:
 
     array = np.asarray(image.convert("RGB")).astype(np.float32) / 255.0
     return 2.0 * torch.from_numpy(array).permute(2, 0, 1)[None] - 1.0
+
+
+def load_image(path: Any) -> Image.Image:
+    """An image file (or a PIL image) as RGB; ``ValueError`` naming it where it is missing or no image."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(path, Image.Image):
+        return path.convert("RGB")
+    if not isinstance(path, (str, Path)):
+        raise ValueError(f"image must be a file path or a PIL image, got {type(path).__name__}")
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"image {path!r} does not exist or is not a file")
+    try:
+        with Image.open(p) as im:
+            im.load()
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"image {path!r} cannot be read as an image: {e}") from e

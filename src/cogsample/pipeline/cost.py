@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
+from ..models import BUILTIN, EXACT, untiled_decode_estimate
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from .pipeline import Plan
+    from .plan import Plan
 
 __all__ = ["MemoryNeed", "check_memory", "describe", "forwards", "free_bytes", "memory_need", "seconds"]
 
@@ -76,18 +78,8 @@ class MemoryNeed:
 
 
 def _kind(p: Plan) -> str:
-    from ..models import BUILTIN, EXACT
-
     model = p.options.model
     return "exact" if model in EXACT else "trained" if model in BUILTIN else "folder"
-
-
-def _transformer_config(p: Plan, kind: str) -> dict[str, Any] | None:
-    if kind == "trained":
-        from ..models.trained import TRANSFORMER_CONFIG
-
-        return TRANSFORMER_CONFIG
-    return p.info.extra.get("transformer_config")
 
 
 def memory_need(p: Plan) -> MemoryNeed:
@@ -108,25 +100,21 @@ def memory_need(p: Plan) -> MemoryNeed:
         frames = t + (t_net if t_net != t else 0)
         resident["the built-in model's clip latents"] = clips * frames * c * h * w * compute
         network = 2 * t_net * c * h * w * compute  # the posterior mean's input and output, one row
-    else:
-        tc = _transformer_config(p, kind)
-        if tc:
-            patch, patch_t = int(tc.get("patch_size", 2)), int(tc.get("patch_size_t") or 1)
-            tokens = math.ceil(t_net / patch_t) * (h // patch) * (w // patch) + p.text_len
-            inner = int(tc.get("num_attention_heads", 30)) * int(tc.get("attention_head_dim", 64))
-            network = 4 * tokens * inner * _esize(p.dtype)  # hidden states, q, k, v of one row
+    elif p.info.attention_head_dim is not None:  # a transformer: its tokens and width (ModelInfo)
+        info = p.info
+        patch, patch_t = info.patch_size or 2, info.patch_size_t or 1
+        tokens = math.ceil(t_net / patch_t) * (h // patch) * (w // patch) + p.text_len
+        inner = (info.attention_heads or 30) * info.attention_head_dim
+        network = 4 * tokens * inner * _esize(p.dtype)  # hidden states, q, k, v of one row
     video = 3 * pixels * 4  # the decoded video in float32
     if kind == "folder":
-        from ..models.cogvideox import RELEASED_VAE_CHANNELS, untiled_decode_estimate, vae_frame_batch
-
         esize = _esize(p.dtype)
         decode = video + 3 * pixels * esize  # the VAE's output, and it in float32
-        released = tuple(p.info.extra.get("vae_block_out_channels", ()))
-        if p.options.vae_tiling == "off" and released == RELEASED_VAE_CHANNELS:
-            # the estimate --vae-tiling auto decides with, measured on the released VAE
+        if p.options.vae_tiling == "off":
+            # the estimate --vae-tiling auto decides with, measured on the released VAE (None: another VAE)
             clean = (1, t - p.pad_frames, c, h, w)
-            batch = vae_frame_batch(p.info, clean[1], p.options.profile, warn=False)
-            decode = untiled_decode_estimate(clean, batch, esize) + video
+            untiled = untiled_decode_estimate(p.info, clean, p.options.profile, esize)
+            decode = decode if untiled is None else untiled + video
     else:
         decode = 2 * video  # the block VAE's upsampled video and its clamped copy
     # one after the other: sampling, decoding, the uint8 conversion (which holds the float32 video

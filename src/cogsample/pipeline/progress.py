@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .events import PrepareEvent
+
 __all__ = ["BatchProgress", "Progress", "duration", "quiet_libraries", "say"]
 
 
@@ -26,7 +28,7 @@ def say(line: str, stream=None) -> None:
 
 class Progress:
     """A bar (step, noise level, rate, ETA) on a terminal; a log line per 10% of steps otherwise.
-    Work before the first step (a :class:`~cogsample.pipeline.pipeline.PrepareEvent`) is shown too."""
+    Work before the first step (a :class:`~cogsample.pipeline.events.PrepareEvent`) is shown too."""
 
     def __init__(self, stream=None, bar: bool | None = None, prefix: str = ""):
         self.stream = stream or sys.stderr
@@ -45,8 +47,6 @@ class Progress:
             say(line, self.stream)
 
     def __call__(self, ev) -> None:
-        from .pipeline import PrepareEvent
-
         if isinstance(ev, PrepareEvent):
             self.close()
             self._prepare(ev)
@@ -104,7 +104,7 @@ def duration(seconds: float) -> str:
 
 class BatchProgress:
     """A batch's progress by video: :meth:`result` for each finished video
-    (:class:`~cogsample.pipeline.pipeline.Result`, made or skipped), :meth:`summary` at the end.
+    (a batch's ``Result``, made or skipped: its ``skipped`` and ``timings``), :meth:`summary` at the end.
 
     After each video made in a batch of several: ``video k of N done (T s); ETA E``, ``k``
     counting the ones finished before too, the ETA the videos left times the mean time of those
