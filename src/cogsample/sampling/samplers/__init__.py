@@ -29,13 +29,25 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .denoiser import Level
-from .noise import NoiseSource
-from .schedules import DDPMSteps, Grid, Space
-
-Tensor = torch.Tensor
-Model = Callable[[Tensor, Level], Tensor]
-Callback = Callable[[int, Tensor, Tensor], None] | None
+from ..noise import NoiseSource
+from ..schedules import DDPMSteps, Grid, Space
+from .alpha_space import alpha_level as _alpha_level
+from .alpha_space import alpha_levels as _alpha_levels
+from .alpha_space import predict as _predict
+from .ancestral import _ancestral as _ancestral
+from .ancestral import sample_dpmpp_2s_ancestral, sample_euler_ancestral
+from .common import EPS_ZERO as _EPS_ZERO
+from .common import Callback, Model, Tensor
+from .common import emit as _emit
+from .common import per_step as _per_step
+from .common import timestep as _timestep
+from .common import validate_eta as _validate_eta
+from .ddim import sample_ddim, sample_video_ddim, sample_video_ddpm
+from .euler import sample_euler, sample_heun, sample_sdedit_euler
+from .lms import lms_coefficients, sample_lms
+from .sigma_space import scale_init as _scale_init
+from .sigma_space import sigma_level as _sigma_level
+from .sigma_space import sigma_levels as _sigma_levels
 
 __all__ = [
     "REFERENCE_NAMES",
@@ -62,282 +74,6 @@ __all__ = [
     "sample_vpsde_dpmpp_2m",
     "sample_vpsde_dpmpp_3m",
 ]
-
-_EPS_ZERO = 1e-14  # the reference's "all noise levels are 0" test
-
-
-def _per_step(v: Tensor, x: Tensor) -> Tensor:
-    """(S,) -> (S, 1, ..., 1) so that ``v[i]`` broadcasts against ``x`` and keeps its dtype in promotion."""
-    return v.reshape(-1, *([1] * x.ndim))
-
-
-def _timestep(grid: Grid, i: int) -> int | None:
-    return None if grid.timesteps is None else grid.timesteps[i]
-
-
-def _emit(callback: Callback, i: int, x: Tensor, denoised: Tensor) -> None:
-    if callback is not None:
-        callback(i, x, denoised)
-
-
-# ----------------------------------------------------------------------------------------------
-# sigma space (k-diffusion / sgm samplers)
-
-
-def _sigma_levels(grid: Grid, x: Tensor) -> tuple[Tensor, np.ndarray]:
-    """The grid as float32 sigmas on x's device, and the same values on the host."""
-    s = grid.sigmas()
-    if not torch.isfinite(s[0]):
-        raise ValueError(
-            "this sampler works in sigma space and cannot start from alpha=0 (infinite sigma), "
-            "the first level of a zero-terminal-SNR schedule: use an alpha-space sampler "
-            "(vpsde_dpmpp_2m, vpode_dpmpp_2m, video_ddim, video_ddpm)"
-        )
-    return s.to(x.device), s.numpy()
-
-
-def _scale_init(x: Tensor, s: Tensor) -> Tensor:
-    """x * sqrt(1 + sigma_0^2): unit noise to the variance-exploding start (float32 factor)."""
-    return x * torch.sqrt(1.0 + s[0] ** 2.0)
-
-
-def _ancestral(s_cur: Tensor, s_next: Tensor, eta: float) -> tuple[Tensor, Tensor]:
-    """sigma_up = min(s', eta sqrt(s'^2 (s^2 - s'^2) / s^2)), sigma_down = sqrt(s'^2 - sigma_up^2)."""
-    if not eta:
-        return s_next, torch.zeros_like(s_next)
-    sigma_up = torch.minimum(s_next, eta * (s_next**2 * (s_cur**2 - s_next**2) / s_cur**2) ** 0.5)
-    sigma_down = (s_next**2 - sigma_up**2) ** 0.5
-    return sigma_down, sigma_up
-
-
-def _churn_gammas(s_host: np.ndarray, s_churn: float, s_tmin: float, s_tmax: float) -> list[float]:
-    """gamma_i = min(s_churn / S, sqrt2 - 1) where s_tmin <= sigma_i <= s_tmax (float32 compare)."""
-    num = len(s_host) - 1
-    lo, hi = np.float32(s_tmin), np.float32(s_tmax)
-    return [min(s_churn / num, 2**0.5 - 1) if lo <= s_host[i] <= hi else 0.0 for i in range(num)]
-
-
-def _sigma_level(v: Tensor, i: int, step: int, timestep: int | None) -> Level:
-    return Level(v[i].reshape(1), "sigma", step, timestep)
-
-
-def _edm_loop(
-    model: Model,
-    x: Tensor,
-    grid: Grid,
-    noise: NoiseSource,
-    *,
-    heun: bool,
-    s_churn: float,
-    s_tmin: float,
-    s_tmax: float,
-    s_noise: float,
-    callback: Callback,
-    steps: Sequence[int] | None = None,
-    image: Tensor | None = None,
-) -> Tensor:
-    """Karras et al. (2022) Alg. 2: churn to sigma_hat = sigma (1 + gamma), Euler (or Heun) to sigma'.
-
-    ``x`` is unit noise. It starts at ``x sqrt(1 + sigma_0^2)``, or, with ``image`` (SDEdit), at
-    ``image + x sigma_i`` on the first of ``steps``, the loop indices to run.
-    """
-    s, s_host = _sigma_levels(grid, x)
-    gammas = _churn_gammas(s_host, s_churn, s_tmin, s_tmax)
-    sigma_hat = s[:-1] * torch.tensor([g + 1.0 for g in gammas], dtype=s.dtype, device=s.device)
-    churn = _per_step((sigma_hat**2 - s[:-1] ** 2) ** 0.5, x)
-    dt = _per_step(s[1:] - sigma_hat, x)
-    s_b, sh_b = _per_step(s, x), _per_step(sigma_hat, x)
-    steps = range(grid.num_steps) if steps is None else steps
-    x = _scale_init(x, s) if image is None else image + x * s_b[steps[0]]
-    for i in steps:
-        if gammas[i] > 0:
-            x = x + noise.draw(x) * s_noise * churn[i]
-        denoised = model(x, _sigma_level(sigma_hat, i, i, _timestep(grid, i)))
-        d = (x - denoised) / sh_b[i]
-        x_next = x + dt[i] * d
-        if heun and not s_host[i + 1] < _EPS_ZERO:
-            nt = _timestep(grid, i + 1) if i + 1 < grid.num_steps else None
-            denoised_2 = model(x_next, _sigma_level(s, i + 1, i, nt))
-            d_prime = (d + (x_next - denoised_2) / s_b[i + 1]) / 2.0
-            x_next = x + d_prime * dt[i]
-        x = x_next
-        _emit(callback, i, x, denoised)
-    return x
-
-
-@torch.no_grad()
-def sample_euler(
-    model: Model,
-    x: Tensor,
-    grid: Grid,
-    noise: NoiseSource,
-    *,
-    s_churn: float = 0.0,
-    s_tmin: float = 0.0,
-    s_tmax: float = float("inf"),
-    s_noise: float = 1.0,
-    callback: Callback = None,
-) -> Tensor:
-    """Euler with EDM churn (reference ``EulerEDMSampler``): x += (sigma' - sigma_hat) (x - D)/sigma_hat."""
-    return _edm_loop(
-        model,
-        x,
-        grid,
-        noise,
-        heun=False,
-        s_churn=s_churn,
-        s_tmin=s_tmin,
-        s_tmax=s_tmax,
-        s_noise=s_noise,
-        callback=callback,
-    )
-
-
-@torch.no_grad()
-def sample_heun(
-    model: Model,
-    x: Tensor,
-    grid: Grid,
-    noise: NoiseSource,
-    *,
-    s_churn: float = 0.0,
-    s_tmin: float = 0.0,
-    s_tmax: float = float("inf"),
-    s_noise: float = 1.0,
-    callback: Callback = None,
-) -> Tensor:
-    """Heun's 2nd order method with EDM churn (reference ``HeunEDMSampler``); Euler on the step to 0."""
-    return _edm_loop(
-        model,
-        x,
-        grid,
-        noise,
-        heun=True,
-        s_churn=s_churn,
-        s_tmin=s_tmin,
-        s_tmax=s_tmax,
-        s_noise=s_noise,
-        callback=callback,
-    )
-
-
-@torch.no_grad()
-def sample_sdedit_euler(
-    model: Model,
-    x: Tensor,
-    grid: Grid,
-    noise: NoiseSource,
-    *,
-    image: Tensor,
-    edit_ratio: float = 0.5,
-    s_churn: float = 0.0,
-    s_tmin: float = 0.0,
-    s_tmax: float = float("inf"),
-    s_noise: float = 1.0,
-    callback: Callback = None,
-) -> Tensor:
-    """SDEdit (reference ``SdeditEDMSampler``): skip steps with i/S < edit_ratio, start from
-    ``image + x * sigma_i`` (x the unit noise) and run Euler-EDM steps; churn keeps gamma's 1/S."""
-    if not 0 <= edit_ratio < 1:
-        raise ValueError(f"edit_ratio must be in [0, 1), got {edit_ratio!r}")
-    if tuple(image.shape) != tuple(x.shape):
-        raise ValueError(f"image must have the latent's shape {tuple(x.shape)}, got {tuple(image.shape)}")
-    steps = [i for i in range(grid.num_steps) if not i / grid.num_steps < edit_ratio]
-    return _edm_loop(
-        model,
-        x,
-        grid,
-        noise,
-        heun=False,
-        s_churn=s_churn,
-        s_tmin=s_tmin,
-        s_tmax=s_tmax,
-        s_noise=s_noise,
-        callback=callback,
-        steps=steps,
-        image=image,
-    )
-
-
-def _validate_eta(eta: float, s_noise: float) -> None:
-    if not eta >= 0:
-        raise ValueError(f"eta must be >= 0, got {eta!r}")
-    if not s_noise >= 0:
-        raise ValueError(f"s_noise must be >= 0, got {s_noise!r}")
-
-
-@torch.no_grad()
-def sample_euler_ancestral(
-    model: Model,
-    x: Tensor,
-    grid: Grid,
-    noise: NoiseSource,
-    *,
-    eta: float = 1.0,
-    s_noise: float = 1.0,
-    callback: Callback = None,
-) -> Tensor:
-    """Ancestral Euler (reference ``EulerAncestralSampler``): Euler to sigma_down, then add
-    s_noise * sigma_up noise; the draw on the step to 0 is made and discarded."""
-    _validate_eta(eta, s_noise)
-    s, s_host = _sigma_levels(grid, x)
-    sigma_down, sigma_up = _ancestral(s[:-1], s[1:], eta)
-    dt = _per_step(sigma_down - s[:-1], x)
-    s_b, up = _per_step(s, x), _per_step(sigma_up, x)
-    x = _scale_init(x, s)
-    for i in range(grid.num_steps):
-        denoised = model(x, _sigma_level(s, i, i, _timestep(grid, i)))
-        x = x + dt[i] * ((x - denoised) / s_b[i])
-        if s_host[i + 1] > 0:
-            x = x + noise.draw(x) * s_noise * up[i]
-        else:
-            noise.discard(x)
-        _emit(callback, i, x, denoised)
-    return x
-
-
-@torch.no_grad()
-def sample_dpmpp_2s_ancestral(
-    model: Model,
-    x: Tensor,
-    grid: Grid,
-    noise: NoiseSource,
-    *,
-    eta: float = 1.0,
-    s_noise: float = 1.0,
-    callback: Callback = None,
-) -> Tensor:
-    """DPM-Solver++(2S) ancestral (reference ``DPMPP2SAncestralSampler``), t = -log sigma:
-    midpoint s = t + h/2 with one extra call there; Euler on the step whose sigma_down is 0."""
-    _validate_eta(eta, s_noise)
-    s, s_host = _sigma_levels(grid, x)
-    sigma_down, sigma_up = _ancestral(s[:-1], s[1:], eta)
-    t, t_next = s[:-1].log().neg(), sigma_down.log().neg()
-    h = t_next - t
-    t_mid = t + 0.5 * h
-    sigma_mid = t_mid.neg().exp()
-    m1 = _per_step(sigma_mid / t.neg().exp(), x)
-    m2 = _per_step((-0.5 * h).expm1(), x)
-    m3 = _per_step(t_next.neg().exp() / t.neg().exp(), x)
-    m4 = _per_step((-h).expm1(), x)
-    dt = _per_step(sigma_down - s[:-1], x)
-    s_b, up = _per_step(s, x), _per_step(sigma_up, x)
-    down_host = sigma_down.cpu().numpy()
-    x = _scale_init(x, s)
-    for i in range(grid.num_steps):
-        denoised = model(x, _sigma_level(s, i, i, _timestep(grid, i)))
-        if down_host[i] < _EPS_ZERO:
-            x = x + dt[i] * ((x - denoised) / s_b[i])
-        else:
-            x_mid = m1[i] * x - m2[i] * denoised
-            denoised_2 = model(x_mid, _sigma_level(sigma_mid, i, i, None))
-            x = m3[i] * x - m4[i] * denoised_2
-        if s_host[i + 1] > 0:
-            x = x + noise.draw(x) * s_noise * up[i]
-        else:
-            noise.discard(x)
-        _emit(callback, i, x, denoised)
-    return x
 
 
 def _multistep_ratios(h: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -391,145 +127,6 @@ def sample_dpmpp_2m_sde(
     """SDE DPM-Solver++(2M) in sigma space (reference ``SDEDPMPP2MSampler``):
     x' = (sigma'/sigma) e^-h x - expm1(-2h) D_i + sigma' sqrt(1 - e^-2h) z."""
     return _dpmpp_2m_sigma(model, x, grid, noise, callback)
-
-
-@torch.no_grad()
-def sample_ddim(
-    model: Model,
-    x: Tensor,
-    grid: Grid,
-    noise: NoiseSource,
-    *,
-    s_noise: float = 0.1,
-    callback: Callback = None,
-) -> Tensor:
-    """Generic DDIM in sigma space (reference ``DDIMSampler``):
-    x' = x + (sigma' sqrt(1 - s_noise^2) - sigma) d + s_noise sigma' z, d = (x - D)/sigma."""
-    if not 0 <= s_noise <= 1:
-        raise ValueError(f"s_noise must be in [0, 1] for ddim, got {s_noise!r}")
-    s, _ = _sigma_levels(grid, x)
-    dt = _per_step(s[1:] * (1 - s_noise**2) ** 0.5 - s[:-1], x)
-    nm = _per_step(s_noise * s[1:], x)
-    s_b = _per_step(s, x)
-    x = _scale_init(x, s)
-    for i in range(grid.num_steps):
-        denoised = model(x, _sigma_level(s, i, i, _timestep(grid, i)))
-        x = x + dt[i] * ((x - denoised) / s_b[i]) + nm[i] * noise.draw(x)
-        _emit(callback, i, x, denoised)
-    return x
-
-
-def lms_coefficients(sigmas: Sequence[float], order: int) -> list[list[float]]:
-    """Linear multistep weights: ``c[i][j] = integral_{s_i}^{s_{i+1}} prod_{m != j} (tau - s_{i-m}) /
-    (s_{i-j} - s_{i-m}) dtau`` over the ``min(i+1, order)`` latest points, exact by Gauss-Legendre.
-
-    (The reference integrates numerically with scipy's quad at epsrel 1e-4; its values differ from
-    these by up to ~1e-7 relative.)
-    """
-    s = [float(v) for v in sigmas]
-    nodes, weights = np.polynomial.legendre.leggauss(max(order, 1))
-    out = []
-    for i in range(len(s) - 1):
-        k = min(i + 1, order)
-        a, b = s[i], s[i + 1]
-        tau = (b - a) / 2 * nodes + (a + b) / 2
-        row = []
-        for j in range(k):
-            basis = np.ones_like(tau)
-            for m in range(k):
-                if m != j:
-                    basis *= (tau - s[i - m]) / (s[i - j] - s[i - m])
-            row.append(float((b - a) / 2 * np.sum(weights * basis)))
-        out.append(row)
-    return out
-
-
-@torch.no_grad()
-def sample_lms(
-    model: Model,
-    x: Tensor,
-    grid: Grid,
-    noise: NoiseSource,
-    *,
-    order: int = 4,
-    coefficients: Sequence[Sequence[float]] | None = None,
-    callback: Callback = None,
-) -> Tensor:
-    """Linear multistep (reference ``LinearMultistepSampler``): x += sum_j c[i][j] d_{i-j}, the
-    Adams-Bashforth weights of :func:`lms_coefficients` (or given ``coefficients``)."""
-    if isinstance(order, bool) or not isinstance(order, int) or order < 1:
-        raise ValueError(f"order must be an integer >= 1, got {order!r}")
-    s, s_host = _sigma_levels(grid, x)
-    coeffs = lms_coefficients(s_host, order) if coefficients is None else [list(c) for c in coefficients]
-    if len(coeffs) != grid.num_steps or any(len(coeffs[i]) < min(i + 1, order) for i in range(grid.num_steps)):
-        raise ValueError(f"coefficients must have {grid.num_steps} rows of min(i+1, order) entries")
-    s_b = _per_step(s, x)
-    x = _scale_init(x, s)
-    ds: list[Tensor] = []
-    for i in range(grid.num_steps):
-        denoised = model(x, _sigma_level(s, i, i, _timestep(grid, i)))
-        ds.append((x - denoised) / s_b[i])
-        if len(ds) > order:
-            ds.pop(0)
-        k = min(i + 1, order)
-        x = x + sum(c * d for c, d in zip(coeffs[i][:k], reversed(ds), strict=True))
-        _emit(callback, i, x, denoised)
-    return x
-
-
-# ----------------------------------------------------------------------------------------------
-# alpha space (CogVideoX's video samplers)
-
-
-def _alpha_levels(grid: Grid, x: Tensor) -> Tensor:
-    """The grid as alphas on x's device: float64 for a float64 x, else float32 (the reference's s_in)."""
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return grid.alphas().to(device=x.device, dtype=dtype)
-
-
-def _alpha_level(a: Tensor, i: int, timestep: int | None) -> Level:
-    return Level(a[i].reshape(1), "alpha", i, timestep)
-
-
-def _predict(model: Model, x: Tensor, a: Tensor, i: int, timestep: int | None) -> Tensor:
-    return model(x, _alpha_level(a, i, timestep)).to(torch.float32)
-
-
-@torch.no_grad()
-def sample_video_ddim(model: Model, x: Tensor, grid: Grid, noise: NoiseSource, *, callback: Callback = None) -> Tensor:
-    """Deterministic DDIM in alpha space (reference ``VideoDDIMSampler``, ``Image2VideoDDIMSampler``):
-    x' = sqrt((1 - a'^2)/(1 - a^2)) x + (a' - a sqrt((1 - a'^2)/(1 - a^2))) D."""
-    a = _alpha_levels(grid, x)
-    a_t = ((1 - a[1:] ** 2) / (1 - a[:-1] ** 2)) ** 0.5
-    b_t = a[1:] - a[:-1] * a_t
-    a_t, b_t = _per_step(a_t, x), _per_step(b_t, x)
-    for i in range(grid.num_steps):
-        denoised = _predict(model, x, a, i, _timestep(grid, i))
-        x = a_t[i] * x + b_t[i] * denoised
-        _emit(callback, i, x, denoised)
-    return x
-
-
-@torch.no_grad()
-def sample_video_ddpm(model: Model, x: Tensor, grid: Grid, noise: NoiseSource, *, callback: Callback = None) -> Tensor:
-    """Ancestral DDPM in alpha space (reference ``VideoDDPMSampler``), with r = a/a':
-    x' = r(1 - a'^2)/(1 - a^2) x + a'(1 - r^2)/(1 - a^2) D + sqrt((1 - a'^2)(1 - r^2)/(1 - a^2)) z;
-    the last step returns D. As in the reference, the network's timestep is idx*1000//S
-    (idx = S - i: 1000, 900, ... for 10 steps), not the grid's DDPM index."""
-    a = _alpha_levels(grid, x)
-    r = a[:-1] / a[1:]
-    c_x = _per_step(r * (1 - a[1:] ** 2) / (1 - a[:-1] ** 2), x)
-    c_d = _per_step(a[1:] * (1 - r**2) / (1 - a[:-1] ** 2), x)
-    c_z = _per_step(((1 - a[1:] ** 2) * (1 - r**2) / (1 - a[:-1] ** 2)) ** 0.5, x)
-    n = grid.num_steps
-    for i in range(n):
-        denoised = _predict(model, x, a, i, (n - i) * 1000 // n)
-        if i == n - 1:
-            x = denoised
-        else:
-            x = c_x[i] * x + c_d[i] * denoised + c_z[i] * noise.draw(x)
-        _emit(callback, i, x, denoised)
-    return x
 
 
 def _vp_dpmpp_2m(
@@ -625,16 +222,6 @@ def sample_vpode_dpmpp_2m(
     """Deterministic DPM-Solver++(2M) in alpha space (reference ``VPODEDPMPP2MSampler``):
     x' = sqrt((1-a'^2)/(1-a^2)) x - expm1(-h) a' D_i; the last step returns D."""
     return _vp_dpmpp_2m(model, x, grid, None, callback)
-
-
-# ----------------------------------------------------------------------------------------------
-# higher-order multistep samplers in alpha space (not reference samplers)
-#
-# In log-SNR lambda = log(a/s), s = sqrt(1 - a^2), the probability-flow ODE has the exact solution
-#   x' = (s'/s) x + a' integral_0^h e^{-(h-u)} D(lambda + u) du,   h = lambda' - lambda,
-# and integral_0^h e^{-(h-u)} u^k/k! du = h^{k+1} phi_{k+1}(-h): a polynomial fit of D through past
-# predictions integrates in closed form. Every coefficient is a host float64 number computed before
-# the loop; the zero-SNR start (a = 0) has lambda = -inf and h = inf, and no past point there is used.
 
 
 def _log_snr_host(grid: Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -852,14 +439,6 @@ def sample_vp_unipc(
     return x
 
 
-# ----------------------------------------------------------------------------------------------
-# diffusers' CogVideoX schedulers (v prediction in, alpha space)
-#
-# Each step's scalars are 0-d CPU tensors in the schedule's dtype (float64), computed one step at
-# a time with the scheduler's own expressions before the loop: the same operands as diffusers'
-# ``alphas_cumprod[t]`` arithmetic, so they round identically, and the loop never syncs.
-
-
 def _x0_from_v(steps: DDPMSteps) -> list[tuple[Tensor, Tensor]]:
     """x0 = sqrt(ac) x - sqrt(1 - ac) v, per step."""
     ac = steps.alphas_cumprod
@@ -945,10 +524,6 @@ def sample_diffusers_ddim(
     return x
 
 
-# ----------------------------------------------------------------------------------------------
-# registry
-
-
 @dataclass(frozen=True)
 class SamplerSpec:
     """A sampler function and what callers must know about it.
@@ -982,6 +557,8 @@ def _spec(name, fn, space, stochastic, reference, summary, **kw) -> SamplerSpec:
 
 
 _F32 = torch.float32
+
+
 SAMPLERS: dict[str, SamplerSpec] = {
     s.name: s
     for s in [
@@ -1097,6 +674,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         ),
     ]
 }
+
 
 #: SAT sampler / diffusers scheduler class name -> cogsample sampler name.
 REFERENCE_NAMES: dict[str, str] = {ref: s.name for s in SAMPLERS.values() for ref in s.reference}
