@@ -30,24 +30,20 @@ import numpy as np
 import torch
 
 from ..noise import NoiseSource
-from ..schedules import DDPMSteps, Grid, Space
-from .alpha_space import alpha_level as _alpha_level
+from ..schedules import Grid, Space
 from .alpha_space import alpha_levels as _alpha_levels
 from .alpha_space import predict as _predict
 from .ancestral import _ancestral as _ancestral
 from .ancestral import sample_dpmpp_2s_ancestral, sample_euler_ancestral
-from .common import EPS_ZERO as _EPS_ZERO
 from .common import Callback, Model, Tensor
 from .common import emit as _emit
-from .common import per_step as _per_step
 from .common import timestep as _timestep
 from .common import validate_eta as _validate_eta
 from .ddim import sample_ddim, sample_video_ddim, sample_video_ddpm
+from .diffusers import sample_diffusers_ddim, sample_diffusers_dpm
+from .dpmpp import sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_vpode_dpmpp_2m, sample_vpsde_dpmpp_2m
 from .euler import sample_euler, sample_heun, sample_sdedit_euler
 from .lms import lms_coefficients, sample_lms
-from .sigma_space import scale_init as _scale_init
-from .sigma_space import sigma_level as _sigma_level
-from .sigma_space import sigma_levels as _sigma_levels
 
 __all__ = [
     "REFERENCE_NAMES",
@@ -74,154 +70,6 @@ __all__ = [
     "sample_vpsde_dpmpp_2m",
     "sample_vpsde_dpmpp_3m",
 ]
-
-
-def _multistep_ratios(h: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-    """2M correction weights: r = h_{i-1}/h_i, (1 + 1/(2r), 1/(2r)); entry 0 unused."""
-    h_last = torch.cat([h.new_full([1], float("nan")), t[1:] - t[:-1]])
-    r = h_last / h
-    return 1 + 1 / (2 * r), 1 / (2 * r)
-
-
-def _dpmpp_2m_sigma(model: Model, x: Tensor, grid: Grid, noise: NoiseSource | None, callback: Callback) -> Tensor:
-    s, s_host = _sigma_levels(grid, x)
-    t, t_next = s[:-1].log().neg(), s[1:].log().neg()
-    h = t_next - t
-    sde = noise is not None
-    if sde:
-        m1 = t_next.neg().exp() / t.neg().exp() * (-h).exp()
-        m2 = (-2 * h).expm1()
-        mn = _per_step(s[1:] * (1 - (-2 * h).exp()) ** 0.5, x)
-    else:
-        m1 = t_next.neg().exp() / t.neg().exp()
-        m2 = (-h).expm1()
-    m3, m4 = _multistep_ratios(h, t)
-    m1, m2, m3, m4 = (_per_step(m, x) for m in (m1, m2, m3, m4))
-    x = _scale_init(x, s)
-    old = None
-    for i in range(grid.num_steps):
-        denoised = model(x, _sigma_level(s, i, i, _timestep(grid, i)))
-        first_order = old is None or s_host[i + 1] < _EPS_ZERO
-        if not first_order and sde:
-            noise.discard(x)
-        d = denoised if first_order else m3[i] * denoised - m4[i] * old
-        x = m1[i] * x - m2[i] * d
-        if sde:
-            x = x + mn[i] * noise.draw(x)
-        old = denoised
-        _emit(callback, i, x, denoised)
-    return x
-
-
-@torch.no_grad()
-def sample_dpmpp_2m(model: Model, x: Tensor, grid: Grid, noise: NoiseSource, *, callback: Callback = None) -> Tensor:
-    """DPM-Solver++(2M) in sigma space (reference ``DPMPP2MSampler``), t = -log sigma:
-    x' = (sigma'/sigma) x - expm1(-h) D_i, D_i = (1 + 1/2r) D - (1/2r) D_prev after the first step."""
-    return _dpmpp_2m_sigma(model, x, grid, None, callback)
-
-
-@torch.no_grad()
-def sample_dpmpp_2m_sde(
-    model: Model, x: Tensor, grid: Grid, noise: NoiseSource, *, callback: Callback = None
-) -> Tensor:
-    """SDE DPM-Solver++(2M) in sigma space (reference ``SDEDPMPP2MSampler``):
-    x' = (sigma'/sigma) e^-h x - expm1(-2h) D_i + sigma' sqrt(1 - e^-2h) z."""
-    return _dpmpp_2m_sigma(model, x, grid, noise, callback)
-
-
-def _vp_dpmpp_2m(
-    model: Model,
-    x: Tensor,
-    grid: Grid,
-    noise: NoiseSource | None,
-    callback: Callback,
-    fixed_frames: int = 0,
-    sdedit: bool = False,
-) -> Tensor:
-    """DPM-Solver++(2M) in alpha space with lambda = log(a / sqrt(1 - a^2)); see the public wrappers."""
-    a = _alpha_levels(grid, x)
-    a_cur, a_next = a[:-1], a[1:]
-    ac, acn = a_cur**2, a_next**2
-    lam = ((ac / (1 - ac)) ** 0.5).log()
-    lam_next = ((acn / (1 - acn)) ** 0.5).log()
-    h = lam_next - lam
-    sde = noise is not None
-    if sde:
-        m1 = ((1 - a_next**2) / (1 - a_cur**2)) ** 0.5 * (-h).exp()
-        m2 = (-2 * h).expm1() * a_next
-        mn = _per_step((1 - a_next**2) ** 0.5 * (1 - (-2 * h).exp()) ** 0.5, x)
-    else:
-        m1 = ((1 - a_next**2) / (1 - a_cur**2)) ** 0.5
-        m2 = (-h).expm1() * a_next
-    m3, m4 = _multistep_ratios(h, lam)
-    m1, m2, m3, m4 = (_per_step(m, x) for m in (m1, m2, m3, m4))
-    a_host = a.cpu().numpy()
-    prefix = x[:, :fixed_frames] if fixed_frames > 0 else None
-    if prefix is not None and sdedit:
-        # the reference noises the fixed frames with the float32 schedule value
-        a32 = grid.alphas().to(x.device)
-        keep, spread = a32, _per_step(((1 - a32**2) ** 0.5).to(a.dtype), x)
-    n = grid.num_steps
-    old = None
-    for i in range(n):
-        if prefix is not None:
-            if sdedit:
-                head = keep[i] * prefix + noise.draw(prefix) * spread[i]
-            else:
-                head = prefix
-            x = torch.cat([head, x[:, fixed_frames:]], dim=1)
-        denoised = _predict(model, x, a, i, _timestep(grid, i))
-        if i == n - 1:
-            x = denoised
-        else:
-            first_order = old is None or a_host[i + 1] < _EPS_ZERO
-            if sde and not first_order:
-                noise.discard(x)
-            d = denoised if first_order else m3[i] * denoised - m4[i] * old
-            x = m1[i] * x - m2[i] * d
-            if sde:
-                x = x + mn[i] * noise.draw(x)
-        old = denoised
-        _emit(callback, i, x, denoised)
-    if prefix is not None:
-        x = torch.cat([prefix, x[:, fixed_frames:]], dim=1)
-    return x
-
-
-def _validate_fixed(x: Tensor, fixed_frames: int) -> None:
-    if isinstance(fixed_frames, bool) or not isinstance(fixed_frames, int) or not 0 <= fixed_frames < x.shape[1]:
-        raise ValueError(f"fixed_frames must be an integer in [0, T={x.shape[1]}), got {fixed_frames!r}")
-
-
-@torch.no_grad()
-def sample_vpsde_dpmpp_2m(
-    model: Model,
-    x: Tensor,
-    grid: Grid,
-    noise: NoiseSource,
-    *,
-    fixed_frames: int = 0,
-    sdedit: bool = False,
-    callback: Callback = None,
-) -> Tensor:
-    """SDE DPM-Solver++(2M) in alpha space, CogVideoX's default (reference ``VPSDEDPMPP2MSampler``):
-    x' = sqrt((1-a'^2)/(1-a^2)) e^-h x - expm1(-2h) a' D_i + sqrt(1-a'^2) sqrt(1-e^-2h) z,
-    D_i = (1 + 1/2r) D - (1/2r) D_prev after the first step; the last step returns D.
-
-    ``fixed_frames=F`` resets the first F frames to the input's before every step (re-noised to
-    the step's level with a fresh draw when ``sdedit``) and puts the clean frames back at the end.
-    """
-    _validate_fixed(x, fixed_frames)
-    return _vp_dpmpp_2m(model, x, grid, noise, callback, fixed_frames, sdedit)
-
-
-@torch.no_grad()
-def sample_vpode_dpmpp_2m(
-    model: Model, x: Tensor, grid: Grid, noise: NoiseSource, *, callback: Callback = None
-) -> Tensor:
-    """Deterministic DPM-Solver++(2M) in alpha space (reference ``VPODEDPMPP2MSampler``):
-    x' = sqrt((1-a'^2)/(1-a^2)) x - expm1(-h) a' D_i; the last step returns D."""
-    return _vp_dpmpp_2m(model, x, grid, None, callback)
 
 
 def _log_snr_host(grid: Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -435,91 +283,6 @@ def sample_vp_unipc(
             x_base = x
             c_x, w_p = pred[i]
             x = _combine(x_base, c_x, list(zip(w_p, history, strict=False)))
-        _emit(callback, i, x, denoised)
-    return x
-
-
-def _x0_from_v(steps: DDPMSteps) -> list[tuple[Tensor, Tensor]]:
-    """x0 = sqrt(ac) x - sqrt(1 - ac) v, per step."""
-    ac = steps.alphas_cumprod
-    return [(ac[i] ** 0.5, (1 - ac[i]) ** 0.5) for i in range(len(steps.to_final))]
-
-
-def _log_snr(ac: Tensor) -> Tensor:
-    """lambda = log sqrt(ac / (1 - ac)), as diffusers writes it."""
-    return ((ac / (1 - ac)) ** 0.5).log()
-
-
-@torch.no_grad()
-def sample_diffusers_dpm(
-    model: Model, x: Tensor, grid: Grid, noise: NoiseSource, *, callback: Callback = None
-) -> Tensor:
-    """diffusers' ``CogVideoXDPMScheduler`` loop (SDE DPM-Solver++(2M), v prediction):
-    x' = sqrt((1-ac')/(1-ac)) e^-h x - expm1(-2h) sqrt(ac') D_i + sqrt(1-ac') sqrt(1-e^-2h) z,
-    D = sqrt(ac) x - sqrt(1-ac) v; D_i = (1 + 1/2r) D - (1/2r) D_prev except on the first step and
-    on steps to the final level (first order). Every step draws z first; a second-order step
-    discards it and draws again. ``model`` returns the guided v; latents keep x's dtype."""
-    steps = grid.ddpm_steps()
-    a = _alpha_levels(grid, x)
-    to_x0 = _x0_from_v(steps)
-    ac, ac_next = steps.alphas_cumprod, steps.alphas_cumprod_next
-    coef = []
-    for i in range(grid.num_steps):
-        lam, lam_next = _log_snr(ac[i]), _log_snr(ac_next[i])
-        h = lam_next - lam
-        m1 = ((1 - ac_next[i]) / (1 - ac[i])) ** 0.5 * (-h).exp()
-        m2 = (-2 * h).expm1() * ac_next[i] ** 0.5
-        mn = (1 - ac_next[i]) ** 0.5 * (1 - (-2 * h).exp()) ** 0.5
-        first_order = i == 0 or steps.to_final[i]
-        if first_order:
-            m3 = m4 = None
-        else:
-            r = (lam - _log_snr(ac[i - 1])) / h
-            m3, m4 = 1 + 1 / (2 * r), 1 / (2 * r)
-        coef.append((m1, m2, mn, m3, m4))
-    dtype = x.dtype
-    x = x * 1.0  # the pipeline's latents * init_noise_sigma
-    old = None
-    for i in range(grid.num_steps):
-        v = model(x, _alpha_level(a, i, _timestep(grid, i)))
-        c_x, c_v = to_x0[i]
-        denoised = c_x * x - c_v * v
-        m1, m2, mn, m3, m4 = coef[i]
-        if m3 is None:
-            x_next = m1 * x - m2 * denoised + mn * noise.draw(x)
-        else:
-            noise.discard(x)
-            d = m3 * denoised - m4 * old
-            x_next = m1 * x - m2 * d + mn * noise.draw(x)
-        x = x_next.to(dtype)
-        old = denoised
-        _emit(callback, i, x, denoised)
-    return x
-
-
-@torch.no_grad()
-def sample_diffusers_ddim(
-    model: Model, x: Tensor, grid: Grid, noise: NoiseSource, *, callback: Callback = None
-) -> Tensor:
-    """diffusers' ``CogVideoXDDIMScheduler`` loop (deterministic DDIM, v prediction):
-    x' = sqrt((1-ac')/(1-ac)) x + (sqrt(ac') - sqrt(ac) sqrt((1-ac')/(1-ac))) D,
-    D = sqrt(ac) x - sqrt(1-ac) v. ``model`` returns the guided v; latents keep x's dtype."""
-    steps = grid.ddpm_steps()
-    a = _alpha_levels(grid, x)
-    to_x0 = _x0_from_v(steps)
-    ac, ac_next = steps.alphas_cumprod, steps.alphas_cumprod_next
-    coef = []
-    for i in range(grid.num_steps):
-        a_t = ((1 - ac_next[i]) / (1 - ac[i])) ** 0.5
-        coef.append((a_t, ac_next[i] ** 0.5 - ac[i] ** 0.5 * a_t))
-    dtype = x.dtype
-    x = x * 1.0  # the pipeline's latents * init_noise_sigma
-    for i in range(grid.num_steps):
-        v = model(x, _alpha_level(a, i, _timestep(grid, i)))
-        c_x, c_v = to_x0[i]
-        denoised = c_x * x - c_v * v
-        a_t, b_t = coef[i]
-        x = (a_t * x + b_t * denoised).to(dtype)
         _emit(callback, i, x, denoised)
     return x
 
