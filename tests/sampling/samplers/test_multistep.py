@@ -14,14 +14,12 @@ from cogsample.sampling.noise import NoiseSource, ReplayNoise, SeededNoise
 from cogsample.sampling.samplers import (
     REFERENCE_NAMES,
     SAMPLERS,
-    _log_snr_host,
-    _unipc_coefficients,
-    _unipc_rhos,
     get_sampler,
     sample_vp_unipc,
     sample_vpode_dpmpp_3m,
     sample_vpsde_dpmpp_3m,
 )
+from cogsample.sampling.samplers.multistep import _log_snr_host, _unipc_coefficients, _unipc_rhos
 from cogsample.sampling.schedules import Grid, ZeroSNRDDPM
 
 M, TAU = 0.5, 0.6  # data x0 ~ N(M, TAU^2) per element
