@@ -9,18 +9,15 @@ about what each option saves in wall time on a real transformer's code path.
 from __future__ import annotations
 
 import dataclasses
-import tempfile
-import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..sampling.cache import CacheConfig
-from ..sampling.config import SamplingConfig, build_model, release
+from ..sampling.config import SamplingConfig, build_model
 from ..sampling.guidance import Conditioning, GuidanceInterval
 from ..sampling.noise import SeededNoise, latent_shape
-from .common import BENCH_SIZE, BENCH_VIDEO, quiet
+from .harness import BENCH_VIDEO, PROMPT, SEED, initial_noise, rel_l2, timed_sample, tiny_model
 from .quality import reference_default
 
 __all__ = ["options_diffusers"]
@@ -38,15 +35,10 @@ def _variants(base: SamplingConfig) -> list[tuple[str, SamplingConfig]]:
 
 
 def _timed(network: Any, x: torch.Tensor, cond: Conditioning, config: SamplingConfig) -> tuple[float, int, int, Any]:
+    """Seconds, forwards the network computed, network calls a step cache answered, final latents."""
     model, grid = build_model(network, x, cond, config)
-    noise = SeededNoise([7] * x.shape[0])
-    start = time.perf_counter()
-    try:
-        out = config.spec.fn(model, x, grid, noise, **config.options)
-    finally:
-        cache = model.owned_cache
-        release(model)
-    seconds = time.perf_counter() - start
+    cache = model.owned_cache
+    out, seconds = timed_sample(config, model, x, grid, SeededNoise([7] * x.shape[0]))
     if cache is None:
         return seconds, model.forwards, 0, out
     # forwards the network computed (every call here has the same rows)
@@ -55,51 +47,53 @@ def _timed(network: Any, x: torch.Tensor, cond: Conditioning, config: SamplingCo
 
 def options_diffusers(quick: bool = False) -> dict[str, Any]:
     """Wall time of each option against no option, on a tiny diffusers transformer (min of repeats)."""
-    from ..models.cogvideox import load_cogvideox
-    from ..models.tiny import build_tiny_folder
-
     steps, repeats = (6, 1) if quick else (50, 2)
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="cogsample-options-") as tmp:
-        with quiet():
-            folder = build_tiny_folder(Path(tmp) / "tiny", "t2v", seed=0, size=BENCH_SIZE)
-            model = load_cogvideox(folder, dtype=torch.float32, device="cpu")
-        context = model.encode_prompts(["a red car drives through the city at night"])
+    with tiny_model() as (_, model):
+        context = model.encode_prompts([PROMPT])
         model.release_text_encoder()
         cond = Conditioning(context=context)
-        shape = latent_shape(1, BENCH_VIDEO["frames"], BENCH_VIDEO["height"], BENCH_VIDEO["width"])
-        x = SeededNoise([42]).initial(shape)
+        x = initial_noise(SEED, latent_shape(1, BENCH_VIDEO["frames"], BENCH_VIDEO["height"], BENCH_VIDEO["width"]))
         shipped = reference_default().config(steps)
         bases = [
             (f"reference default ({steps} steps)", shipped),
             (f"vpode_dpmpp_2m, shipped grid ({steps} steps)", dataclasses.replace(shipped, sampler="vpode_dpmpp_2m")),
         ]
         for base_name, base in bases:
-            variants = _variants(base)
-            times: dict[str, list[float]] = {name: [] for name, _ in variants}
-            info: dict[str, tuple[int, int, Any]] = {}
-            _timed(model.network, x, cond, base)  # warm-up
-            for _ in range(repeats):  # interleaved, so drift hits every variant alike
-                for name, cfg in variants:
-                    seconds, forwards, reused, out = _timed(model.network, x, cond, cfg)
-                    times[name].append(seconds)
-                    info[name] = (forwards, reused, out)
-            t0 = min(times["none"])
-            f0, _, out0 = info["none"]
-            for name, _cfg in variants[1:]:
-                forwards, reused, out = info[name]
-                t = min(times[name])
-                rows.append(
-                    {
-                        "base": base_name,
-                        "option": name,
-                        "base_s": t0,
-                        "option_s": t,
-                        "time_speedup": t0 / t,
-                        "base_forwards": f0,
-                        "forwards": forwards,
-                        "network_calls_reused": reused,
-                        "latent_rel_l2": float((out.double() - out0.double()).norm() / out0.double().norm()),
-                    }
-                )
+            rows += _option_rows(model.network, x, cond, base_name, base, repeats)
     return {"device": "cpu", "steps": steps, "video": dict(BENCH_VIDEO), "repeats": repeats, "rows": rows}
+
+
+def _option_rows(
+    network: Any, x: torch.Tensor, cond: Conditioning, base_name: str, base: SamplingConfig, repeats: int
+) -> list[dict[str, Any]]:
+    """Each option of :func:`_variants` against ``base``: the fastest of ``repeats`` interleaved runs."""
+    variants = _variants(base)
+    times: dict[str, list[float]] = {name: [] for name, _ in variants}
+    info: dict[str, tuple[int, int, Any]] = {}
+    _timed(network, x, cond, base)  # warm-up
+    for _ in range(repeats):  # interleaved, so drift hits every variant alike
+        for name, cfg in variants:
+            seconds, forwards, reused, out = _timed(network, x, cond, cfg)
+            times[name].append(seconds)
+            info[name] = (forwards, reused, out)
+    t0 = min(times["none"])
+    f0, _, out0 = info["none"]
+    rows = []
+    for name, _cfg in variants[1:]:
+        forwards, reused, out = info[name]
+        t = min(times[name])
+        rows.append(
+            {
+                "base": base_name,
+                "option": name,
+                "base_s": t0,
+                "option_s": t,
+                "time_speedup": t0 / t,
+                "base_forwards": f0,
+                "forwards": forwards,
+                "network_calls_reused": reused,
+                "latent_rel_l2": rel_l2(out, out0),
+            }
+        )
+    return rows

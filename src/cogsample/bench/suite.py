@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import platform
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,11 +22,10 @@ from typing import Any
 import torch
 
 from ..sampling.cache import CacheConfig
-from ..sampling.config import SamplingConfig, build_model, release
+from ..sampling.config import SamplingConfig, build_model
 from ..sampling.guidance import GuidanceInterval
-from ..sampling.noise import SeededNoise
 from ..sampling.samplers import SAMPLERS
-from .common import cpu_name
+from .harness import machine, needs_diffusers, non_finite, rel_l2, sample_noise, timed_sample
 from .quality import (
     HELD_OUT,
     QUICK,
@@ -73,23 +70,6 @@ def candidates(quick: bool) -> list[Candidate]:
     return out
 
 
-def machine() -> dict[str, Any]:
-    """Where the figures come from."""
-    import os
-
-    info: dict[str, Any] = {
-        "cpu": cpu_name(),
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-    }
-    if torch.cuda.is_available():
-        info["cuda_device"] = torch.cuda.get_device_name()
-    return info
-
-
 # ----------------------------------------------------------------------------------------------
 # forward-saving options on the built-in model
 
@@ -109,13 +89,7 @@ def _run(env: Env, config: SamplingConfig) -> tuple[torch.Tensor, int, float, di
     """Final latents, forwards per sample the network computed, seconds, cache counters."""
     counting = _Counting(env.network, env.x_t.shape[0])
     model, grid = build_model(counting, env.x_t, env.cond, config)
-    noise = SeededNoise([env.setup.seed + 10_000 + i for i in range(env.x_t.shape[0])])
-    start = time.perf_counter()
-    try:
-        x = config.spec.fn(model, env.x_t, grid, noise, **config.options)
-    finally:
-        release(model)
-    seconds = time.perf_counter() - start
+    x, seconds = timed_sample(config, model, env.x_t, grid, sample_noise(env.setup.seed, env.x_t.shape[0]))
     net = model.denoiser.network
     counts = {k: getattr(net, k) for k in ("calls", "computed", "reused") if hasattr(net, k)}
     return x, counting.forwards, seconds, counts
@@ -156,7 +130,7 @@ def options_builtin(
                 opt_t.append(t_opt)
             t0, t = min(base_t), min(opt_t)
             q = _metrics(env, x)
-            rel = float((x.double() - x0.double()).norm() / x0.double().norm())
+            rel = rel_l2(x, x0)
             row = {
                 "base": base_name,
                 "option": name,
@@ -182,9 +156,7 @@ def _fast_base(quality: dict[str, Any] | None, quick: bool) -> tuple[str, Sampli
     """The fastest matching configuration with the options under test switched off."""
     best = (quality or {}).get("best")
     if best is not None:
-        cfg = SamplingConfig.from_dict(best["config"])
-        guidance = cfg.guidance.guidance if isinstance(cfg.guidance, GuidanceInterval) else cfg.guidance
-        base = dataclasses.replace(cfg, guidance=guidance, skip_unit_cfg=False)
+        base = _options_off(SamplingConfig.from_dict(best["config"]))
         return f"{best['sampler']}, log-SNR, {best['steps']} steps", base
     steps = 6 if quick else 15
     return f"vpode_dpmpp_2m, log-SNR, {steps} steps", Candidate("vpode_dpmpp_2m", skip_unit=False).config(steps)
@@ -220,11 +192,16 @@ def _sweep(
     return runs
 
 
+def _options_off(cfg: SamplingConfig) -> SamplingConfig:
+    """``cfg`` with the options under test switched off (no guidance interval, no unit-scale skip)."""
+    guidance = cfg.guidance.guidance if isinstance(cfg.guidance, GuidanceInterval) else cfg.guidance
+    return dataclasses.replace(cfg, guidance=guidance, skip_unit_cfg=False)
+
+
 def _trained_missing() -> str | None:
-    try:
-        import diffusers  # noqa: F401
-    except ImportError as e:
-        return f"needs diffusers ({e})"
+    missing = needs_diffusers()
+    if missing:
+        return missing
     from ..models.trained import WEIGHTS
 
     if not (WEIGHTS / "config.json").is_file():
@@ -329,13 +306,7 @@ def summarize(res: dict[str, Any]) -> None:
 
 def _finite(obj: Any, path: str = "") -> list[str]:
     """Paths of non-finite numbers in a JSON-like tree."""
-    if isinstance(obj, dict):
-        return [p for k, v in obj.items() for p in _finite(v, f"{path}.{k}")]
-    if isinstance(obj, (list, tuple)):
-        return [p for i, v in enumerate(obj) for p in _finite(v, f"{path}[{i}]")]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return [path]
-    return []
+    return [p for p, _ in non_finite(obj, path)]
 
 
 def run_bench(
