@@ -36,8 +36,6 @@ PENDING_UPWARD = {"cogsample.pipeline.pipeline": ["cogsample.jobs.outdir", "cogs
 PENDING_CYCLE = ["cogsample.pipeline.pipeline", "cogsample.pipeline.cost", "cogsample.pipeline.pipeline"]
 PENDING_MODEL = {"cogsample.pipeline.cost": ["cogsample.models.cogvideox", "cogsample.models.trained"]}
 PENDING_LONG = {
-    "cogsample.bench.suite.run_bench",
-    "cogsample.bench.suite.table",
     "cogsample.cli.main._add_generate",
     "cogsample.cli.main._generate",
     "cogsample.pipeline.pipeline.plan",
