@@ -19,13 +19,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ..sampling.cache import CacheConfig
-from ..sampling.config import SamplingConfig, build_model
+from ..sampling.config import SamplingConfig
 from ..sampling.guidance import GuidanceInterval
 from ..sampling.samplers import SAMPLERS
-from .harness import machine, needs_diffusers, non_finite, rel_l2, sample_noise, timed_sample
+from .harness import machine, needs_diffusers, non_finite
+from .options import options_builtin, options_diffusers
 from .quality import (
     HELD_OUT,
     QUICK,
@@ -34,7 +32,6 @@ from .quality import (
     Candidate,
     Env,
     Setup,
-    _metrics,
     evaluate,
     fast_candidate,
     reference_default,
@@ -71,85 +68,7 @@ def candidates(quick: bool) -> list[Candidate]:
 
 
 # ----------------------------------------------------------------------------------------------
-# forward-saving options on the built-in model
-
-
-class _Counting:
-    """Counts the network's computed work in forwards per sample (rows / batch)."""
-
-    def __init__(self, network: Any, batch: int):
-        self.network, self.batch, self.forwards = network, batch, 0
-
-    def __call__(self, x: torch.Tensor, *args: Any, **kw: Any) -> torch.Tensor:
-        self.forwards += x.shape[0] // self.batch
-        return self.network(x, *args, **kw)
-
-
-def _run(env: Env, config: SamplingConfig) -> tuple[torch.Tensor, int, float, dict[str, int]]:
-    """Final latents, forwards per sample the network computed, seconds, cache counters."""
-    counting = _Counting(env.network, env.x_t.shape[0])
-    model, grid = build_model(counting, env.x_t, env.cond, config)
-    x, seconds = timed_sample(config, model, env.x_t, grid, sample_noise(env.setup.seed, env.x_t.shape[0]))
-    net = model.denoiser.network
-    counts = {k: getattr(net, k) for k in ("calls", "computed", "reused") if hasattr(net, k)}
-    return x, counting.forwards, seconds, counts
-
-
-def _variants(
-    base: SamplingConfig, cache_thresholds: Sequence[float], kinds: Sequence[str] = ("output",)
-) -> list[tuple[str, SamplingConfig]]:
-    out = [
-        ("guidance interval [0.4, 1)", dataclasses.replace(base, guidance=GuidanceInterval(base.guidance, 0.4, 1.0))),
-        ("skip uncond where scale == 1", dataclasses.replace(base, skip_unit_cfg=True)),
-    ]
-    out += [
-        (f"{kind} cache, threshold {t:g}", dataclasses.replace(base, cache=CacheConfig(t, kind)))
-        for kind in kinds
-        for t in cache_thresholds
-    ]
-    return out
-
-
-def options_builtin(
-    setup: Setup, bases: Sequence[tuple[str, SamplingConfig]], repeats: int, log: Callable[[str], None]
-) -> list[dict[str, Any]]:
-    """Each option against its base on the built-in model: forwards and wall-time speed-up,
-    change in the quality figures, relative L2 distance of the latents from the base run."""
-    env = Env.build(setup)
-    kinds = ("output",)  # the first-block cache is measured on a diffusers transformer below
-    rows = []
-    for base_name, base in bases:
-        x0, f0, _, _ = _run(env, base)
-        q0 = _metrics(env, x0)
-        for name, cfg in _variants(base, (0.1, 0.3), kinds):
-            # base and option alternate, so drift and other load on the machine hit both alike
-            base_t, opt_t = [], []
-            for _ in range(repeats):
-                base_t.append(_run(env, base)[2])
-                x, f, t_opt, counts = _run(env, cfg)
-                opt_t.append(t_opt)
-            t0, t = min(base_t), min(opt_t)
-            q = _metrics(env, x)
-            rel = rel_l2(x, x0)
-            row = {
-                "base": base_name,
-                "option": name,
-                "forwards": f,
-                "base_forwards": f0,
-                "forward_speedup": f0 / f,
-                "time_speedup": t0 / t,
-                "delta_kl": q["kl"] - q0["kl"],
-                "delta_mode_tv": q["mode_tv"] - q0["mode_tv"],
-                "latent_rel_l2": rel,
-                "max_abs_diff": float((x.double() - x0.double()).abs().max()),
-                **({"network_calls_reused": counts["reused"]} if "reused" in counts else {}),
-            }
-            log(
-                f"  {base_name:38s} {name:30s} forwards {f0:3d} -> {f:3d}  time x{row['time_speedup']:.2f}  "
-                f"dkl {row['delta_kl']:+.4f}  rel L2 {rel:.2e}"
-            )
-            rows.append(row)
-    return rows
+# the options section's bases
 
 
 def _fast_base(quality: dict[str, Any] | None, quick: bool) -> tuple[str, SamplingConfig]:
@@ -392,8 +311,6 @@ def _options_step(res: dict[str, Any], quick: bool, say: Callable[[str], None]) 
     if missing:
         options["diffusers"] = {"skipped": missing}
     else:
-        from .options import options_diffusers
-
         say("forward-saving options on a tiny diffusers transformer")
         options["diffusers"] = options_diffusers(quick=quick)
     options["seconds"] = time.perf_counter() - t
