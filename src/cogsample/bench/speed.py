@@ -120,6 +120,17 @@ def _scheduler_kwargs() -> dict[str, Any]:
     return {k: v for k, v in COGVIDEOX_5B_SCHEDULER.items() if not k.startswith("_")}
 
 
+def _diffusers_sampler(steps: int, seed: int = SEED) -> dict[str, Any]:
+    """diffusers' side of every comparison: ``steps`` steps of dynamic CFG at :data:`GUIDANCE_SCALE`,
+    a fresh generator seeded ``seed`` (the same draws as cogsample's ``diffusers`` profile)."""
+    return {
+        "num_inference_steps": steps,
+        "guidance_scale": GUIDANCE_SCALE,
+        "use_dynamic_cfg": True,
+        "generator": torch.Generator().manual_seed(seed),
+    }
+
+
 def _diffusers_size(video: dict[str, int]) -> dict[str, int]:
     """A video size as diffusers' pipeline takes it (``num_frames``, ``height``, ``width``)."""
     return {"num_frames" if k == "frames" else k: v for k, v in video.items()}
@@ -185,10 +196,7 @@ def _diffusers_latents(pipe: Any, cond: Conditioning, video: dict[str, int], ste
         return pipe(
             prompt_embeds=cond.context,
             negative_prompt_embeds=cond.uncond_context,
-            num_inference_steps=steps,
-            guidance_scale=GUIDANCE_SCALE,
-            use_dynamic_cfg=True,
-            generator=torch.Generator().manual_seed(SEED),
+            **_diffusers_sampler(steps),
             output_type="latent",
             **callback,
             **_diffusers_size(video),
@@ -370,10 +378,7 @@ def _diffusers_video(pipe: Any, text_len: int, clock: _ForwardClock, steps: int,
                 frames = pipe(
                     prompt=PROMPT,
                     negative_prompt="",
-                    num_inference_steps=steps,
-                    guidance_scale=GUIDANCE_SCALE,
-                    use_dynamic_cfg=True,
-                    generator=torch.Generator().manual_seed(seed),
+                    **_diffusers_sampler(steps, seed),
                     output_type="pt",
                     max_sequence_length=text_len,
                     callback_on_step_end=on_step,
@@ -722,10 +727,7 @@ def _memory_child(library: str, folder: str, steps: int, out: str) -> dict[str, 
             def generate() -> None:
                 pipe(
                     prompt=PROMPT,
-                    num_inference_steps=steps,
-                    guidance_scale=GUIDANCE_SCALE,
-                    use_dynamic_cfg=True,
-                    generator=torch.Generator().manual_seed(SEED),
+                    **_diffusers_sampler(steps),
                     output_type="pt",
                     max_sequence_length=BENCH_SIZE.text_len,
                     **_diffusers_size(BENCH_VIDEO),
