@@ -7,7 +7,7 @@
   (:func:`interleaved`), their median and minimum (:func:`stats`), step times;
 * scoring: squared distances to the true clips and each sample's nearest one
   (:func:`sq_distances`, :func:`nearest_clip`), two runs' relative L2 distance (:func:`rel_l2`);
-* the record: the machine (:func:`machine`, :func:`device_info`), non-finite figures
+* the record: the machine (:func:`machine`, :func:`device_info`, :func:`loadavg`), non-finite figures
   (:func:`non_finite`), a missing dependency (:func:`needs_diffusers`), table cells (:func:`cell`).
 
 Imports no other bench module, so the bench modules' imports stay a tree (none imports one that
@@ -48,6 +48,7 @@ __all__ = [
     "device_info",
     "initial_noise",
     "interleaved",
+    "loadavg",
     "machine",
     "nearest_clip",
     "needs_diffusers",
