@@ -36,10 +36,6 @@ PENDING_UPWARD: dict[str, list[str]] = {}
 PENDING_CYCLE: list[str] | None = None
 PENDING_MODEL: dict[str, list[str]] = {}
 PENDING_LONG = {
-    "cogsample.bench.speed._loop_compare",
-    "cogsample.bench.speed.compare_diffusers",
-    "cogsample.bench.suite.run_bench",
-    "cogsample.bench.suite.table",
     "cogsample.cli.main._add_generate",
     "cogsample.cli.main._generate",
 }
