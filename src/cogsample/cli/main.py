@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..pipeline.progress import BatchProgress, Progress, quiet_libraries, say
+from .errors import command_error, missing_extra, usage_error
 
 __all__ = ["BatchProgress", "Progress", "build_parser", "main"]
 
@@ -205,7 +205,7 @@ def _generate(args: argparse.Namespace) -> int:
             init_parallel(items[0].plan.device)
             groups = ParallelGroups.build(parallel)
     except ValueError as e:
-        return _usage_error(f"cogsample generate: error: {e}", launch)
+        return usage_error(f"cogsample generate: error: {e}", launch)
     if groups is not None:
         # one video group makes each video: the leader speaks for it, the others only compute
         prefix = f"video group {groups.group}/{groups.groups}: " if groups.groups > 1 else ""
@@ -334,29 +334,6 @@ def _generate(args: argparse.Namespace) -> int:
 
         dist.destroy_process_group()
     return 0
-
-
-#: Seconds a rank other than 0 waits, silent, before it exits with a usage error under torchrun:
-#: rank 0 says the same error meanwhile and exits first, so the launcher names its message as the
-#: root cause and ends the others (a rank whose error rank 0 does not share exits after the wait).
-RANK0_GRACE_S = 5.0
-
-
-def _usage_error(line: str, launch) -> int:
-    """Report a usage error (exit 2): one line on stderr. Under torchrun every rank finds the same
-    error, so rank 0 alone prints it, and every rank leaves it in its torchelastic error file
-    (:func:`cogsample.jobs.distributed.record_error`), which torchrun's summary shows as the root cause."""
-    if launch is None or not launch.distributed:
-        say(line)
-        return 2
-    from ..jobs.distributed import record_error
-
-    record_error(line)
-    if launch.rank == 0:
-        say(line)
-    else:
-        time.sleep(RANK0_GRACE_S)
-    return 2
 
 
 def _add_generate(sub) -> None:
@@ -585,8 +562,7 @@ def _train_tiny(args: argparse.Namespace) -> int:
             if plot.is_dir() or not plot.parent.is_dir() or not os.access(plot.parent, os.W_OK):
                 raise ValueError(f"--plot {args.plot!r} cannot be written: name a file in an existing writable folder")
     except ValueError as e:
-        print(f"cogsample train-tiny: error: {e}", file=sys.stderr)
-        return 2
+        return command_error("train-tiny", str(e))
     log = (lambda _m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     record = train(out, cfg, log=log, every=args.log_every)
     if args.plot:
@@ -603,26 +579,18 @@ def _bench(args: argparse.Namespace) -> int:
 
     missing = [m for m in ("matplotlib",) if importlib.util.find_spec(m) is None]
     if missing:
-        print(
-            f"cogsample bench: error: needs {', '.join(missing)} for its plots: pip install 'cogsample[bench]'",
-            file=sys.stderr,
-        )
-        return 2
+        return command_error("bench", f"needs {', '.join(missing)} for its plots: pip install 'cogsample[bench]'")
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     from ..bench.suite import SECTIONS, run_bench, table
 
     bad = [s for s in sections if s not in SECTIONS]
     if bad or not sections:
-        print(
-            f"cogsample bench: error: --sections must be a comma-separated subset of {','.join(SECTIONS)}, "
-            f"got {args.sections!r}",
-            file=sys.stderr,
+        return command_error(
+            "bench", f"--sections must be a comma-separated subset of {','.join(SECTIONS)}, got {args.sections!r}"
         )
-        return 2
     out = Path(args.out)
     if out.exists() and not out.is_dir():
-        print(f"cogsample bench: error: --out {args.out!r} exists and is not a directory", file=sys.stderr)
-        return 2
+        return command_error("bench", f"--out {args.out!r} exists and is not a directory")
     log = (lambda _m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     res = run_bench(out, quick=args.quick, sections=sections, log=log)
     print(table(res))
@@ -710,18 +678,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except ModuleNotFoundError as e:
-        # an optional dependency missing where no check caught it first: one line naming its extra
-        from ..models import extra_for
-
-        extra = extra_for(e.name or "")
-        if extra is None:
+        code = missing_extra(args.command, e)
+        if code is None:
             raise
-        print(
-            f"cogsample {args.command}: error: needs {e.name.split('.')[0]}, which is not installed: "
-            f"pip install 'cogsample[{extra}]'",
-            file=sys.stderr,
-        )
-        return 2
+        return code
 
 
 if __name__ == "__main__":
