@@ -3,45 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import warnings
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from ..pipeline.progress import BatchProgress, Progress, quiet_libraries, say
-from .errors import command_error, missing_extra, usage_error
+from . import bench, captions, golden, samplers, train
+from .errors import missing_extra, usage_error
 
 __all__ = ["BatchProgress", "Progress", "build_parser", "main"]
-
-
-def _golden(args: argparse.Namespace) -> int:
-    from ..reference import mathmode
-    from ..reference.golden import main as golden_main
-    from ..reference.recordings import shipped
-
-    dirs = args.dirs or [r.directory for r in shipped()]
-    wanted = next((m for m in (mathmode.recorded_mode(d)[0] for d in dirs) if m), None)
-    if wanted:
-        # MKL reads its mode once, at its first call: a program entry point restarts itself in the
-        # recording's mode; called as a library, it can only set it and let the probe tell.
-        if args.entry_point:
-            mathmode.reexec_in_mode(wanted)
-        mathmode.pin_mode(wanted)
-    return golden_main(args.dirs)
-
-
-def _samplers(args: argparse.Namespace) -> int:
-    from ..sampling.samplers import SAMPLERS
-
-    for spec in SAMPLERS.values():
-        opts = ", ".join(f"{k}={v!r}" for k, v in spec.options().items())
-        print(f"{spec.name:20s} {spec.space:5s} {'/'.join(spec.reference):40s} {spec.summary}")
-        if opts:
-            print(f"{'':20s} options: {opts}")
-    return 0
 
 
 def _windows_note(p) -> str:
@@ -529,74 +501,6 @@ def _interval(text: str) -> tuple[float, float]:
         raise argparse.ArgumentTypeError(f"expected START:END fractions such as 0.4:1, got {text!r}") from None
 
 
-def _captions(args: argparse.Namespace) -> int:
-    if args.model.startswith("builtin-trained"):
-        from ..models.family import FAMILY
-
-        names = [c.caption for c in FAMILY]
-    else:
-        from ..models.builtin import captions
-
-        names = captions()
-    for c in names:
-        print(c)
-    return 0
-
-
-def _train_tiny(args: argparse.Namespace) -> int:
-    from ..models import check_installed
-    from ..models.trained import TrainConfig, train
-
-    try:
-        check_installed("builtin-trained")  # a diffusers transformer
-        steps = TrainConfig().steps if args.steps is None else args.steps
-        cfg = TrainConfig(steps=steps, batch=args.batch, seed=args.seed)
-        out = Path(args.out)
-        if (out / "config.json").exists() and not args.overwrite:
-            raise ValueError(f"--out {args.out!r} already holds a transformer (config.json); pass --overwrite")
-        from ..jobs.outputs import check_writable
-
-        check_writable(out, "--out")  # before training, not after it
-        if args.plot is not None:
-            plot = Path(args.plot)
-            if plot.is_dir() or not plot.parent.is_dir() or not os.access(plot.parent, os.W_OK):
-                raise ValueError(f"--plot {args.plot!r} cannot be written: name a file in an existing writable folder")
-    except ValueError as e:
-        return command_error("train-tiny", str(e))
-    log = (lambda _m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
-    record = train(out, cfg, log=log, every=args.log_every)
-    if args.plot:
-        from ..bench.plots import plot_loss
-
-        plot_loss(record, Path(args.plot))
-    print(f"{out}: {record['parameters']} parameters, {cfg.steps} steps in {record['seconds']:.0f} s, "
-          f"held-out loss {record['eval_loss']:.4f}")  # fmt: skip
-    return 0
-
-
-def _bench(args: argparse.Namespace) -> int:
-    import importlib.util
-
-    missing = [m for m in ("matplotlib",) if importlib.util.find_spec(m) is None]
-    if missing:
-        return command_error("bench", f"needs {', '.join(missing)} for its plots: pip install 'cogsample[bench]'")
-    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    from ..bench.suite import SECTIONS, run_bench, table
-
-    bad = [s for s in sections if s not in SECTIONS]
-    if bad or not sections:
-        return command_error(
-            "bench", f"--sections must be a comma-separated subset of {','.join(SECTIONS)}, got {args.sections!r}"
-        )
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        return command_error("bench", f"--out {args.out!r} exists and is not a directory")
-    log = (lambda _m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
-    res = run_bench(out, quick=args.quick, sections=sections, log=log)
-    print(table(res))
-    return 0
-
-
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -614,59 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
-    g = sub.add_parser(
-        "golden",
-        help="replay golden vectors recorded from the reference; exit 0 iff all match exactly",
-        description="Replay golden vectors in the recording's math mode (MKL_CBWR, set for the run whatever the "
-        "environment holds) and compare every step bit for bit. Exit 0: all bit-exact; 1: a case failed; 3: none "
-        "failed, but this machine cannot reproduce the recording's math (its probe differs), so differing cases "
-        "were only checked within a stated tolerance and are reported as UNVERIFIED.",
-    )
-    g.add_argument(
-        "dirs",
-        nargs="*",
-        metavar="DIR",
-        help="a recording: a directory with index.json and its cases (default: the recordings shipped in the "
-        "package, the one this machine's processor family reproduces)",
-    )
-    g.set_defaults(func=_golden)
-    s = sub.add_parser("samplers", help="list the samplers, their SAT names and options")
-    s.set_defaults(func=_samplers)
-    c = sub.add_parser("captions", help="list the built-in model's clips (what its prompts can ask for)")
-    c.add_argument("--model", default="builtin", choices=("builtin", "builtin-trained"), help="which clip set")
-    c.set_defaults(func=_captions)
-    t = sub.add_parser(
-        "train-tiny",
-        help="train the trained built-in model's transformer from scratch (the shipped weights: the defaults)",
-        description="Train a small diffusers CogVideoX transformer on the clip family with CogVideoX's objective "
-        "(v-prediction, ZeroSNR DDPM, caption dropout), deterministically on one machine. Writes a diffusers "
-        "transformer folder (EMA weights) and train.json (the loss curve, the wall time).",
-    )
-    t.add_argument("--out", required=True, help="directory for the transformer folder")
-    t.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the shipped weights' 5000)")
-    t.add_argument("--batch", type=int, default=64, help="samples per step (default 64)")
-    t.add_argument("--seed", type=int, default=0, help="seed of every draw (default 0)")
-    t.add_argument("--log-every", type=int, default=50, help="steps per loss line (default 50)")
-    t.add_argument("--plot", default=None, metavar="PNG", help="also plot the loss curve there")
-    t.add_argument("--overwrite", action="store_true", help="replace a transformer already in --out")
-    t.add_argument("-q", "--quiet", action="store_true", help="no loss lines")
-    t.set_defaults(func=_train_tiny)
-    b = sub.add_parser(
-        "bench",
-        help="quality per forward, forward-saving options and speed vs diffusers: JSON, PNG plots and a table",
-    )
-    b.add_argument(
-        "--quick",
-        action="store_true",
-        help="the small size the tests use: about a minute on an idle 2-core CPU (measured 61 s), several times "
-        "that on a busy one",
-    )
-    b.add_argument("--out", default="bench", help="directory for bench.json and the plots (default: ./bench)")
-    b.add_argument(
-        "--sections", default="quality,options,speed,long_video", help="comma-separated subset to run (default: all)"
-    )
-    b.add_argument("-q", "--quiet", action="store_true", help="print only the final table")
-    b.set_defaults(func=_bench)
+    for command in (golden, samplers, captions, train, bench):
+        command.add_parser(sub)
     return parser
 
 
