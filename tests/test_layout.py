@@ -40,8 +40,6 @@ PENDING_LONG = {
     "cogsample.bench.speed.compare_diffusers",
     "cogsample.bench.suite.run_bench",
     "cogsample.bench.suite.table",
-    "cogsample.cli.main._add_generate",
-    "cogsample.cli.main._generate",
     "cogsample.pipeline.pipeline.plan",
 }
 Sources = Mapping[str, tuple[str, bool]]
