@@ -74,8 +74,8 @@ __all__ = [
 
 #: Prompts that allow 4, 3 and 4 clips of the built-in model.
 PROMPTS = ("a ball", "a square", "something rotating")
-#: Prompts for the trained model: each names a colour and a background, what it learned (see the
-#: README: it gets those right most of the time, shapes and motions far less often), and allows
+#: Prompts for the trained model: each names a colour and a background, what it learned (see
+#: docs/training.md: it gets those right most of the time, shapes and motions far less often), and allows
 #: the 28 clips of every shape and motion in them.
 FAMILY_PROMPTS = ("a red shape on a black background", "something yellow on a white background",
                   "a green object on a blue background")  # fmt: skip

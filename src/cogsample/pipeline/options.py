@@ -61,7 +61,7 @@ UINT8 = {"sat": "truncate", "diffusers": "round"}
 GUIDANCE = ("none", "cfg", "dynamic")
 CONTEXT = ("auto", "off")
 #: The default ``context_overlap``: this share of a window's latent frames (rounded, at least 1);
-#: measured by ``cogsample bench --sections long_video`` (see the README).
+#: measured by ``cogsample bench --sections long_video`` (docs/long-videos.md).
 CONTEXT_OVERLAP_SHARE = 1 / 3
 UNCOND = ("zero", "negative-prompt")
 DTYPES = {
@@ -255,7 +255,7 @@ def resolve_sampling(opts: GenerateOptions, info: ModelInfo) -> SamplingConfig:
     )
 
 
-#: ``--fast``: measured in ``cogsample bench`` (see the README). On the exact models (built-in and
+#: ``--fast``: measured in ``cogsample bench`` (docs/bench.md). On the exact models (built-in and
 #: held out) it matches the reference default at both noise seeds from 8 steps on; 12 steps (19
 #: forwards) leaves a margin (an independent exact model needed 10). On the trained model nothing
 #: cheaper than the reference matched it at both seeds: this is faster, not a proven equal, there.
