@@ -1,4 +1,4 @@
-"""The README's contact sheet of a 4x-length video: the trained built-in model at 45 frames.
+"""The contact sheet of a 4x-length video in docs/long-videos.md: the trained built-in model at 45 frames.
 
 Four rows of 16 evenly spaced frames (of 45): the true long clip the prompt names, the model on the
 whole length at once (``--context off``, what the CLI refuses for this model), in context windows
@@ -19,10 +19,10 @@ import torch
 from PIL import Image, ImageDraw
 
 from cogsample import Conditioning, sample
+from cogsample.jobs.outputs import contact_sheet
 from cogsample.models.family import FAMILY
-from cogsample.noise import GlobalNoise
-from cogsample.outputs import contact_sheet, to_uint8
-from cogsample.pipeline import Pipeline
+from cogsample.pipeline.pipeline import Pipeline, to_uint8
+from cogsample.sampling.noise import GlobalNoise
 
 PROMPT = "a yellow square moving from left to right on a blue background"
 SEED = 42

@@ -14,9 +14,9 @@ import warnings
 import torch
 
 from cogsample import Conditioning, sample
-from cogsample.golden import ToyNetwork
-from cogsample.noise import DiffusersNoise
-from cogsample.profiles import COGVIDEOX_5B_SCHEDULER, diffusers_sampling, sat_sampling
+from cogsample.reference.golden import ToyNetwork
+from cogsample.reference.profiles import COGVIDEOX_5B_SCHEDULER, diffusers_sampling, sat_sampling
+from cogsample.sampling.noise import DiffusersNoise
 
 
 def main() -> None:

@@ -3,9 +3,9 @@ import json
 import os
 from pathlib import Path
 
-#: The recordings of the reference shipped in the package (``cogsample/goldens``), found without
+#: The recordings of the reference shipped in the package (``cogsample/reference/goldens``), found without
 #: importing cogsample, which would import torch before the math mode is set.
-GOLDENS = Path(importlib.util.find_spec("cogsample").submodule_search_locations[0]) / "goldens"
+GOLDENS = Path(importlib.util.find_spec("cogsample").submodule_search_locations[0]) / "reference" / "goldens"
 
 
 def _recorded_mkl_mode() -> str | None:
@@ -26,7 +26,7 @@ if _recorded_mkl_mode():
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from cogsample import mathmode, recordings  # noqa: E402
+from cogsample.reference import mathmode, recordings  # noqa: E402
 
 #: The shipped recording this machine's processor family reproduces (or the closest: then the
 #: bit-exact tests skip as "not bit-checkable here"), and every recording's probe result.
@@ -63,7 +63,7 @@ def assert_reference(*pairs: tuple) -> None:
     """Each ``(got, recorded[, name])`` pair equals the reference's recorded array bit for bit.
 
     Shapes and dtypes must always match. Where this process cannot reproduce the recording's math
-    (its probe differs, :mod:`cogsample.mathmode`), values that are not identical are compared
+    (its probe differs, :mod:`cogsample.reference.mathmode`), values that are not identical are compared
     within the replay tolerance and the test is then skipped as unverifiable, never passed."""
     unverified = []
     for k, (got, want, *name) in enumerate(pairs):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from cogsample.denoiser import Level, to_space
-from cogsample.scalings import EDMScaling, VideoScaling, VScalingEDMNoise
+from cogsample.sampling.denoiser import Level, to_space
+from cogsample.sampling.scalings import EDMScaling, VideoScaling, VScalingEDMNoise
 
 
 def posterior_mean(x: torch.Tensor, level: Level, mu: float, s: float) -> torch.Tensor:

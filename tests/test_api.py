@@ -7,7 +7,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import cogsample
-from cogsample.cli import main
+from cogsample.cli.main import main
 
 SMALL = {"frames": 9, "height": 64, "width": 96, "steps": 6}
 

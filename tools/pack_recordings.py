@@ -2,7 +2,7 @@
 
     python tools/pack_recordings.py ../shared/golden ../shared/golden-amd-epyc
 
-writes ``src/cogsample/goldens/`` (see :mod:`cogsample.recordings`); the folder's README.md is
+writes ``src/cogsample/reference/goldens/`` (see :mod:`cogsample.reference.recordings`); the folder's README.md is
 kept (it is written by hand: the recordings' own README and the provenance).
 """
 
@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from cogsample.recordings import pack, shipped_root
+from cogsample.reference.recordings import pack, shipped_root
 
 #: recording name -> the processor family it was recorded on
 MACHINES = {"intel-xeon": "Intel Xeon (AVX-512)", "amd-epyc": "AMD EPYC (Zen 4, AVX-512)"}

@@ -1,19 +1,20 @@
 """cogsample: CogVideoX's sampling stage as composable parts, bit-exact with the SAT reference."""
 
-from .denoiser import Denoiser, DenoiserConfig, Level
-from .guidance import CFG, Conditioning, DynamicCFG, GuidanceInterval, GuidedModel, NoGuidance
+from .jobs.api import Pipeline, VideoResult
 from .models.base import CallableNetwork
-from .noise import DiffusersNoise, GlobalNoise, ReplayNoise, SeededNoise, latent_shape
-from .parallel import CFGParallel, ParallelConfig, ParallelGroups
-from .pipeline import GenerateOptions, Pipeline, StepEvent, VideoResult
-from .profiles import diffusers_sampling, sat_sampling
-from .samplers import SAMPLERS, get_sampler
-from .sampling import SamplingConfig, sample
-from .satconfig import from_sat, load_sat_yaml
-from .scalings import EDMScaling, EpsScaling, VideoScaling, VScaling, VScalingEDMNoise
-from .schedules import EDM, DiffusersDDPM, Grid, LegacyDDPM, SpacedDDPM, ZeroSNRDDPM
-
-__version__ = "0.1.0"
+from .pipeline.events import StepEvent
+from .pipeline.options import GenerateOptions
+from .reference.profiles import diffusers_sampling, sat_sampling
+from .reference.satconfig import from_sat, load_sat_yaml
+from .sampling.config import SamplingConfig, sample
+from .sampling.denoiser import Denoiser, DenoiserConfig, Level
+from .sampling.guidance import CFG, Conditioning, DynamicCFG, GuidanceInterval, GuidedModel, NoGuidance
+from .sampling.noise import DiffusersNoise, GlobalNoise, ReplayNoise, SeededNoise, latent_shape
+from .sampling.parallel import CFGParallel, ParallelConfig, ParallelGroups
+from .sampling.samplers import SAMPLERS, get_sampler
+from .sampling.scalings import EDMScaling, EpsScaling, VideoScaling, VScaling, VScalingEDMNoise
+from .sampling.schedules import EDM, DiffusersDDPM, Grid, LegacyDDPM, SpacedDDPM, ZeroSNRDDPM
+from .version import __version__ as __version__
 
 __all__ = [
     "CFG",

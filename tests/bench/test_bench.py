@@ -9,7 +9,7 @@ import torch
 
 from cogsample.bench import quality as q
 from cogsample.bench.suite import _finite
-from cogsample.cli import main
+from cogsample.cli.main import main
 
 
 def _walk_numbers(obj):
@@ -152,9 +152,9 @@ def test_fast_choice_is_the_cheapest_match_on_every_swept_model():
 
 def test_the_bench_scores_the_fast_flag_the_cli_runs():
     """``fast_matches_reference`` is about the configuration ``--fast`` really runs."""
-    from cogsample.batch import batch_options
     from cogsample.bench.suite import fast_candidate
-    from cogsample.pipeline import GenerateOptions, apply_speedups, inspect_model, resolve_sampling
+    from cogsample.jobs.batch import batch_options
+    from cogsample.pipeline.options import GenerateOptions, apply_speedups, inspect_model, resolve_sampling
 
     cand, steps = fast_candidate()
     for model in ("builtin", "builtin-trained"):

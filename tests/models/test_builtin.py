@@ -8,8 +8,6 @@ import pytest
 import torch
 
 from cogsample import Conditioning, SamplingConfig, SeededNoise, latent_shape, sample
-from cogsample.denoiser import Denoiser, DenoiserConfig, Level
-from cogsample.guidance import NoGuidance
 from cogsample.models.base import VideoModel
 from cogsample.models.builtin import (
     CLIPS,
@@ -22,8 +20,10 @@ from cogsample.models.builtin import (
     posterior_mean,
     posterior_mean_given_first,
 )
-from cogsample.scalings import VideoScaling
-from cogsample.schedules import ZeroSNRDDPM
+from cogsample.sampling.denoiser import Denoiser, DenoiserConfig, Level
+from cogsample.sampling.guidance import NoGuidance
+from cogsample.sampling.scalings import VideoScaling
+from cogsample.sampling.schedules import ZeroSNRDDPM
 
 F, H, W = 9, 64, 96  # 3 latent frames of 8x12: small enough for many sampler runs
 TABLE = ZeroSNRDDPM(1.0).table(1000).double()

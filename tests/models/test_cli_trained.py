@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 pytest.importorskip("diffusers")
 
-from cogsample.cli import main
+from cogsample.cli.main import main
 from cogsample.models.builtin import MixtureNetwork
 from cogsample.models.family import FAMILY
 
@@ -33,7 +33,7 @@ def test_generate_with_the_trained_model_writes_everything(tmp_path, capsys):
     assert (meta["frames"], meta["height"], meta["width"]) == (9, 64, 96)
     lat = load_file(next(out.glob("*.safetensors")))["latents"]
     mu = MixtureNetwork(FAMILY).means(3, 8, 12).mu
-    # the trained model gets backgrounds right 9 times in 10 (README), shapes far less often
+    # the trained model gets backgrounds right 9 times in 10 (docs/training.md), shapes far less often
     assert FAMILY[int(torch.cdist(lat.reshape(1, -1).double(), mu).argmin())].background == clip.background
 
 

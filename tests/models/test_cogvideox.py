@@ -19,7 +19,6 @@ pytest.importorskip("transformers")
 pytest.importorskip("PIL")
 
 from cogsample import CFG, Conditioning, SamplingConfig, SeededNoise, latent_shape, sample
-from cogsample.guidance import NoGuidance
 from cogsample.models.base import VideoModel
 from cogsample.models.cogvideox import (
     CogVideoXModel,
@@ -29,6 +28,7 @@ from cogsample.models.cogvideox import (
     load_cogvideox,
     validate_cogvideox_folder,
 )
+from cogsample.sampling.guidance import NoGuidance
 
 from .tiny_cogvideox import KINDS, TEXT_LEN
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cogsample.cache import CacheConfig, apply_cache
-from cogsample.guidance import Conditioning
 from cogsample.models.cogvideox import CogVideoXTransformerNetwork
 from cogsample.models.first_block_cache import FirstBlockCache, FirstBlockCachedNetwork
 from cogsample.models.tiny import TinySize
 from cogsample.models.tiny import tiny_transformer as build_transformer
-from cogsample.noise import SeededNoise
-from cogsample.sampling import SamplingConfig, sample
+from cogsample.sampling.cache import CacheConfig, apply_cache
+from cogsample.sampling.config import SamplingConfig, sample
+from cogsample.sampling.guidance import Conditioning
+from cogsample.sampling.noise import SeededNoise
 
 from .tiny_cogvideox import NATIVE, TEXT_LEN
 

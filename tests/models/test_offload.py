@@ -1,4 +1,4 @@
-"""CPU offload (:mod:`cogsample.offload`) on a tiny CogVideoX.
+"""CPU offload (:mod:`cogsample.models.offload`) on a tiny CogVideoX.
 
 Without a GPU the execution and offload devices are both the CPU, where a move changes nothing
 that could be seen. So the mechanics are checked in two honest ways: the trace of moves (which
@@ -18,12 +18,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 from cogsample.models.cogvideox import CogVideoXModel, CogVideoXTransformerNetwork, load_cogvideox
-from cogsample.offload import (
-    ModelOffload,
-    SequentialOffload,
-    check_offload,
-    offload_parts,
-)
+from cogsample.models.offload import ModelOffload, SequentialOffload, check_offload, offload_parts
 
 T, H, W = 3, 4, 6
 PROMPTS = ["a cat runs on the grass", ""]

@@ -75,8 +75,8 @@ def test_generate_parallel_cli_writes_on_rank_zero_and_matches(folders, tmp_path
 
 def test_ulysses_that_does_not_divide_the_heads_is_refused_before_loading(folders):
     from cogsample.models import inspect
-    from cogsample.parallel import ParallelConfig
-    from cogsample.pipeline import check_parallel
+    from cogsample.pipeline.pipeline import check_parallel
+    from cogsample.sampling.parallel import ParallelConfig
 
     info = inspect(str(folders["t2v"]))
     check_parallel(ParallelConfig(2, 4), info)

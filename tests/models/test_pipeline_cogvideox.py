@@ -13,8 +13,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from cogsample import batch, pipeline
-from cogsample.pipeline import plan
+from cogsample.jobs import batch
+from cogsample.pipeline import pipeline
+from cogsample.pipeline.planning import plan
 
 pytest.importorskip("diffusers")
 

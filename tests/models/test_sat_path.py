@@ -15,9 +15,11 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from cogsample import batch, outputs, pipeline
+from cogsample.jobs import batch
 from cogsample.models.cogvideox import VAE_FRAME_BATCH, CogVideoXModel, load_cogvideox
-from cogsample.pipeline import GenerateOptions, plan
+from cogsample.pipeline import options, pipeline
+from cogsample.pipeline.options import GenerateOptions
+from cogsample.pipeline.planning import plan
 
 pytest.importorskip("diffusers")
 
@@ -62,7 +64,7 @@ def _png(tmp_path) -> str:
 
 def test_the_224_token_rule_is_the_shipped_configs(tiny_models):
     from cogsample.models.cogvideox import SAT_TEXT_LEN_15
-    from cogsample.satconfig import sat_text_max_length
+    from cogsample.reference.satconfig import sat_text_max_length
 
     assert SAT_TEXT_LEN_15 == sat_text_max_length("cogvideox1.5-5b") == sat_text_max_length("cogvideox1.5-5b-i2v")
     assert tiny_models["t2v-1.5"].info.text_len("sat") == SAT_TEXT_LEN_15
@@ -122,22 +124,22 @@ def test_decode_and_encode_leave_the_vae_as_they_found_it(tiny_folders):
 
 def test_uint8_conversion_truncates_for_sat_and_rounds_for_diffusers():
     v = torch.tensor([0.0, 0.4 / 255, 0.6 / 255, 254.5 / 255, 1.0, 1.2, -0.1]).view(1, 1, 1, 7).expand(1, 3, 1, 7)
-    assert outputs.to_uint8(v, "truncate")[0, 0, :, 0].tolist() == [0, 0, 0, 254, 255, 255, 0]
-    assert outputs.to_uint8(v, "round")[0, 0, :, 0].tolist() == [0, 0, 1, 254, 255, 255, 0]
-    assert pipeline.UINT8 == {"sat": "truncate", "diffusers": "round"}
+    assert pipeline.to_uint8(v, "truncate")[0, 0, :, 0].tolist() == [0, 0, 0, 254, 255, 255, 0]
+    assert pipeline.to_uint8(v, "round")[0, 0, :, 0].tolist() == [0, 0, 1, 254, 255, 255, 0]
+    assert options.UINT8 == {"sat": "truncate", "diffusers": "round"}
     with pytest.raises(ValueError, match="rounding must be"):
-        outputs.to_uint8(v, "floor")
+        pipeline.to_uint8(v, "floor")
 
 
 @pytest.mark.parametrize("profile", ["sat", "diffusers"])
 def test_written_frames_use_the_profiles_conversion(tiny_folders, tmp_path, profile):
     (res,) = batch.generate(tiny_request(tiny_folders["t2v"], tmp_path, profile=profile))
     sheet = np.asarray(Image.open(res.files["sheet"]))
-    first = outputs.to_uint8(res.video, pipeline.UINT8[profile])[0]
+    first = pipeline.to_uint8(res.video, options.UINT8[profile])[0]
     assert np.array_equal(sheet[:32, :48], first)
-    other = outputs.to_uint8(res.video, pipeline.UINT8["diffusers" if profile == "sat" else "sat"])[0]
+    other = pipeline.to_uint8(res.video, options.UINT8["diffusers" if profile == "sat" else "sat"])[0]
     assert not np.array_equal(first, other)
-    assert json.loads(res.files["meta"].read_text())["uint8"] == pipeline.UINT8[profile]
+    assert json.loads(res.files["meta"].read_text())["uint8"] == options.UINT8[profile]
 
 
 def test_half_precision_decodes_in_its_dtype_and_post_processes_in_float32(tiny_folders):
@@ -257,11 +259,11 @@ def test_vae_tiling_is_checked_recorded_and_reproduced(tiny_folders, tmp_path, m
 def test_2b_folders_default_to_fp16_on_a_gpu_and_others_to_bf16(tiny_folders):
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     for kind, want in (("t2v-2b", torch.float16), ("t2v", torch.bfloat16), ("i2v-1.5", torch.bfloat16)):
-        info = pipeline.inspect_model(str(tiny_folders[kind]))
-        assert pipeline._resolve_dtype(None, cuda, info, builtin=False) == want
-        assert pipeline._resolve_dtype(None, cpu, info, builtin=False) == torch.float32
-        assert pipeline._resolve_dtype("float32", cuda, info, builtin=False) == torch.float32
-    assert pipeline._resolve_dtype(None, cuda, pipeline.inspect_model("builtin"), builtin=True) == torch.float32
+        info = options.inspect_model(str(tiny_folders[kind]))
+        assert options.resolve_dtype(None, cuda, info, builtin=False) == want
+        assert options.resolve_dtype(None, cpu, info, builtin=False) == torch.float32
+        assert options.resolve_dtype("float32", cuda, info, builtin=False) == torch.float32
+    assert options.resolve_dtype(None, cuda, options.inspect_model("builtin"), builtin=True) == torch.float32
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

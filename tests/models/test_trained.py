@@ -65,9 +65,9 @@ def test_shipped_weights_are_the_documented_transformer(shipped):
 
 def _sample(model, prompts, seed=0, steps=50):
     from cogsample.bench.quality import reference_default
-    from cogsample.guidance import Conditioning
-    from cogsample.noise import SeededNoise, latent_shape
-    from cogsample.sampling import build_model
+    from cogsample.sampling.config import build_model
+    from cogsample.sampling.guidance import Conditioning
+    from cogsample.sampling.noise import SeededNoise, latent_shape
 
     shape = latent_shape(len(prompts), tr.FRAMES, tr.HEIGHT, tr.WIDTH)
     x = SeededNoise([seed + i for i in range(len(prompts))]).initial(shape)
@@ -82,7 +82,7 @@ def _nearest(out):
 
 
 def test_a_full_caption_gives_its_colour_and_background(shipped):
-    """What 5000 steps on two CPU cores learned (README): background and colour mostly right
+    """What 5000 steps on two CPU cores learned (docs/training.md): background and colour mostly right
     (by chance 1 in 4 and 1 in 5), shape and motion far less often."""
     picks = [FAMILY[k] for k in (0, 101, 257, 388, 530, 615)]
     got = _nearest(_sample(shipped, [c.caption for c in picks]))

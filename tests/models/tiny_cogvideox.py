@@ -20,7 +20,7 @@ SIZE = {"frames": 9, "height": 32, "width": 48}
 def tiny_request(folder: Any, tmp_path: Any, **kw: Any):
     """A ``GenerateOptions`` for ``folder``: 4 steps at :data:`SIZE` on the CPU (the diffusers
     pipelines the results are compared with run there, also on a machine with a GPU); ``kw`` overrides."""
-    from cogsample.pipeline import GenerateOptions
+    from cogsample.pipeline.options import GenerateOptions
 
     base = {"prompts": ("a cat playing a piano",), "model": str(folder), "out": str(tmp_path / "out")}
     base.update(steps=4, device="cpu", **SIZE)

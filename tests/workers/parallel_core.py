@@ -9,9 +9,9 @@ import torch
 import torch.distributed as dist
 
 from cogsample import SamplingConfig, SeededNoise, sample
-from cogsample.context_windows import ContextWindows, WindowedNetwork
-from cogsample.guidance import CFG, Conditioning, DynamicCFG, GuidanceInterval, NoGuidance
-from cogsample.parallel import (
+from cogsample.sampling.context_windows import ContextWindows, WindowedNetwork
+from cogsample.sampling.guidance import CFG, Conditioning, DynamicCFG, GuidanceInterval, NoGuidance
+from cogsample.sampling.parallel import (
     ParallelConfig,
     ParallelGroups,
     all_gather_heads,

@@ -13,8 +13,8 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 
-from cogsample.parallel import ParallelConfig, ParallelGroups
-from cogsample.pipeline import Pipeline
+from cogsample.pipeline.pipeline import Pipeline
+from cogsample.sampling.parallel import ParallelConfig, ParallelGroups
 
 PROMPT = "a red car drives through the city at night"
 #: per-video options: guidance that skips the unconditional branch on some steps (--fast's interval

@@ -10,8 +10,8 @@ each configuration:
 
 * ``whole``: no windows, the network sees all 12 latent frames at once;
 * ``overlap{o}``: windows of the native 3 frames, neighbours sharing ``o`` = 0, 1, 2 of them
-  (:class:`~cogsample.context_windows.ContextWindows`); ``overlap{o}/noise_repeat`` the same with
-  FreeNoise's repeated noise (:class:`~cogsample.context_windows.RepeatedNoise` over the same
+  (:class:`~cogsample.sampling.context_windows.ContextWindows`); ``overlap{o}/noise_repeat`` the same with
+  FreeNoise's repeated noise (:class:`~cogsample.sampling.context_windows.RepeatedNoise` over the same
   draws: the initial latent and every in-loop draw);
 
 and scores two calibration rows alike: ``data`` (true samples ``mu_k + tau z``, ``k ~ w``) and
@@ -29,7 +29,7 @@ For samples ``x`` the figures are (``k* = argmin_k |x - mu_k|^2`` over all clips
   pair of neighbouring windows ``j, j+1`` and the frames they share, the raw outputs ``o_j, o_{j+1}``
   (both CFG branches); ``sqrt(sum |o_j - o_{j+1}|^2 / sum (|o_j|^2 + |o_{j+1}|^2) / 2)`` pooled over
   the pairs: their disagreement across the seam relative to the outputs' RMS;
-* ``forwards``: network evaluations per sample (:attr:`~cogsample.guidance.GuidedModel.forwards`,
+* ``forwards``: network evaluations per sample (:attr:`~cogsample.sampling.guidance.GuidedModel.forwards`,
   one per window), ``seconds``: the sampling wall time.
 
 Everything runs on two seed sets (:data:`SEED_SETS`, independent noise) and, for the windowed and
@@ -49,11 +49,12 @@ from typing import Any
 
 import torch
 
-from ..context_windows import ContextWindows, RepeatedNoise, WindowedNetwork
-from ..guidance import Conditioning
-from ..noise import SeededNoise, latent_shape
-from ..sampling import build_model, release
-from .quality import TRAINED, Candidate, Env, fast_candidate, reference_default
+from ..sampling.config import build_model
+from ..sampling.context_windows import ContextWindows, RepeatedNoise, WindowedNetwork
+from ..sampling.guidance import Conditioning
+from ..sampling.noise import latent_shape
+from .harness import cell, initial_noise, nearest_clip, sample_noise, sq_distances, timed_sample
+from .quality import TRAINED, Candidate, Env, fast_candidate, prompt_rows, reference_default
 
 Tensor = torch.Tensor
 
@@ -105,19 +106,19 @@ def _env(trained: Any, family: Any, latent: int, seeds: int, seed: int) -> Env:
     from ..models.family import family_weights
 
     setup = dataclasses.replace(TRAINED, frames=_frames(latent), seeds=seeds, seed=seed)
-    rows = [(p, s) for p in range(len(setup.prompts)) for s in range(seeds)]
-    shape = latent_shape(len(rows), setup.frames, setup.height, setup.width)
-    x_t = SeededNoise([seed + i for i in range(len(rows))]).initial(shape)
-    prompts = [setup.prompts[p] for p, _ in rows]
+    prompt_of = prompt_rows(setup)
+    shape = latent_shape(len(prompt_of), setup.frames, setup.height, setup.width)
+    x_t = initial_noise(seed, shape)
+    prompts = [setup.prompts[p] for p in prompt_of]
     weights = torch.tensor([family_weights(p) for p in prompts], dtype=torch.float64)
     mu = family.means(shape[1], shape[3], shape[4]).mu
     cond = Conditioning(context=trained.encode_prompts(prompts))
-    return Env(setup, trained.network, cond, x_t, mu, weights.log(), [p for p, _ in rows])
+    return Env(setup, trained.network, cond, x_t, mu, weights.log(), prompt_of)
 
 
 def _dist2(flat: Tensor, mu: Tensor) -> Tensor:
-    """``(N, K)`` squared distances ``|x_n - mu_k|^2``."""
-    return ((flat * flat).sum(1, keepdim=True) - 2 * flat @ mu.T + (mu * mu).sum(1).view(1, -1)).clamp_min(0)
+    """``(N, K)`` squared distances ``|x_n - mu_k|^2``, rounding below 0 clamped."""
+    return sq_distances(flat, mu).clamp_min(0)
 
 
 def figures(x: Tensor, mu: Tensor, log_w: Tensor, tau: float, segment: int = NATIVE) -> dict[str, float | None]:
@@ -127,10 +128,8 @@ def figures(x: Tensor, mu: Tensor, log_w: Tensor, tau: float, segment: int = NAT
     n, length = x.shape[0], x.shape[1]
     flat = x.reshape(n, -1).to(torch.float64)
     d = flat.shape[1]
-    dist2 = _dist2(flat, mu)
-    nearest = dist2.argmin(1)
-    allowed = torch.isfinite(log_w.gather(1, nearest.view(-1, 1)).squeeze(1))
-    within = (dist2.gather(1, nearest.view(-1, 1)).squeeze(1) / (d * tau**2)).sqrt()
+    _, near2, allowed = nearest_clip(_dist2(flat, mu), log_w)
+    within = (near2 / (d * tau**2)).sqrt()
     out: dict[str, float | None] = {"on_clip": float(allowed.double().mean()), "within_clip": float(within.mean())}
     if length <= segment:
         out["seam_agreement"] = None
@@ -176,18 +175,13 @@ def _sample(
     net = model.denoiser.network
     if isinstance(net, WindowedNetwork):
         net.observe = lambda spans, outputs: last.update(spans=spans, outputs=outputs)
-    noise: Any = SeededNoise([env.setup.seed + 10_000 + i for i in range(x_t.shape[0])])
+    noise: Any = sample_noise(env.setup.seed, x_t.shape[0])
     if overlap is not None and noise_repeat:
         # the start and every in-loop draw through one frame map: from zero SNR the SDE sampler
         # keeps nothing of the initial noise past its first step, so repeating that alone does nothing
         noise = RepeatedNoise(noise, windows, torch.Generator().manual_seed(env.setup.seed))
         x_t = noise.repeat(x_t)
-    start = time.perf_counter()
-    try:
-        x = config.spec.fn(model, x_t, grid, noise, **config.options)
-    finally:
-        release(model)
-    seconds = time.perf_counter() - start
+    x, seconds = timed_sample(config, model, x_t, grid, noise)
     gap = seam_gap(last["spans"], last["outputs"]) if overlap and last else None
     return {
         "overlap": overlap,
@@ -327,12 +321,10 @@ def long_video(
         for name, overlap, noise_repeat in CONFIGS:
             rows.append({"config": name, **_sample(env, steps, overlap, noise_repeat)})
         for r in rows:
-            gap = "-" if r["seam_gap"] is None else f"{r['seam_gap']:.3f}"
-            agree = "-" if r["seam_agreement"] is None else f"{r['seam_agreement']:.3f}"
-            fwd = "-" if r["forwards"] is None else str(r["forwards"])
             say(
-                f"  [seed {seed}] {r['config']:22s} fwd {fwd:>5s}  on_clip {r['on_clip']:.3f}  "
-                f"within_clip {r['within_clip']:.3f}  seam_agreement {agree}  seam_gap {gap}  {r['seconds']:.1f} s"
+                f"  [seed {seed}] {r['config']:22s} fwd {cell(r['forwards']):>5s}  on_clip {r['on_clip']:.3f}  "
+                f"within_clip {r['within_clip']:.3f}  seam_agreement {cell(r['seam_agreement'], '.3f')}  "
+                f"seam_gap {cell(r['seam_gap'], '.3f')}  {r['seconds']:.1f} s"
             )
         runs.append({"seed": seed, "rows": rows})
     # the same comparison with another sampler: --fast (a deterministic ODE sampler, 12 steps)
@@ -388,12 +380,10 @@ def lines(section: dict[str, Any]) -> list[str]:
         out.append(f" seed set {run['seed']}:")
         out.append(head)
         for r in run["rows"]:
-            fwd = "-" if r["forwards"] is None else str(r["forwards"])
-            agree = "-" if r["seam_agreement"] is None else f"{r['seam_agreement']:.3f}"
-            gap = "-" if r["seam_gap"] is None else f"{r['seam_gap']:.3f}"
+            agree, gap = cell(r["seam_agreement"], ".3f"), cell(r["seam_gap"], ".3f")
             out.append(
-                f"  {r['config']:22s} {fwd:>5s} {r['on_clip']:8.3f} {r['within_clip']:8.3f} {agree:>9s} {gap:>9s} "
-                f"{r['seconds']:7.1f}"
+                f"  {r['config']:22s} {cell(r['forwards']):>5s} {r['on_clip']:8.3f} {r['within_clip']:8.3f} "
+                f"{agree:>9s} {gap:>9s} {r['seconds']:7.1f}"
             )
     fast = section.get("fast")
     if fast:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from .harness import stats
 
 __all__ = ["MODES", "parallel_speed"]
 
@@ -72,7 +73,7 @@ def parallel_speed(quick: bool = False, timeout: float = 600) -> dict[str, Any]:
                 {
                     "ranks": ranks,
                     "parallel": spec,
-                    "ms_per_step": {"median": statistics.median(times), "min": min(times)},
+                    "ms_per_step": stats(times),
                     "max_rel_diff": (latents.double() - base_latents.double()).abs().max().item() / scale,
                 }
             )
@@ -87,15 +88,15 @@ def parallel_speed(quick: bool = False, timeout: float = 600) -> dict[str, Any]:
 def _worker(out: str, spec: str | None, steps: int) -> None:
     import torch.distributed as dist
 
-    from ..distributed import Launch
-    from ..guidance import Conditioning, DynamicCFG
+    from ..jobs.distributed import Launch
     from ..models.cogvideox import CogVideoXTransformerNetwork
     from ..models.tiny import tiny_transformer
-    from ..noise import SeededNoise
-    from ..parallel import ParallelConfig, ParallelGroups, init_parallel
-    from ..sampling import SamplingConfig, build_model, release
-    from .common import BENCH_SIZE
-    from .speed import COGVIDEOX_5B_TRANSFORMER, _step_times, _sync
+    from ..sampling.config import SamplingConfig, build_model, release
+    from ..sampling.guidance import Conditioning, DynamicCFG
+    from ..sampling.noise import SeededNoise
+    from ..sampling.parallel import ParallelConfig, ParallelGroups, init_parallel
+    from .harness import BENCH_SIZE, step_times, sync
+    from .speed import COGVIDEOX_5B_TRANSFORMER
 
     launch = Launch.from_env()
     cuda = torch.cuda.is_available() and torch.cuda.device_count() >= launch.world_size
@@ -133,14 +134,14 @@ def _worker(out: str, spec: str | None, steps: int) -> None:
         stamps: list[float] = []
 
         def tick(*_a: Any) -> None:
-            _sync(device)
+            sync(device)
             stamps.append(time.perf_counter())
 
         start = time.perf_counter()
         with torch.inference_mode():
             x = config.spec.fn(model, x0.clone(), grid, SeededNoise.from_seed(3, 1), callback=tick)
         release(model)
-        return x, [1000 * t for t in _step_times(start, stamps)]
+        return x, [1000 * t for t in step_times(start, stamps)]
 
     run(2)  # warm-up: kernels, allocator, the rotary table
     latents, step_ms = run(steps)

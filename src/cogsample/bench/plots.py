@@ -27,9 +27,11 @@ def _series(results: list[dict[str, Any]], key: str) -> dict[str, list[tuple[int
 
 
 def _save(fig: Any, path: Path) -> Path:
+    """``fig`` as a PNG at ``path`` (written beside it, then renamed: never half a file), then closed."""
     tmp = path.with_name(path.name + ".tmp")
     fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     tmp.replace(path)
+    _pyplot().close(fig)
     return path
 
 
@@ -62,9 +64,7 @@ def plot_quality(quality: dict[str, Any], path: Path) -> Path:
         title += f": {best['candidate']} matches the reference in {best['forwards']} forwards (reference: 100)"
     fig.suptitle(title, fontsize=10)
     axes[1].legend(fontsize=6, loc="upper right", ncol=1)
-    path = _save(fig, path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_ode_error(quality: dict[str, Any], path: Path) -> Path:
@@ -82,9 +82,7 @@ def plot_ode_error(quality: dict[str, Any], path: Path) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title("deterministic samplers: error against the ODE solution from the same noise", fontsize=10)
-    path = _save(fig, path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_long_video(section: dict[str, Any], path: Path) -> Path:
@@ -131,9 +129,7 @@ def plot_long_video(section: dict[str, Any], path: Path) -> Path:
         + f": recommendation {rec['config'] or 'none'}",
         fontsize=10,
     )
-    path = _save(fig, path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_loss(record: dict[str, Any], path: Path) -> Path:

@@ -37,21 +37,21 @@ conditional-only one).
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from ..denoiser import DenoiserConfig
-from ..guidance import Conditioning, DynamicCFG, Guidance, GuidanceInterval
 from ..models.builtin import CLIPS, DEFAULT_TAU, MixtureNetwork, match_prompt
-from ..noise import SeededNoise, latent_shape
-from ..samplers import get_sampler
-from ..sampling import SamplingConfig, build_model
-from ..scalings import VideoScaling
-from ..schedules import Schedule, SpacedDDPM, ZeroSNRDDPM
+from ..sampling.config import SamplingConfig, build_model
+from ..sampling.denoiser import DenoiserConfig
+from ..sampling.guidance import Conditioning, DynamicCFG, Guidance, GuidanceInterval
+from ..sampling.noise import latent_shape
+from ..sampling.samplers import get_sampler
+from ..sampling.scalings import VideoScaling
+from ..sampling.schedules import Schedule, SpacedDDPM, ZeroSNRDDPM
+from .harness import initial_noise, nearest_clip, sample_noise, sq_distances, timed_sample
 
 Tensor = torch.Tensor
 
@@ -66,6 +66,7 @@ __all__ = [
     "evaluate",
     "fast_candidate",
     "matches",
+    "prompt_rows",
     "reference_default",
     "run_quality",
     "stable_match",
@@ -73,8 +74,8 @@ __all__ = [
 
 #: Prompts that allow 4, 3 and 4 clips of the built-in model.
 PROMPTS = ("a ball", "a square", "something rotating")
-#: Prompts for the trained model: each names a colour and a background, what it learned (see the
-#: README: it gets those right most of the time, shapes and motions far less often), and allows
+#: Prompts for the trained model: each names a colour and a background, what it learned (see
+#: docs/training.md: it gets those right most of the time, shapes and motions far less often), and allows
 #: the 28 clips of every shape and motion in them.
 FAMILY_PROMPTS = ("a red shape on a black background", "something yellow on a white background",
                   "a green object on a blue background")  # fmt: skip
@@ -170,8 +171,8 @@ def reference_default() -> Candidate:
 
 
 def fast_candidate() -> tuple[Candidate, int]:
-    """``--fast`` (:data:`cogsample.pipeline.FAST`) as a bench candidate and its step count."""
-    from ..pipeline import FAST
+    """``--fast`` (:data:`cogsample.pipeline.pipeline.FAST`) as a bench candidate and its step count."""
+    from ..pipeline.options import FAST
 
     start = FAST["cfg_interval"][0] if FAST.get("cfg_interval") else 0.0
     cand = Candidate(
@@ -197,11 +198,11 @@ class Env:
     def build(cls, setup: Setup) -> Env:
         if setup.model not in MODELS:
             raise ValueError(f"model must be one of {', '.join(MODELS)}; got {setup.model!r}")
-        rows = [(p, s) for p in range(len(setup.prompts)) for s in range(setup.seeds)]
-        shape = latent_shape(len(rows), setup.frames, setup.height, setup.width)
-        x_t = SeededNoise([setup.seed + i for i in range(len(rows))]).initial(shape)
+        prompt_of = prompt_rows(setup)
+        shape = latent_shape(len(prompt_of), setup.frames, setup.height, setup.width)
+        x_t = initial_noise(setup.seed, shape)
         _, t, _, h, w = shape
-        prompts = [setup.prompts[p] for p, _ in rows]
+        prompts = [setup.prompts[p] for p in prompt_of]
         if setup.model == "builtin":
             network: Any = MixtureNetwork(CLIPS, setup.tau)
             weights = torch.tensor([match_prompt(p) for p in prompts], dtype=torch.float64)
@@ -219,7 +220,12 @@ class Env:
             trained = TrainedModel()
             trained.check_size(setup.frames, setup.height, setup.width)
             network, context = trained.network, trained.encode_prompts(prompts)
-        return cls(setup, network, Conditioning(context=context), x_t, mu, weights.log(), [p for p, _ in rows])
+        return cls(setup, network, Conditioning(context=context), x_t, mu, weights.log(), prompt_of)
+
+
+def prompt_rows(setup: Setup) -> list[int]:
+    """Each sample row's prompt index: ``setup.seeds`` rows per prompt, prompt after prompt."""
+    return [p for p in range(len(setup.prompts)) for _ in range(setup.seeds)]
 
 
 def _metrics(env: Env, x: Tensor) -> dict[str, float]:
@@ -227,13 +233,12 @@ def _metrics(env: Env, x: Tensor) -> dict[str, float]:
     tau, mu = env.setup.tau, env.mu
     flat = x.reshape(x.shape[0], -1).to(torch.float64)
     d = flat.shape[1]
-    dist2 = (flat * flat).sum(1, keepdim=True) - 2 * flat @ mu.T + (mu * mu).sum(1).view(1, -1)
-    nearest = dist2.argmin(dim=1)
-    v = dist2.gather(1, nearest.view(-1, 1)).squeeze(1) / (d * tau**2)
+    dist2 = sq_distances(flat, mu)
+    nearest, near2, allowed = nearest_clip(dist2, env.log_w)
+    v = near2 / (d * tau**2)
     kl = 0.5 * (v - 1 - v.log())
     log_n = -dist2 / (2 * tau**2) - 0.5 * d * math.log(2 * math.pi * tau**2)
     loglik = torch.logsumexp(env.log_w + log_n, dim=1) / d
-    allowed = torch.isfinite(env.log_w.gather(1, nearest.view(-1, 1)).squeeze(1))
     tv = []
     for p in range(len(env.setup.prompts)):
         rows = [i for i, q in enumerate(env.prompt_of) if q == p]
@@ -269,10 +274,8 @@ def evaluate(env: Env, cand: Candidate, steps: int, *, ode_steps: int = 0) -> di
     config = cand.config(steps)
     spec = config.spec
     model, grid = build_model(env.network, env.x_t, env.cond, config)
-    noise = SeededNoise([env.setup.seed + 10_000 + i for i in range(env.x_t.shape[0])])
-    start = time.perf_counter()
-    x = spec.fn(model, env.x_t, grid, noise, **config.options)
-    seconds = time.perf_counter() - start
+    noise = sample_noise(env.setup.seed, env.x_t.shape[0])
+    x, seconds = timed_sample(config, model, env.x_t, grid, noise)
     out: dict[str, Any] = {"steps": steps, "forwards": model.forwards, "seconds": seconds, **_metrics(env, x)}
     if ode_steps and not spec.stochastic:
         ref = env.ode.get(cand.name)

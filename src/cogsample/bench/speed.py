@@ -13,9 +13,10 @@ seconds ``*_s`` or milliseconds ``*_ms``) and takes ``quick`` (a smaller run for
 * :func:`gpu_5b`: a random-weight CogVideoX-5B transformer on CUDA (skipped without one);
 * :func:`run_speed`: all of the above plus a description of the machine.
 
-Timings are medians (and minima) of interleaved repeats after a warm-up, so that slow drift and
-other processes on the machine hit both sides alike; the minimum is the better estimate of the
-intrinsic cost on a busy machine, the median of what a user sees.
+Timings are medians (and minima) of interleaved repeats after a warm-up
+(:func:`~cogsample.bench.harness.interleaved`), so that slow drift and other processes on the
+machine hit both sides alike; the minimum is the better estimate of the intrinsic cost on a busy
+machine, the median of what a user sees.
 """
 
 from __future__ import annotations
@@ -23,17 +24,15 @@ from __future__ import annotations
 import gc
 import itertools
 import json
-import math
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
@@ -42,12 +41,28 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..guidance import Conditioning
-from ..models.tiny import TinySize, build_tiny_folder
-from ..noise import DiffusersNoise, GlobalNoise, latent_shape
-from ..profiles import COGVIDEOX_5B_SCHEDULER, diffusers_sampling, sat_sampling
-from ..sampling import sample
-from .common import BENCH_SIZE, BENCH_VIDEO, cpu_name, quiet
+from ..reference.profiles import COGVIDEOX_5B_SCHEDULER, diffusers_sampling, sat_sampling
+from ..sampling.config import sample
+from ..sampling.guidance import Conditioning
+from ..sampling.noise import DiffusersNoise, GlobalNoise, latent_shape
+from .harness import (
+    BENCH_SIZE,
+    BENCH_VIDEO,
+    GUIDANCE_SCALE,
+    PROMPT,
+    SEED,
+    device_info,
+    interleaved,
+    loadavg,
+    non_finite,
+    quiet,
+    ratio,
+    stats,
+    step_times,
+    sync,
+    tiny_folder,
+    tiny_model,
+)
 
 Tensor = torch.Tensor
 
@@ -63,10 +78,6 @@ __all__ = [
     "run_speed",
     "sampler_overhead",
 ]
-
-PROMPT = "a red car drives through the city at night"
-SEED = 42
-GUIDANCE_SCALE = 6.0
 
 #: diffusers' ``transformer/config.json`` of CogVideoX-5B (THUDM/CogVideoX-5b).
 COGVIDEOX_5B_TRANSFORMER: dict[str, Any] = {
@@ -105,29 +116,24 @@ VIDEO_5B = {"frames": 49, "height": 480, "width": 720}
 # small helpers
 
 
-def _stats(values: Sequence[float], scale: float = 1.0) -> dict[str, float]:
-    """Median and minimum of ``values`` times ``scale``."""
-    return {"median": statistics.median(values) * scale, "min": min(values) * scale}
-
-
-def _ratio(a: float, b: float) -> float:
-    # A zero denominator can only come from a broken clock; keep the JSON finite regardless.
-    return a / b if b > 0 else 0.0
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _step_times(first_forward: float | None, ends: Sequence[float]) -> list[float]:
-    """Each step's duration: first forward's start to the first step's end, then end to end."""
-    start = ends[0] if first_forward is None else first_forward
-    return [b - a for a, b in zip([start, *ends[:-1]], ends, strict=True)]
-
-
 def _scheduler_kwargs() -> dict[str, Any]:
     return {k: v for k, v in COGVIDEOX_5B_SCHEDULER.items() if not k.startswith("_")}
+
+
+def _diffusers_sampler(steps: int, seed: int = SEED) -> dict[str, Any]:
+    """diffusers' side of every comparison: ``steps`` steps of dynamic CFG at :data:`GUIDANCE_SCALE`,
+    a fresh generator seeded ``seed`` (the same draws as cogsample's ``diffusers`` profile)."""
+    return {
+        "num_inference_steps": steps,
+        "guidance_scale": GUIDANCE_SCALE,
+        "use_dynamic_cfg": True,
+        "generator": torch.Generator().manual_seed(seed),
+    }
+
+
+def _diffusers_size(video: dict[str, int]) -> dict[str, int]:
+    """A video size as diffusers' pipeline takes it (``num_frames``, ``height``, ``width``)."""
+    return {"num_frames" if k == "frames" else k: v for k, v in video.items()}
 
 
 class _ForwardClock:
@@ -168,14 +174,50 @@ def _diffusers_pipe(model: Any) -> Any:
     return pipe
 
 
-@contextmanager
-def _tiny_model(size: TinySize = BENCH_SIZE, device: str = "cpu") -> Iterator[tuple[Path, Any]]:
-    """A freshly built tiny t2v folder (deleted afterwards) and its model loaded in float32."""
-    from ..models.cogvideox import load_cogvideox
+def _latent_pipe(transformer: nn.Module) -> Any:
+    """diffusers' ``CogVideoXPipeline`` around ``transformer`` alone (no text encoder, no VAE: it
+    takes prompt embeddings and returns latents), with CogVideoX-5B's scheduler."""
+    from diffusers import CogVideoXDPMScheduler, CogVideoXPipeline
 
-    with tempfile.TemporaryDirectory(prefix="cogsample-speed-") as tmp:
-        folder = build_tiny_folder(Path(tmp) / "tiny-t2v", "t2v", seed=0, size=size)
-        yield folder, load_cogvideox(folder, dtype=torch.float32, device=device)
+    pipe = CogVideoXPipeline(
+        tokenizer=None,
+        text_encoder=None,
+        vae=None,
+        transformer=transformer,
+        scheduler=CogVideoXDPMScheduler(**_scheduler_kwargs()),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _diffusers_latents(pipe: Any, cond: Conditioning, video: dict[str, int], steps: int, **callback: Any) -> Tensor:
+    """diffusers' loop of a :func:`_latent_pipe` at ``video``'s size: dynamic CFG, seeded generator."""
+    with quiet():
+        return pipe(
+            prompt_embeds=cond.context,
+            negative_prompt_embeds=cond.uncond_context,
+            **_diffusers_sampler(steps),
+            output_type="latent",
+            **callback,
+            **_diffusers_size(video),
+        ).frames
+
+
+def _random_text(config: dict[str, Any], g: torch.Generator, device: Any, dtype: torch.dtype) -> Conditioning:
+    """Random prompt and negative-prompt embeddings of a transformer ``config``'s text size, drawn from ``g``."""
+    text = torch.randn(2, config["max_text_seq_length"], config["text_embed_dim"], generator=g).to(device, dtype)
+    return Conditioning(text[:1], uncond_context=text[1:])
+
+
+def _tiny_inputs(model: Any) -> tuple[Tensor, Conditioning]:
+    """The tiny runs' start: unit noise of :data:`BENCH_VIDEO` (seed 0), :data:`PROMPT` and the empty prompt."""
+    x = torch.randn(latent_shape(1, **BENCH_VIDEO), generator=torch.Generator().manual_seed(0))
+    return x, Conditioning(model.encode_prompts([PROMPT]), uncond_context=model.encode_prompts([""]))
+
+
+def _cfg_batch(x: Tensor, cond: Conditioning) -> tuple[Tensor, Tensor, Tensor]:
+    """One network call's inputs for both CFG branches at the first step (t = 999)."""
+    return torch.cat([x, x]), torch.full((2,), 999.0), torch.cat([cond.context, cond.context])
 
 
 def _params_m(module: nn.Module) -> float:
@@ -185,12 +227,16 @@ def _params_m(module: nn.Module) -> float:
 # ----------------------------------------------------------------------------------------------
 # a. cogsample against diffusers
 
+#: One whole video's figures (forwards, ``steps_s``, ``video_s``, ``encode_s``, ``decode_s``),
+#: final latents and decoded frames.
+Video = tuple[dict[str, Any], Tensor, Tensor]
+
 
 def compare_diffusers(
     quick: bool = False, *, steps: int | None = None, repeats: int | None = None, seed: int = SEED
 ) -> dict[str, Any]:
     """Wall time of a whole video and of the denoising loop, cogsample's ``diffusers`` profile
-    (:func:`~cogsample.batch.run_plan`) against ``CogVideoXPipeline`` on the same modules.
+    (:func:`~cogsample.jobs.batch.run_plan`) against ``CogVideoXPipeline`` on the same modules.
 
     * ``loop_s_per_step``: each step's duration, from one step's end to the next (step callbacks
       on both sides; the first step from the start of the first transformer forward), over every
@@ -206,169 +252,193 @@ def compare_diffusers(
       diffusers), and ``gc_collect_s``: one ``gc.collect()`` in this process, which cogsample's
       ``run_plan`` pays per call (``release_text_encoder``) and diffusers does not.
     """
-    from ..batch import run_plan
-    from ..pipeline import GenerateOptions, plan
-
     steps = steps or (4 if quick else 20)
     repeats = repeats or (2 if quick else 5)
-    with _tiny_model() as (folder, model), tempfile.TemporaryDirectory(prefix="cogsample-speed-out-") as out:
+    with tiny_model() as (folder, model), tempfile.TemporaryDirectory(prefix="cogsample-speed-out-") as out:
         pipe = _diffusers_pipe(model)
-        opts = GenerateOptions(
-            prompts=(PROMPT,),
-            model=str(folder),
-            out=out,
-            profile="diffusers",
-            steps=steps,
-            guidance="dynamic",
-            scale=GUIDANCE_SCALE,
-            seed=seed,
-            dtype="float32",
-            device="cpu",
-            **BENCH_VIDEO,
-        )
-        with quiet():
-            p = plan(opts)
+        p = _plan(folder, out, steps, seed)
         clock = _ForwardClock(model.transformer)
-
-        def run_cogsample() -> tuple[dict[str, Any], Tensor, Tensor]:
-            text_encoder = model.text_encoder
-            ends: list[float] = []
-            clock.reset()
-            t0 = time.perf_counter()
-            with quiet():
-                (res,) = run_plan(
-                    p, model=model, overwrite=True, progress=lambda _event: ends.append(time.perf_counter())
-                )
-            wall = time.perf_counter() - t0
-            model.text_encoder = text_encoder  # run_plan released it; the next run needs it
-            t = res.timings
-            figures = {
-                "forwards": clock.count,
-                "steps_s": _step_times(clock.first, ends),
-                "video_s": wall - t["save_s"],
-                "encode_s": t["encode_s"],
-                "decode_s": t["decode_s"],
-            }
-            return figures, res.latents, res.video
-
-        def run_diffusers() -> tuple[dict[str, Any], Tensor, Tensor]:
-            ends: list[float] = []
-            final: dict[str, Tensor] = {}
-            encode: list[float] = []
-            original = pipe.encode_prompt
-
-            def timed_encode(*args: Any, **kwargs: Any) -> Any:
-                t0 = time.perf_counter()
-                out = original(*args, **kwargs)
-                encode.append(time.perf_counter() - t0)
-                return out
-
-            def on_step(_pipe: Any, _i: int, _t: Any, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-                ends.append(time.perf_counter())
-                final["latents"] = tensors["latents"]
-                return {}
-
-            pipe.encode_prompt = timed_encode  # an instance attribute over the method, removed below
-            clock.reset()
-            try:
-                t0 = time.perf_counter()
-                with quiet():
-                    frames = pipe(
-                        prompt=PROMPT,
-                        negative_prompt="",
-                        num_inference_steps=steps,
-                        guidance_scale=GUIDANCE_SCALE,
-                        use_dynamic_cfg=True,
-                        generator=torch.Generator().manual_seed(seed),
-                        output_type="pt",
-                        max_sequence_length=model.info.max_text_len,
-                        callback_on_step_end=on_step,
-                        callback_on_step_end_tensor_inputs=["latents"],
-                        num_frames=BENCH_VIDEO["frames"],
-                        height=BENCH_VIDEO["height"],
-                        width=BENCH_VIDEO["width"],
-                    ).frames
-                end = time.perf_counter()
-            finally:
-                del pipe.__dict__["encode_prompt"]
-            figures = {
-                "forwards": clock.count,
-                "steps_s": _step_times(clock.first, ends),
-                "video_s": end - t0,
-                "encode_s": encode[0],
-                "decode_s": end - ends[-1],
-            }
-            return figures, final["latents"], frames[0]
-
-        runners: dict[str, Callable[[], tuple[dict[str, Any], Tensor, Tensor]]] = {
-            "cogsample": run_cogsample,
-            "diffusers": run_diffusers,
+        runners = {
+            "cogsample": _cogsample_video(model, p, clock),
+            "diffusers": _diffusers_video(pipe, model.info.max_text_len, clock, steps, seed),
         }
-        # Warm-up (first-call allocations, lazy imports): also the run whose outputs are compared.
-        warm = {name: run() for name, run in runners.items()}
-        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in runners}
-        for r in range(repeats):
-            order = list(runners) if r % 2 == 0 else list(reversed(runners))  # interleaved, alternating
-            for name in order:
-                runs[name].append(runners[name]()[0])
+        # The warm-up run (first-call allocations, lazy imports) is also the one whose outputs are compared.
+        warm, runs = interleaved(runners, repeats, keep=lambda video: video[0])
         clock.remove()
         params_m = _params_m(model.transformer)
-        # run_plan's release_text_encoder() runs gc.collect(), whose time grows with the objects
-        # alive (torch, diffusers, transformers): measure one here.
+        gc_s = _gc_collect_s()
+    cog, dif = (_video_summary(warm[name], runs[name]) for name in ("cogsample", "diffusers"))
+    (_, lat_c, vid_c), (_, lat_d, vid_d) = warm["cogsample"], warm["diffusers"]
+    counts = {
+        figures["forwards"] for figures in [w[0] for w in warm.values()] + [r for rs in runs.values() for r in rs]
+    }
+    setup = {
+        "transformer": asdict(BENCH_SIZE),
+        "transformer_params_m": params_m,
+        **BENCH_VIDEO,
+        "latent_shape": list(p.shape),
+        "steps": steps,
+        "repeats": repeats,
+        "scheduler": str(model.info.scheduler.get("_class_name")),
+        "cogsample_sampler": p.sampling.sampler,
+        "guidance": f"dynamic CFG {GUIDANCE_SCALE:g} (batch 2)",
+        "dtype": "float32",
+        "seed": seed,
+    }
+    return {
+        "setup": setup,
+        "cogsample": cog,
+        "diffusers": dif,
+        "ratio_cogsample_over_diffusers": _video_ratios(cog, dif),
+        "difference_by_phase": {**_by_phase(cog, dif, steps), "gc_collect_s": gc_s},
+        "forwards_equal": len(counts) == 1,
+        "latents_identical": _identical(lat_c, lat_d),
+        "video_identical": _identical(vid_c, vid_d),
+    }
+
+
+def _identical(a: Tensor, b: Tensor) -> bool:
+    """Bit for bit the same (shape and values)."""
+    return bool(a.shape == b.shape and torch.equal(a, b))
+
+
+def _plan(folder: Path, out: str, steps: int, seed: int) -> Any:
+    """cogsample's plan of the compared video: the ``diffusers`` profile, dynamic CFG, float32 on the CPU."""
+    from ..pipeline.options import GenerateOptions
+    from ..pipeline.planning import plan
+
+    opts = GenerateOptions(
+        prompts=(PROMPT,),
+        model=str(folder),
+        out=out,
+        profile="diffusers",
+        steps=steps,
+        guidance="dynamic",
+        scale=GUIDANCE_SCALE,
+        seed=seed,
+        dtype="float32",
+        device="cpu",
+        **BENCH_VIDEO,
+    )
+    with quiet():
+        return plan(opts)
+
+
+def _cogsample_video(model: Any, p: Any, clock: _ForwardClock) -> Callable[[], Video]:
+    """One whole video by cogsample's ``run_plan`` of ``p`` on the loaded ``model``."""
+    from ..jobs.batch import run_plan
+
+    def run() -> Video:
+        text_encoder = model.text_encoder
+        ends: list[float] = []
+        clock.reset()
         t0 = time.perf_counter()
-        gc.collect()
-        gc_s = time.perf_counter() - t0
-
-    def summary(name: str) -> dict[str, Any]:
-        rs = runs[name]
-        return {
-            # every step of every repeat: many samples, so the median resists a busy machine
-            "loop_s_per_step": _stats([s for r in rs for s in r["steps_s"]]),
-            "video_s": _stats([r["video_s"] for r in rs]),
-            "encode_s": _stats([r["encode_s"] for r in rs]),
-            "decode_s": _stats([r["decode_s"] for r in rs]),
-            "forwards": int(warm[name][0]["forwards"]),
+        with quiet():
+            (res,) = run_plan(p, model=model, overwrite=True, progress=lambda _event: ends.append(time.perf_counter()))
+        wall = time.perf_counter() - t0
+        model.text_encoder = text_encoder  # run_plan released it; the next run needs it
+        t = res.timings
+        figures = {
+            "forwards": clock.count,
+            "steps_s": step_times(clock.first, ends),
+            "video_s": wall - t["save_s"],
+            "encode_s": t["encode_s"],
+            "decode_s": t["decode_s"],
         }
+        return figures, res.latents, res.video
 
-    cog, dif = summary("cogsample"), summary("diffusers")
-    # Where the whole-video difference goes (medians, cogsample minus diffusers, seconds).
+    return run
+
+
+def _diffusers_video(pipe: Any, text_len: int, clock: _ForwardClock, steps: int, seed: int) -> Callable[[], Video]:
+    """One whole video by diffusers' ``pipe`` (:func:`_diffusers_pipe`), frames out in memory;
+    ``encode_s`` from its ``encode_prompt``, wrapped for the call; prompts padded to ``text_len``."""
+
+    def run() -> Video:
+        ends: list[float] = []
+        final: dict[str, Tensor] = {}
+        encode: list[float] = []
+        original = pipe.encode_prompt
+
+        def timed_encode(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            out = original(*args, **kwargs)
+            encode.append(time.perf_counter() - t0)
+            return out
+
+        def on_step(_pipe: Any, _i: int, _t: Any, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+            ends.append(time.perf_counter())
+            final["latents"] = tensors["latents"]
+            return {}
+
+        pipe.encode_prompt = timed_encode  # an instance attribute over the method, removed below
+        clock.reset()
+        try:
+            t0 = time.perf_counter()
+            with quiet():
+                frames = pipe(
+                    prompt=PROMPT,
+                    negative_prompt="",
+                    **_diffusers_sampler(steps, seed),
+                    output_type="pt",
+                    max_sequence_length=text_len,
+                    callback_on_step_end=on_step,
+                    callback_on_step_end_tensor_inputs=["latents"],
+                    **_diffusers_size(BENCH_VIDEO),
+                ).frames
+            end = time.perf_counter()
+        finally:
+            del pipe.__dict__["encode_prompt"]
+        figures = {
+            "forwards": clock.count,
+            "steps_s": step_times(clock.first, ends),
+            "video_s": end - t0,
+            "encode_s": encode[0],
+            "decode_s": end - ends[-1],
+        }
+        return figures, final["latents"], frames[0]
+
+    return run
+
+
+def _gc_collect_s() -> float:
+    """Seconds of one ``gc.collect()`` here: ``run_plan``'s ``release_text_encoder()`` runs one, whose
+    time grows with the objects alive (torch, diffusers, transformers)."""
+    t0 = time.perf_counter()
+    gc.collect()
+    return time.perf_counter() - t0
+
+
+def _video_summary(warm: Video, runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One side's figures over its repeats: median and minimum seconds, forwards of the warm-up."""
+    return {
+        # every step of every repeat: many samples, so the median resists a busy machine
+        "loop_s_per_step": stats([s for r in runs for s in r["steps_s"]]),
+        "video_s": stats([r["video_s"] for r in runs]),
+        "encode_s": stats([r["encode_s"] for r in runs]),
+        "decode_s": stats([r["decode_s"] for r in runs]),
+        "forwards": int(warm[0]["forwards"]),
+    }
+
+
+def _video_ratios(cog: dict[str, Any], dif: dict[str, Any]) -> dict[str, float]:
+    """cogsample over diffusers: loop step and whole video, medians and minima."""
+    return {
+        f"{what}{suffix}": ratio(cog[key][stat], dif[key][stat])
+        for what, key in (("loop", "loop_s_per_step"), ("video", "video_s"))
+        for suffix, stat in (("", "median"), ("_min", "min"))
+    }
+
+
+def _by_phase(cog: dict[str, Any], dif: dict[str, Any], steps: int) -> dict[str, float]:
+    """Where the whole-video difference goes (medians, cogsample minus diffusers, seconds)."""
     phases = {
         "encode_s": cog["encode_s"]["median"] - dif["encode_s"]["median"],
         "loop_s": (cog["loop_s_per_step"]["median"] - dif["loop_s_per_step"]["median"]) * steps,
         "decode_s": cog["decode_s"]["median"] - dif["decode_s"]["median"],
     }
     phases["rest_s"] = cog["video_s"]["median"] - dif["video_s"]["median"] - sum(phases.values())
-    (_, lat_c, vid_c), (_, lat_d, vid_d) = warm["cogsample"], warm["diffusers"]
-    counts = {
-        figures["forwards"] for figures in [w[0] for w in warm.values()] + [r for rs in runs.values() for r in rs]
-    }
-    ratio = {
-        f"{what}{suffix}": _ratio(cog[key][stat], dif[key][stat])
-        for what, key in (("loop", "loop_s_per_step"), ("video", "video_s"))
-        for suffix, stat in (("", "median"), ("_min", "min"))
-    }
-    return {
-        "setup": {
-            "transformer": asdict(BENCH_SIZE),
-            "transformer_params_m": params_m,
-            **BENCH_VIDEO,
-            "latent_shape": list(p.shape),
-            "steps": steps,
-            "repeats": repeats,
-            "scheduler": str(model.info.scheduler.get("_class_name")),
-            "cogsample_sampler": p.sampling.sampler,
-            "guidance": f"dynamic CFG {GUIDANCE_SCALE:g} (batch 2)",
-            "dtype": "float32",
-            "seed": seed,
-        },
-        "cogsample": cog,
-        "diffusers": dif,
-        "ratio_cogsample_over_diffusers": ratio,
-        "difference_by_phase": {**phases, "gc_collect_s": gc_s},
-        "forwards_equal": len(counts) == 1,
-        "latents_identical": bool(lat_c.shape == lat_d.shape and torch.equal(lat_c, lat_d)),
-        "video_identical": bool(vid_c.shape == vid_d.shape and torch.equal(vid_c, vid_d)),
-    }
+    return phases
 
 
 # ----------------------------------------------------------------------------------------------
@@ -429,56 +499,35 @@ def _ms_per_step(network: Any, x: Tensor, cond: Conditioning, config: Any, noise
         ends: list[float] = []
 
         def stamp(_i: int, x_i: Tensor, _d: Tensor, ends: list[float] = ends) -> None:
-            _sync(x_i.device)
+            sync(x_i.device)
             ends.append(time.perf_counter())
 
         with quiet():
             sample(network, x, cond, config, noise=noise(), callback=stamp)
         if r:  # r == 0 is the warm-up
             times += _intervals(ends)
-    return _stats(times, 1e3)
+    return stats(times, 1e3)
 
 
 def _diffusers_ms_per_step(stub: _StubTransformer, cond: Conditioning, video: dict[str, int], steps: int, repeats: int):
     """:func:`_ms_per_step` for diffusers' own loop (``CogVideoXPipeline``, prompt embeddings
     given, latents out) driving the stub transformer: diffusers' overhead at the same shapes."""
-    from diffusers import CogVideoXDPMScheduler, CogVideoXPipeline
-
-    pipe = CogVideoXPipeline(
-        tokenizer=None,
-        text_encoder=None,
-        vae=None,
-        transformer=stub,
-        scheduler=CogVideoXDPMScheduler(**_scheduler_kwargs()),
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = _latent_pipe(stub)
     times: list[float] = []
     for r in range(repeats + 1):
         ends: list[float] = []
 
         def stamp(_pipe: Any, _i: int, _t: Any, tensors: dict[str, Tensor], ends: list[float] = ends) -> dict:
-            _sync(tensors["latents"].device)
+            sync(tensors["latents"].device)
             ends.append(time.perf_counter())
             return {}
 
-        with quiet():
-            pipe(
-                prompt_embeds=cond.context,
-                negative_prompt_embeds=cond.uncond_context,
-                num_inference_steps=steps,
-                guidance_scale=GUIDANCE_SCALE,
-                use_dynamic_cfg=True,
-                generator=torch.Generator().manual_seed(SEED),
-                output_type="latent",
-                callback_on_step_end=stamp,
-                callback_on_step_end_tensor_inputs=["latents"],
-                num_frames=video["frames"],
-                height=video["height"],
-                width=video["width"],
-            )
+        _diffusers_latents(
+            pipe, cond, video, steps, callback_on_step_end=stamp, callback_on_step_end_tensor_inputs=["latents"]
+        )
         if r:
             times += _intervals(ends)
-    return _stats(times, 1e3)
+    return stats(times, 1e3)
 
 
 def sampler_overhead(quick: bool = False) -> dict[str, Any]:
@@ -492,38 +541,43 @@ def sampler_overhead(quick: bool = False) -> dict[str, Any]:
     Both also give ``diffusers_overhead_ms``: diffusers' own pipeline loop on the same stub (the
     same algorithm as the ``diffusers`` profile), for scale.
     """
+    return {"tiny": _tiny_overhead(quick), "cogvideox_5b_shapes": _overhead_at_5b_shapes(quick)}
+
+
+def _tiny_overhead(quick: bool) -> dict[str, Any]:
+    """:func:`sampler_overhead` on the tiny transformer: its real step and the stub's."""
     from ..models.cogvideox import CogVideoXTransformerNetwork
 
     steps = 5 if quick else 20
     repeats = 1 if quick else 3
-    result: dict[str, Any] = {}
-    with _tiny_model() as (_, model):
-        shape = latent_shape(1, **BENCH_VIDEO)
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(shape, generator=g)
-        cond = Conditioning(model.encode_prompts([PROMPT]), uncond_context=model.encode_prompts([""]))
-        out = model.network(torch.cat([x, x]), torch.full((2,), 999.0), torch.cat([cond.context, cond.context]))
+    with tiny_model() as (_, model):
+        x, cond = _tiny_inputs(model)
+        out = model.network(*_cfg_batch(x, cond))
         stub_transformer = _StubTransformer(model.transformer.config, out.clone())
         stub = CogVideoXTransformerNetwork(stub_transformer)
-        tiny: dict[str, Any] = {"latent_shape": list(shape), "steps": steps, "repeats": repeats}
+        tiny: dict[str, Any] = {"latent_shape": list(x.shape), "steps": steps, "repeats": repeats}
         for name, (config, noise) in _profiles(steps).items():
             real = _ms_per_step(model.network, x, cond, config, noise, repeats)
             over = _ms_per_step(stub, x, cond, config, noise, repeats)
             tiny[name] = {
                 "real_step_ms": real,
                 "overhead_ms": over,
-                "overhead_pct_of_real_step": 100 * _ratio(over["median"], real["median"]),
+                "overhead_pct_of_real_step": 100 * ratio(over["median"], real["median"]),
             }
         tiny["diffusers_overhead_ms"] = _diffusers_ms_per_step(stub_transformer, cond, BENCH_VIDEO, steps, repeats)
-        result["tiny"] = tiny
+    return tiny
+
+
+def _overhead_at_5b_shapes(quick: bool) -> dict[str, Any]:
+    """:func:`sampler_overhead` of the stub alone at CogVideoX-5B's shapes."""
+    from ..models.cogvideox import CogVideoXTransformerNetwork
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     c = COGVIDEOX_5B_TRANSFORMER
     shape = latent_shape(1, **VIDEO_5B)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=g).to(device)
-    text = torch.randn(2, c["max_text_seq_length"], c["text_embed_dim"], generator=g).to(device)
-    cond = Conditioning(text[:1], uncond_context=text[1:])
+    cond = _random_text(c, g, device, torch.float32)
     stub_transformer = _StubTransformer(SimpleNamespace(**c), torch.randn((2, *shape[1:]), generator=g).to(device))
     stub = CogVideoXTransformerNetwork(stub_transformer)
     big: dict[str, Any] = {
@@ -539,8 +593,7 @@ def sampler_overhead(quick: bool = False) -> dict[str, Any]:
     big["diffusers_overhead_ms"] = _diffusers_ms_per_step(
         stub_transformer, cond, VIDEO_5B, big["steps"], big["repeats"]
     )
-    result["cogvideox_5b_shapes"] = big
-    return result
+    return big
 
 
 # ----------------------------------------------------------------------------------------------
@@ -574,11 +627,9 @@ def compile_effect(quick: bool = False) -> dict[str, Any]:
     config, noise = _profiles(steps)["diffusers"]
     cache, cache_kind = _fresh_inductor_cache()
     result: dict[str, Any] = {"backend": "inductor", "cache": cache_kind, "steps": steps, "repeats": repeats}
-    with _tiny_model() as (_, model):
-        shape = latent_shape(1, **BENCH_VIDEO)
-        x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-        cond = Conditioning(model.encode_prompts([PROMPT]), uncond_context=model.encode_prompts([""]))
-        x2, t2, ctx2 = torch.cat([x, x]), torch.full((2,), 999.0), torch.cat([cond.context, cond.context])
+    with tiny_model() as (_, model):
+        x, cond = _tiny_inputs(model)
+        x2, t2, ctx2 = _cfg_batch(x, cond)
         eager = _ms_per_step(model.network, x, cond, config, noise, repeats)
         result["eager_ms_per_step"] = eager
 
@@ -595,7 +646,7 @@ def compile_effect(quick: bool = False) -> dict[str, Any]:
                 result["compile_s_warm"], compiled, first = compile_once()
                 result["max_abs_diff_vs_eager"] = float((first - model.network(x2, t2, ctx2)).abs().max())
                 result["compiled_ms_per_step"] = _ms_per_step(compiled, x, cond, config, noise, repeats)
-            result["speedup"] = _ratio(eager["median"], result["compiled_ms_per_step"]["median"])
+            result["speedup"] = ratio(eager["median"], result["compiled_ms_per_step"]["median"])
         except Exception as e:  # an environment without a working compiler: record why
             result["error"] = f"{type(e).__name__}: {e}"[:500]
         finally:
@@ -642,12 +693,12 @@ def _memory_child(library: str, folder: str, steps: int, out: str) -> dict[str, 
     """One whole generation (encode, sample, decode) by ``library`` in this process; prints and
     returns its memory figures. Run by :func:`peak_memory` in a fresh interpreter."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    size = {"num_frames" if k == "frames" else k: v for k, v in BENCH_VIDEO.items()}
     with quiet():
         if library == "cogsample":
-            from ..batch import run_plan
+            from ..jobs.batch import run_plan
             from ..models.cogvideox import load_cogvideox
-            from ..pipeline import GenerateOptions, plan
+            from ..pipeline.options import GenerateOptions
+            from ..pipeline.planning import plan
 
             try:  # run_plan writes an mp4 with PyAV: its libraries are not generation memory
                 import av  # noqa: F401
@@ -678,13 +729,10 @@ def _memory_child(library: str, folder: str, steps: int, out: str) -> dict[str, 
             def generate() -> None:
                 pipe(
                     prompt=PROMPT,
-                    num_inference_steps=steps,
-                    guidance_scale=GUIDANCE_SCALE,
-                    use_dynamic_cfg=True,
-                    generator=torch.Generator().manual_seed(SEED),
+                    **_diffusers_sampler(steps),
                     output_type="pt",
                     max_sequence_length=BENCH_SIZE.text_len,
-                    **size,
+                    **_diffusers_size(BENCH_VIDEO),
                 )
 
         figures: dict[str, Any] = {
@@ -720,9 +768,7 @@ def peak_memory(quick: bool = False, *, timeout_s: float = 300.0) -> dict[str, A
     ``ru_maxrss``), and on CUDA ``max_memory_allocated`` during the generation. The two
     processes run side by side (memory is per process; no timing is taken)."""
     steps = 2 if quick else 4
-    with tempfile.TemporaryDirectory(prefix="cogsample-mem-") as tmp:
-        with quiet():
-            folder = build_tiny_folder(Path(tmp) / "tiny-t2v", "t2v", seed=0, size=BENCH_SIZE)
+    with tiny_folder() as folder, tempfile.TemporaryDirectory(prefix="cogsample-mem-") as tmp:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
         procs = {}
         for library in ("cogsample", "diffusers"):
@@ -768,73 +814,21 @@ def _loop_compare(
     """Seconds per step of cogsample's ``diffusers``-profile loop and diffusers' pipeline loop
     (``output_type="latent"``, prompt embeddings given: no text encoder, no VAE) on one
     random-weight transformer of ``config``; peak memory of each; optionally ``torch.compile``."""
-    from diffusers import CogVideoXDPMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
-
     from ..models.cogvideox import CogVideoXTransformerNetwork
 
     device = torch.device(device)
-    torch.manual_seed(0)
-    with torch.device(device):  # initialise on the device: a CPU init of 5B weights takes minutes
-        transformer = CogVideoXTransformer3DModel(**config)
-    transformer = transformer.to(dtype).eval().requires_grad_(False)
+    transformer = _random_transformer(config, device, dtype)
     shape = latent_shape(1, **video)
-    g = torch.Generator().manual_seed(0)
-    text = torch.randn(2, config["max_text_seq_length"], config["text_embed_dim"], generator=g).to(device, dtype)
-    pos, neg = text[:1], text[1:]
-    pipe = CogVideoXPipeline(
-        tokenizer=None,
-        text_encoder=None,
-        vae=None,
-        transformer=transformer,
-        scheduler=CogVideoXDPMScheduler(**_scheduler_kwargs()),
-    )
-    pipe.set_progress_bar_config(disable=True)
+    cond = _random_text(config, torch.Generator().manual_seed(0), device, dtype)
+    pipe = _latent_pipe(transformer)
     sampling = diffusers_sampling(COGVIDEOX_5B_SCHEDULER, steps=steps, guidance_scale=GUIDANCE_SCALE)
-    size = {"num_frames" if k == "frames" else k: v for k, v in video.items()}
-
-    def run_diffusers() -> Tensor:
-        with quiet():
-            return pipe(
-                prompt_embeds=pos,
-                negative_prompt_embeds=neg,
-                num_inference_steps=steps,
-                guidance_scale=GUIDANCE_SCALE,
-                use_dynamic_cfg=True,
-                generator=torch.Generator().manual_seed(SEED),
-                output_type="latent",
-                **size,
-            ).frames
-
-    def cogsample_runner(network: Any) -> Callable[[], Tensor]:
-        def run() -> Tensor:
-            noise = DiffusersNoise(torch.Generator().manual_seed(SEED))
-            x = noise.initial(shape, dtype=dtype, device=device)
-            with quiet():
-                return sample(network, x, Conditioning(pos, uncond_context=neg), sampling, noise=noise)
-
-        return run
-
-    def timed(run: Callable[[], Tensor]) -> tuple[float, float, Tensor]:
-        """(seconds per step, peak MiB allocated on CUDA (0 elsewhere), latents)."""
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        _sync(device)
-        t0 = time.perf_counter()
-        latents = run()
-        _sync(device)
-        per_step = (time.perf_counter() - t0) / steps
-        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
-        return per_step, peak, latents
-
-    runners = {
-        "cogsample": cogsample_runner(CogVideoXTransformerNetwork(transformer, device=device)),
-        "diffusers": run_diffusers,
+    network = CogVideoXTransformerNetwork(transformer, device=device)
+    runs = {
+        "cogsample": _cogsample_latents(network, shape, cond, sampling, dtype, device),
+        "diffusers": lambda: _diffusers_latents(pipe, cond, video, steps),
     }
-    warm = {name: timed(run) for name, run in runners.items()}
-    per_step: dict[str, list[float]] = {name: [] for name in runners}
-    for r in range(repeats):
-        for name in list(runners) if r % 2 == 0 else list(reversed(runners)):
-            per_step[name].append(timed(runners[name])[0])
+    runners = {name: _per_step_timer(run, device, steps) for name, run in runs.items()}
+    warm, per_step = interleaved(runners, repeats, keep=lambda timed: timed[0])
     result: dict[str, Any] = {
         "transformer_params_m": _params_m(transformer),
         "latent_shape": list(shape),
@@ -842,33 +836,88 @@ def _loop_compare(
         "device": str(device),
         "steps": steps,
         "repeats": repeats,
-        "latents_identical": bool(torch.equal(warm["cogsample"][2], warm["diffusers"][2])),
+        "latents_identical": _identical(warm["cogsample"][2], warm["diffusers"][2]),
     }
     for name in runners:
-        result[name] = {"s_per_step": _stats(per_step[name]), "peak_allocated_mib": warm[name][1]}
-    result["ratio_cogsample_over_diffusers"] = _ratio(
-        result["cogsample"]["s_per_step"]["median"], result["diffusers"]["s_per_step"]["median"]
-    )
+        result[name] = {"s_per_step": stats(per_step[name]), "peak_allocated_mib": warm[name][1]}
+    eager = result["cogsample"]["s_per_step"]["median"]
+    result["ratio_cogsample_over_diffusers"] = ratio(eager, result["diffusers"]["s_per_step"]["median"])
     if not compile:
         result["compile"] = {"skipped": "quick"}
         return result
+
+    def compiled() -> Callable[[], tuple[float, float, Tensor]]:
+        network = CogVideoXTransformerNetwork(torch.compile(transformer), device=device)
+        return _per_step_timer(_cogsample_latents(network, shape, cond, sampling, dtype, device), device, steps)
+
+    result["compile"] = _compiled_figures(compiled, eager, repeats, steps)
+    return result
+
+
+def _random_transformer(config: dict[str, Any], device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """diffusers' CogVideoX transformer of ``config``, random weights from seed 0, in eval mode."""
+    from diffusers import CogVideoXTransformer3DModel
+
+    torch.manual_seed(0)
+    with torch.device(device):  # initialise on the device: a CPU init of 5B weights takes minutes
+        transformer = CogVideoXTransformer3DModel(**config)
+    return transformer.to(dtype).eval().requires_grad_(False)
+
+
+def _cogsample_latents(
+    network: Any, shape: Sequence[int], cond: Conditioning, sampling: Any, dtype: torch.dtype, device: torch.device
+) -> Callable[[], Tensor]:
+    """cogsample's loop from diffusers' initial noise (seed :data:`SEED`) to latents."""
+
+    def run() -> Tensor:
+        noise = DiffusersNoise(torch.Generator().manual_seed(SEED))
+        x = noise.initial(shape, dtype=dtype, device=device)
+        with quiet():
+            return sample(network, x, cond, sampling, noise=noise)
+
+    return run
+
+
+def _per_step_timer(
+    run: Callable[[], Tensor], device: torch.device, steps: int
+) -> Callable[[], tuple[float, float, Tensor]]:
+    """``run`` timed: (seconds per step, peak MiB allocated on CUDA (0 elsewhere), latents)."""
+
+    def timed() -> tuple[float, float, Tensor]:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        sync(device)
+        t0 = time.perf_counter()
+        latents = run()
+        sync(device)
+        per_step = (time.perf_counter() - t0) / steps
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
+        return per_step, peak, latents
+
+    return timed
+
+
+def _compiled_figures(
+    build: Callable[[], Callable[[], tuple[float, float, Tensor]]], eager_s: float, repeats: int, steps: int
+) -> dict[str, Any]:
+    """The compiled loop (``build()``: its :func:`_per_step_timer`): seconds per step, compile time
+    (first call minus a compiled step), speed-up over the eager ``eager_s``; a failure recorded as
+    ``error``, not raised."""
     from torch import _dynamo
 
     try:
-        network = CogVideoXTransformerNetwork(torch.compile(transformer), device=device)
-        run = cogsample_runner(network)
-        first, _, _ = timed(run)  # includes compiling
-        compiled = [timed(run)[0] for _ in range(max(repeats, 1))]
-        result["compile"] = {
+        timed = build()
+        first, _, _ = timed()  # includes compiling
+        compiled = [timed()[0] for _ in range(max(repeats, 1))]
+        return {
             "compile_s": max((first - statistics.median(compiled)) * steps, 0.0),
-            "s_per_step": _stats(compiled),
-            "speedup": _ratio(result["cogsample"]["s_per_step"]["median"], statistics.median(compiled)),
+            "s_per_step": stats(compiled),
+            "speedup": ratio(eager_s, statistics.median(compiled)),
         }
     except Exception as e:
-        result["compile"] = {"error": f"{type(e).__name__}: {e}"[:500]}
+        return {"error": f"{type(e).__name__}: {e}"[:500]}
     finally:
         _dynamo.reset()
-    return result
 
 
 def gpu_5b(quick: bool = False) -> dict[str, Any]:
@@ -890,30 +939,6 @@ def gpu_5b(quick: bool = False) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------
 # f. everything
-
-
-def device_info() -> dict[str, Any]:
-    """The machine the figures come from (and how busy it was: other processes skew timings)."""
-    cpu = cpu_name()
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {}
-    for name in ("diffusers", "transformers"):
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = "missing"
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count() or 0,
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 0),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        **versions,
-        "python": platform.python_version(),
-        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
-        "loadavg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0,
-    }
 
 
 def run_speed(quick: bool = False, *, threads: int | None = None) -> dict[str, Any]:
@@ -951,18 +976,14 @@ def _run_speed(quick: bool) -> dict[str, Any]:
         wall[name] = time.perf_counter() - t0
     wall["total"] = time.perf_counter() - t_start
     result["wall_s"] = wall
-    result["device"]["loadavg_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    result["device"]["loadavg_1min_end"] = loadavg()
     _check_finite(result)
     return result
 
 
 def _check_finite(obj: Any, where: str = "result") -> None:
     """``ValueError`` naming the first NaN or infinite number (the result must be plain JSON)."""
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            _check_finite(v, f"{where}.{k}")
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            _check_finite(v, f"{where}[{i}]")
-    elif isinstance(obj, float) and not math.isfinite(obj):
-        raise ValueError(f"{where} is {obj}")
+    bad = non_finite(obj, where)
+    if bad:
+        path, value = bad[0]
+        raise ValueError(f"{path} is {value}")

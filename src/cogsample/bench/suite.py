@@ -14,21 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import platform
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ..cache import CacheConfig
-from ..guidance import GuidanceInterval
-from ..noise import SeededNoise
-from ..samplers import SAMPLERS
-from ..sampling import SamplingConfig, build_model, release
-from .common import cpu_name
+from ..sampling.config import SamplingConfig
+from ..sampling.guidance import GuidanceInterval
+from ..sampling.samplers import SAMPLERS
+from .harness import machine, needs_diffusers, non_finite
+from .options import options_builtin, options_diffusers
 from .quality import (
     HELD_OUT,
     QUICK,
@@ -37,7 +32,6 @@ from .quality import (
     Candidate,
     Env,
     Setup,
-    _metrics,
     evaluate,
     fast_candidate,
     reference_default,
@@ -73,118 +67,15 @@ def candidates(quick: bool) -> list[Candidate]:
     return out
 
 
-def machine() -> dict[str, Any]:
-    """Where the figures come from."""
-    import os
-
-    info: dict[str, Any] = {
-        "cpu": cpu_name(),
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-    }
-    if torch.cuda.is_available():
-        info["cuda_device"] = torch.cuda.get_device_name()
-    return info
-
-
 # ----------------------------------------------------------------------------------------------
-# forward-saving options on the built-in model
-
-
-class _Counting:
-    """Counts the network's computed work in forwards per sample (rows / batch)."""
-
-    def __init__(self, network: Any, batch: int):
-        self.network, self.batch, self.forwards = network, batch, 0
-
-    def __call__(self, x: torch.Tensor, *args: Any, **kw: Any) -> torch.Tensor:
-        self.forwards += x.shape[0] // self.batch
-        return self.network(x, *args, **kw)
-
-
-def _run(env: Env, config: SamplingConfig) -> tuple[torch.Tensor, int, float, dict[str, int]]:
-    """Final latents, forwards per sample the network computed, seconds, cache counters."""
-    counting = _Counting(env.network, env.x_t.shape[0])
-    model, grid = build_model(counting, env.x_t, env.cond, config)
-    noise = SeededNoise([env.setup.seed + 10_000 + i for i in range(env.x_t.shape[0])])
-    start = time.perf_counter()
-    try:
-        x = config.spec.fn(model, env.x_t, grid, noise, **config.options)
-    finally:
-        release(model)
-    seconds = time.perf_counter() - start
-    net = model.denoiser.network
-    counts = {k: getattr(net, k) for k in ("calls", "computed", "reused") if hasattr(net, k)}
-    return x, counting.forwards, seconds, counts
-
-
-def _variants(
-    base: SamplingConfig, cache_thresholds: Sequence[float], kinds: Sequence[str] = ("output",)
-) -> list[tuple[str, SamplingConfig]]:
-    out = [
-        ("guidance interval [0.4, 1)", dataclasses.replace(base, guidance=GuidanceInterval(base.guidance, 0.4, 1.0))),
-        ("skip uncond where scale == 1", dataclasses.replace(base, skip_unit_cfg=True)),
-    ]
-    out += [
-        (f"{kind} cache, threshold {t:g}", dataclasses.replace(base, cache=CacheConfig(t, kind)))
-        for kind in kinds
-        for t in cache_thresholds
-    ]
-    return out
-
-
-def options_builtin(
-    setup: Setup, bases: Sequence[tuple[str, SamplingConfig]], repeats: int, log: Callable[[str], None]
-) -> list[dict[str, Any]]:
-    """Each option against its base on the built-in model: forwards and wall-time speed-up,
-    change in the quality figures, relative L2 distance of the latents from the base run."""
-    env = Env.build(setup)
-    kinds = ("output",)  # the first-block cache is measured on a diffusers transformer below
-    rows = []
-    for base_name, base in bases:
-        x0, f0, _, _ = _run(env, base)
-        q0 = _metrics(env, x0)
-        for name, cfg in _variants(base, (0.1, 0.3), kinds):
-            # base and option alternate, so drift and other load on the machine hit both alike
-            base_t, opt_t = [], []
-            for _ in range(repeats):
-                base_t.append(_run(env, base)[2])
-                x, f, t_opt, counts = _run(env, cfg)
-                opt_t.append(t_opt)
-            t0, t = min(base_t), min(opt_t)
-            q = _metrics(env, x)
-            rel = float((x.double() - x0.double()).norm() / x0.double().norm())
-            row = {
-                "base": base_name,
-                "option": name,
-                "forwards": f,
-                "base_forwards": f0,
-                "forward_speedup": f0 / f,
-                "time_speedup": t0 / t,
-                "delta_kl": q["kl"] - q0["kl"],
-                "delta_mode_tv": q["mode_tv"] - q0["mode_tv"],
-                "latent_rel_l2": rel,
-                "max_abs_diff": float((x.double() - x0.double()).abs().max()),
-                **({"network_calls_reused": counts["reused"]} if "reused" in counts else {}),
-            }
-            log(
-                f"  {base_name:38s} {name:30s} forwards {f0:3d} -> {f:3d}  time x{row['time_speedup']:.2f}  "
-                f"dkl {row['delta_kl']:+.4f}  rel L2 {rel:.2e}"
-            )
-            rows.append(row)
-    return rows
+# the options section's bases
 
 
 def _fast_base(quality: dict[str, Any] | None, quick: bool) -> tuple[str, SamplingConfig]:
     """The fastest matching configuration with the options under test switched off."""
     best = (quality or {}).get("best")
     if best is not None:
-        cfg = SamplingConfig.from_dict(best["config"])
-        guidance = cfg.guidance.guidance if isinstance(cfg.guidance, GuidanceInterval) else cfg.guidance
-        base = dataclasses.replace(cfg, guidance=guidance, skip_unit_cfg=False)
+        base = _options_off(SamplingConfig.from_dict(best["config"]))
         return f"{best['sampler']}, log-SNR, {best['steps']} steps", base
     steps = 6 if quick else 15
     return f"vpode_dpmpp_2m, log-SNR, {steps} steps", Candidate("vpode_dpmpp_2m", skip_unit=False).config(steps)
@@ -220,11 +111,16 @@ def _sweep(
     return runs
 
 
+def _options_off(cfg: SamplingConfig) -> SamplingConfig:
+    """``cfg`` with the options under test switched off (no guidance interval, no unit-scale skip)."""
+    guidance = cfg.guidance.guidance if isinstance(cfg.guidance, GuidanceInterval) else cfg.guidance
+    return dataclasses.replace(cfg, guidance=guidance, skip_unit_cfg=False)
+
+
 def _trained_missing() -> str | None:
-    try:
-        import diffusers  # noqa: F401
-    except ImportError as e:
-        return f"needs diffusers ({e})"
+    missing = needs_diffusers()
+    if missing:
+        return missing
     from ..models.trained import WEIGHTS
 
     if not (WEIGHTS / "config.json").is_file():
@@ -301,7 +197,7 @@ def choose_fast(models: dict[str, Any]) -> dict[str, Any] | None:
 def summarize(res: dict[str, Any]) -> None:
     """Per model: ``forwards_to_match_reference`` (the fewest forwards of a stable match) and
     ``fast_matches_reference`` (``--fast`` matches at its step count and every larger one, at every
-    seed). A pure function of the stored runs and :data:`~cogsample.pipeline.FAST`."""
+    seed). A pure function of the stored runs and :data:`~cogsample.pipeline.pipeline.FAST`."""
     fast, fast_steps = fast_candidate()
     for m in res["models"].values():
         if "runs" not in m:
@@ -329,13 +225,7 @@ def summarize(res: dict[str, Any]) -> None:
 
 def _finite(obj: Any, path: str = "") -> list[str]:
     """Paths of non-finite numbers in a JSON-like tree."""
-    if isinstance(obj, dict):
-        return [p for k, v in obj.items() for p in _finite(v, f"{path}.{k}")]
-    if isinstance(obj, (list, tuple)):
-        return [p for i, v in enumerate(obj) for p in _finite(v, f"{path}[{i}]")]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return [path]
-    return []
+    return [p for p, _ in non_finite(obj, path)]
 
 
 def run_bench(
@@ -354,98 +244,119 @@ def run_bench(
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     res: dict[str, Any] = {"size": "quick" if quick else "default", "machine": machine(), "plots": {}}
-    setup = QUICK if quick else Setup()
-    quality = None
     if "quality" in sections:
-        say(f"quality per forward ({'quick' if quick else 'default'} size)")
-        t = time.perf_counter()
-        res["models"] = quality_section(quick, say)
-        res["fast_choice"] = choose_fast(res["models"])
-        summarize(res)
-        quality = res["models"]["builtin"]["runs"][0]
-        res["quality"] = quality
-        res["quality_seconds"] = time.perf_counter() - t
-        from .plots import plot_ode_error, plot_quality
-
-        res["plots"]["quality"] = str(plot_quality(quality, out / "quality_per_forward.png"))
-        res["plots"]["ode_error"] = str(plot_ode_error(quality, out / "ode_error.png"))
-        trained = res["models"].get("builtin-trained", {})
-        if trained.get("runs"):
-            path = out / "quality_per_forward_trained.png"
-            res["plots"]["quality_trained"] = str(plot_quality(trained["runs"][0], path))
+        _quality_step(res, quick, out, say)
     _write(out, res)  # what is done so far survives a later section's failure
     if "options" in sections:
-        say("forward-saving options on the built-in model")
-        t = time.perf_counter()
-        n = 10 if quick else 50
-        bases = [
-            (f"reference default ({n} steps)", reference_default().config(n)),
-            # deterministic, so a step cache has something to reuse
-            (
-                f"vpode_dpmpp_2m, shipped grid ({n} steps)",
-                dataclasses.replace(reference_default().config(n), sampler="vpode_dpmpp_2m"),
-            ),
-            _fast_base(quality, quick),
-        ]
-        res["options"] = {"builtin": options_builtin(setup, bases, 1 if quick else 3, say)}
-        missing = _trained_missing()
-        if missing:
-            res["options"]["builtin-trained"] = {"skipped": missing}
-        else:
-            say("forward-saving options on the trained built-in model")
-            trained_setup = model_setups(quick)["builtin-trained"]
-            trained_bases = bases[:2]
-            fast = (res.get("models") or {}).get("builtin-trained", {}).get("forwards_to_match_reference")
-            if fast:
-                cand = next(c for c in [*candidates(False), *candidates(True)] if c.name == fast["candidate"])
-                cfg = cand.config(fast["steps"])
-                guidance = cfg.guidance.guidance if isinstance(cfg.guidance, GuidanceInterval) else cfg.guidance
-                base = dataclasses.replace(cfg, guidance=guidance, skip_unit_cfg=False)
-                trained_bases.append((f"{cand.sampler}, {cand.grid}, {fast['steps']} steps", base))
-            res["options"]["builtin-trained"] = options_builtin(trained_setup, trained_bases, 1, say)
-        try:
-            import diffusers  # noqa: F401
-
-            from .options import options_diffusers
-        except ImportError as e:  # diffusers missing
-            res["options"]["diffusers"] = {"skipped": f"needs diffusers ({e})"}
-        else:
-            say("forward-saving options on a tiny diffusers transformer")
-            res["options"]["diffusers"] = options_diffusers(quick=quick)
-        res["options"]["seconds"] = time.perf_counter() - t
+        res["options"] = _options_step(res, quick, say)
     _write(out, res)
     if "speed" in sections:
-        say("speed and memory against diffusers")
-        t = time.perf_counter()
-        try:
-            from .speed import run_speed
-        except ImportError as e:
-            res["speed"] = {"skipped": f"needs diffusers ({e})"}
-        else:
-            from .parallel import parallel_speed
-
-            res["speed"] = run_speed(quick=quick)
-            say("time per step against ranks (--parallel, torchrun)")
-            res["speed"]["parallel"] = parallel_speed(quick=quick)
-        res["speed"]["seconds"] = time.perf_counter() - t
+        res["speed"] = _speed_step(quick, say)
     _write(out, res)
     if "long_video" in sections:
-        say("long videos in context windows on the trained model")
-        missing = _trained_missing()
-        if missing:
-            res["long_video"] = {"skipped": missing}
-        else:
-            from .long_video import long_video
-            from .plots import plot_long_video
-
-            res["long_video"] = long_video(quick=quick, log=say)
-            res["plots"]["long_video"] = str(plot_long_video(res["long_video"], out / "long_video.png"))
+        _long_video_step(res, quick, out, say)
     res["seconds"] = time.perf_counter() - start
     bad = _finite(res)
     if bad:
         raise RuntimeError(f"non-finite figures in the bench results: {bad[:5]}")
     res["json"] = str(_write(out, res))
     return res
+
+
+def _quality_step(res: dict[str, Any], quick: bool, out: Path, say: Callable[[str], None]) -> None:
+    """``models`` (:func:`quality_section`), the ``fast_choice``, the summaries, the built-in model's
+    first run as ``quality``, and its plots."""
+    say(f"quality per forward ({'quick' if quick else 'default'} size)")
+    t = time.perf_counter()
+    res["models"] = quality_section(quick, say)
+    res["fast_choice"] = choose_fast(res["models"])
+    summarize(res)
+    quality = res["models"]["builtin"]["runs"][0]
+    res["quality"] = quality
+    res["quality_seconds"] = time.perf_counter() - t
+    from .plots import plot_ode_error, plot_quality
+
+    res["plots"]["quality"] = str(plot_quality(quality, out / "quality_per_forward.png"))
+    res["plots"]["ode_error"] = str(plot_ode_error(quality, out / "ode_error.png"))
+    trained = res["models"].get("builtin-trained", {})
+    if trained.get("runs"):
+        path = out / "quality_per_forward_trained.png"
+        res["plots"]["quality_trained"] = str(plot_quality(trained["runs"][0], path))
+
+
+def _options_step(res: dict[str, Any], quick: bool, say: Callable[[str], None]) -> dict[str, Any]:
+    """Each forward-saving option on the built-in model, the trained one and a tiny diffusers
+    transformer, against the shipped default, its ODE sibling and the fastest matching configuration."""
+    say("forward-saving options on the built-in model")
+    t = time.perf_counter()
+    n = 10 if quick else 50
+    bases = [
+        (f"reference default ({n} steps)", reference_default().config(n)),
+        # deterministic, so a step cache has something to reuse
+        (
+            f"vpode_dpmpp_2m, shipped grid ({n} steps)",
+            dataclasses.replace(reference_default().config(n), sampler="vpode_dpmpp_2m"),
+        ),
+        _fast_base(res.get("quality"), quick),
+    ]
+    options: dict[str, Any] = {"builtin": options_builtin(QUICK if quick else Setup(), bases, 1 if quick else 3, say)}
+    missing = _trained_missing()
+    if missing:
+        options["builtin-trained"] = {"skipped": missing}
+    else:
+        say("forward-saving options on the trained built-in model")
+        trained_bases = [*bases[:2], *_trained_fast_base(res.get("models"))]
+        options["builtin-trained"] = options_builtin(model_setups(quick)["builtin-trained"], trained_bases, 1, say)
+    missing = needs_diffusers()
+    if missing:
+        options["diffusers"] = {"skipped": missing}
+    else:
+        say("forward-saving options on a tiny diffusers transformer")
+        options["diffusers"] = options_diffusers(quick=quick)
+    options["seconds"] = time.perf_counter() - t
+    return options
+
+
+def _trained_fast_base(models: dict[str, Any] | None) -> list[tuple[str, SamplingConfig]]:
+    """The trained model's cheapest stable match with the options under test off, as a base (none
+    where nothing matched)."""
+    fast = (models or {}).get("builtin-trained", {}).get("forwards_to_match_reference")
+    if not fast:
+        return []
+    cand = next(c for c in [*candidates(False), *candidates(True)] if c.name == fast["candidate"])
+    return [(f"{cand.sampler}, {cand.grid}, {fast['steps']} steps", _options_off(cand.config(fast["steps"])))]
+
+
+def _speed_step(quick: bool, say: Callable[[str], None]) -> dict[str, Any]:
+    """:func:`~cogsample.bench.speed.run_speed` and the time per step against ranks."""
+    say("speed and memory against diffusers")
+    t = time.perf_counter()
+    try:
+        from .speed import run_speed
+    except ImportError as e:
+        speed: dict[str, Any] = {"skipped": f"needs diffusers ({e})"}
+    else:
+        from .parallel import parallel_speed
+
+        speed = run_speed(quick=quick)
+        say("time per step against ranks (--parallel, torchrun)")
+        speed["parallel"] = parallel_speed(quick=quick)
+    speed["seconds"] = time.perf_counter() - t
+    return speed
+
+
+def _long_video_step(res: dict[str, Any], quick: bool, out: Path, say: Callable[[str], None]) -> None:
+    """``long_video`` (:func:`~cogsample.bench.long_video.long_video`) and its plot."""
+    say("long videos in context windows on the trained model")
+    missing = _trained_missing()
+    if missing:
+        res["long_video"] = {"skipped": missing}
+        return
+    from .long_video import long_video
+    from .plots import plot_long_video
+
+    res["long_video"] = long_video(quick=quick, log=say)
+    res["plots"]["long_video"] = str(plot_long_video(res["long_video"], out / "long_video.png"))
 
 
 def _write(out: Path, res: dict[str, Any]) -> Path:
@@ -456,123 +367,100 @@ def _write(out: Path, res: dict[str, Any]) -> Path:
     return path
 
 
-def _brief(d: Any, depth: int = 0) -> Any:
-    """A dict's numbers rounded, for the table."""
-    if isinstance(d, dict):
-        return {k: _brief(v, depth + 1) for k, v in d.items() if depth < 2}
-    if isinstance(d, float):
-        return round(d, 4)
-    return d
+# ----------------------------------------------------------------------------------------------
+# the table: one block of lines per section
 
 
 def table(res: dict[str, Any]) -> str:
     """The headline figures as a plain-text table."""
-    lines = []
-    m = res["machine"]
-    lines.append(
-        f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}"
-        + (f", {m['cuda_device']}" if "cuda_device" in m else "")
-    )
+    lines = [_machine_line(res["machine"])]
     if "models" in res:
-        for key, m in res["models"].items():
-            if "skipped" in m:
-                lines.append(f"[{key}] skipped: {m['skipped']}")
-                continue
-            ref = m["runs"][0]["reference"]
-            su = m["setup"]
-            lines.append(
-                f"[{key}{' (held out)' if m.get('held_out') else ''}] {su['samples']} samples x "
-                f"{len(m['runs'])} seeds; "
-                f"reference default (vpsde_dpmpp_2m, 50 steps, DynamicCFG 6): {ref['forwards']} forwards, "
-                f"kl {ref['kl']:.4f}, mode_tv {ref['mode_tv']:.3f}, on_prompt {ref['on_prompt']:.2f}"
-            )
-            best = m.get("forwards_to_match_reference")
-            lines.append(
-                "  forwards_to_match_reference: "
-                + (f"{best['forwards']} ({best['candidate']}, {best['steps']} steps)" if best else "none matched")
-            )
-            f = m["fast"]
-            lines.append(
-                f"  fast_matches_reference: {m['fast_matches_reference']} (--fast at {f['steps']} steps; "
-                f"matches from {f['stable_from_steps'] or '-'} steps on)"
-            )
-            for scale, g in m.get("guidance", {}).items():
-                lines.append(
-                    f"  guidance {scale}: on_prompt {g['on_prompt']:.2f}, mode_tv {g['mode_tv']:.3f}, kl {g['kl']:.4f}"
-                )
-        choice = res.get("fast_choice")
-        lines.append(
-            "fast choice (cheapest stable match on every swept model): "
-            + (f"{choice['candidate']} at {choice['steps']} steps, {choice['forwards']} forwards" if choice else "none")
-        )
-        lines.append("")
-        keys = [k for k, m in res["models"].items() if "runs" in m]
-        lines.append(f"{'configuration: fewest forwards of a stable match':56s}" + "".join(f"{k:>18s}" for k in keys))
-        names = sorted({r["candidate"] for k in keys for r in res["models"][k]["runs"][0]["results"]})
-        for name in names:
-            cells = []
-            for k in keys:
-                st = next((x for x in res["models"][k].get("stable_matches", []) if x["candidate"] == name), None)
-                cells.append(f"{st['forwards']} ({st['steps']} st)" if st else "-")
-            lines.append(f"{name:56s}" + "".join(f"{c:>18s}" for c in cells))
+        lines += _quality_lines(res["models"], res.get("fast_choice"))
     if "options" in res:
-        lines.append("")
-        for key in ("builtin", "builtin-trained"):
-            rows = res["options"].get(key)
-            if not isinstance(rows, list):
-                continue
-            head = (
-                f"{'option (' + key + ' model)':30s} {'base':38s} {'fwd':>9s} {'time x':>7s} {'d kl':>8s} "
-                f"{'d tv':>7s} {'rel L2':>9s}"
-            )
-            lines.append(head)
-            for r in rows:
-                lines.append(
-                    f"{r['option']:30s} {r['base']:38s} {r['base_forwards']:>4d}->{r['forwards']:<4d} "
-                    f"{r['time_speedup']:>7.2f} {r['delta_kl']:>+8.4f} {r['delta_mode_tv']:>+7.3f} "
-                    f"{r['latent_rel_l2']:>9.2e}"
-                )
-        dif = res["options"].get("diffusers", {})
-        for r in dif.get("rows", []):
-            lines.append(
-                f"{r['option']:30s} {r['base'] + ', tiny diffusers':38s} {r['base_forwards']:>4d}->{r['forwards']:<4d} "
-                f"{r['time_speedup']:>7.2f}"
-            )
-    speed = res.get("speed", {})
-    if "compare_diffusers" in speed:
-        c = speed["compare_diffusers"]
-        ratio = c["ratio_cogsample_over_diffusers"]
-        lines.append("")
+        lines += _options_lines(res["options"])
+    lines += _speed_lines(res.get("speed", {}))
+    lines += _long_video_lines(res.get("long_video", {}))
+    lines.append(f"total {res['seconds']:.0f} s; results in {res.get('json', '?')}")
+    return "\n".join(lines)
+
+
+def _machine_line(m: dict[str, Any]) -> str:
+    cuda = f", {m['cuda_device']}" if "cuda_device" in m else ""
+    return f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}{cuda}"
+
+
+def _quality_lines(models: dict[str, Any], choice: dict[str, Any] | None) -> list[str]:
+    """Each model's reference, best match, ``--fast`` and guidance lines; the fast choice; the
+    fewest forwards of a stable match per configuration and model."""
+    lines = [line for key, m in models.items() for line in _model_lines(key, m)]
+    lines.append(
+        "fast choice (cheapest stable match on every swept model): "
+        + (f"{choice['candidate']} at {choice['steps']} steps, {choice['forwards']} forwards" if choice else "none")
+    )
+    lines.append("")
+    keys = [k for k, m in models.items() if "runs" in m]
+    lines.append(f"{'configuration: fewest forwards of a stable match':56s}" + "".join(f"{k:>18s}" for k in keys))
+    names = sorted({r["candidate"] for k in keys for r in models[k]["runs"][0]["results"]})
+    for name in names:
+        cells = []
+        for k in keys:
+            st = next((x for x in models[k].get("stable_matches", []) if x["candidate"] == name), None)
+            cells.append(f"{st['forwards']} ({st['steps']} st)" if st else "-")
+        lines.append(f"{name:56s}" + "".join(f"{c:>18s}" for c in cells))
+    return lines
+
+
+def _model_lines(key: str, m: dict[str, Any]) -> list[str]:
+    if "skipped" in m:
+        return [f"[{key}] skipped: {m['skipped']}"]
+    ref, su, f = m["runs"][0]["reference"], m["setup"], m["fast"]
+    best = m.get("forwards_to_match_reference")
+    lines = [
+        f"[{key}{' (held out)' if m.get('held_out') else ''}] {su['samples']} samples x {len(m['runs'])} seeds; "
+        f"reference default (vpsde_dpmpp_2m, 50 steps, DynamicCFG 6): {ref['forwards']} forwards, "
+        f"kl {ref['kl']:.4f}, mode_tv {ref['mode_tv']:.3f}, on_prompt {ref['on_prompt']:.2f}",
+        "  forwards_to_match_reference: "
+        + (f"{best['forwards']} ({best['candidate']}, {best['steps']} steps)" if best else "none matched"),
+        f"  fast_matches_reference: {m['fast_matches_reference']} (--fast at {f['steps']} steps; "
+        f"matches from {f['stable_from_steps'] or '-'} steps on)",
+    ]
+    for scale, g in m.get("guidance", {}).items():
         lines.append(
-            f"cogsample / diffusers wall time, equal forwards ({c['setup']['steps']} steps, tiny transformer, "
-            f"bit-identical latents: {c['latents_identical']}): loop {ratio['loop']:.3f}, "
-            f"whole video {ratio['video']:.3f}"
+            f"  guidance {scale}: on_prompt {g['on_prompt']:.2f}, mode_tv {g['mode_tv']:.3f}, kl {g['kl']:.4f}"
         )
-    over = speed.get("sampler_overhead", {})
-    if "tiny" in over:
-        for prof in ("diffusers", "sat"):
-            o = over["tiny"][prof]
-            lines.append(
-                f"sampler overhead ({prof} profile, tiny transformer): {o['overhead_ms']['median']:.3f} ms of a "
-                f"{o['real_step_ms']['median']:.2f} ms step ({o['overhead_pct_of_real_step']:.1f}%); "
-                f"diffusers' own loop {over['tiny']['diffusers_overhead_ms']['median']:.3f} ms"
-            )
-        big = over["cogvideox_5b_shapes"]
+    return lines
+
+
+def _options_lines(options: dict[str, Any]) -> list[str]:
+    """One row per option and base: forwards, time speed-up, quality change (the built-in models),
+    then the tiny diffusers transformer's rows."""
+    lines = [""]
+    for key in ("builtin", "builtin-trained"):
+        rows = options.get(key)
+        if not isinstance(rows, list):
+            continue
         lines.append(
-            f"sampler overhead at CogVideoX-5B latent shapes ({big['device']}): "
-            f"sat {big['sat']['overhead_ms']['median']:.1f} ms, "
-            f"diffusers profile {big['diffusers']['overhead_ms']['median']:.1f} ms, diffusers' own loop "
-            f"{big['diffusers_overhead_ms']['median']:.1f} ms per step"
+            f"{'option (' + key + ' model)':30s} {'base':38s} {'fwd':>9s} {'time x':>7s} {'d kl':>8s} "
+            f"{'d tv':>7s} {'rel L2':>9s}"
         )
-    par = speed.get("parallel", {})
-    if "rows" in par:
-        lines.append(f"time per step against ranks ({par['setup']['what']}, {par['setup']['device']}):")
-        for r in par["rows"]:
-            if "ms_per_step" in r:
-                lines.append(
-                    f"  {r['ranks']} rank(s) {r['parallel'] or 'one process':16s} {r['ms_per_step']['median']:8.1f} ms "
-                    f"(x{r['speedup']:.2f}), latents within {r['max_rel_diff']:.1e} of one rank's"
-                )
+        for r in rows:
+            lines.append(
+                f"{r['option']:30s} {r['base']:38s} {r['base_forwards']:>4d}->{r['forwards']:<4d} "
+                f"{r['time_speedup']:>7.2f} {r['delta_kl']:>+8.4f} {r['delta_mode_tv']:>+7.3f} "
+                f"{r['latent_rel_l2']:>9.2e}"
+            )
+    for r in options.get("diffusers", {}).get("rows", []):
+        lines.append(
+            f"{r['option']:30s} {r['base'] + ', tiny diffusers':38s} {r['base_forwards']:>4d}->{r['forwards']:<4d} "
+            f"{r['time_speedup']:>7.2f}"
+        )
+    return lines
+
+
+def _speed_lines(speed: dict[str, Any]) -> list[str]:
+    """cogsample against diffusers, the sampler's overhead, ranks, ``torch.compile``, peak memory."""
+    lines = _compare_lines(speed) + _overhead_lines(speed.get("sampler_overhead", {}))
+    lines += _parallel_lines(speed.get("parallel", {}))
     comp = speed.get("compile", {})
     if "speedup" in comp:
         lines.append(f"torch.compile (tiny transformer): x{comp['speedup']:.2f} per step")
@@ -583,13 +471,61 @@ def table(res: dict[str, Any]) -> str:
             f"cogsample {mem['cogsample']['generation_above_loaded_mib']:.0f} MiB, "
             f"diffusers {mem['diffusers']['generation_above_loaded_mib']:.0f} MiB"
         )
-    lv = res.get("long_video", {})
-    if "skipped" in lv:
-        lines.append(f"long video skipped: {lv['skipped']}")
-    elif "runs" in lv:
-        from .long_video import lines as long_video_lines
+    return lines
 
-        lines.append("")
-        lines.extend(long_video_lines(lv))
-    lines.append(f"total {res['seconds']:.0f} s; results in {res.get('json', '?')}")
-    return "\n".join(lines)
+
+def _compare_lines(speed: dict[str, Any]) -> list[str]:
+    if "compare_diffusers" not in speed:
+        return []
+    c = speed["compare_diffusers"]
+    ratio = c["ratio_cogsample_over_diffusers"]
+    return [
+        "",
+        f"cogsample / diffusers wall time, equal forwards ({c['setup']['steps']} steps, tiny transformer, "
+        f"bit-identical latents: {c['latents_identical']}): loop {ratio['loop']:.3f}, "
+        f"whole video {ratio['video']:.3f}",
+    ]
+
+
+def _overhead_lines(over: dict[str, Any]) -> list[str]:
+    if "tiny" not in over:
+        return []
+    lines = []
+    for prof in ("diffusers", "sat"):
+        o = over["tiny"][prof]
+        lines.append(
+            f"sampler overhead ({prof} profile, tiny transformer): {o['overhead_ms']['median']:.3f} ms of a "
+            f"{o['real_step_ms']['median']:.2f} ms step ({o['overhead_pct_of_real_step']:.1f}%); "
+            f"diffusers' own loop {over['tiny']['diffusers_overhead_ms']['median']:.3f} ms"
+        )
+    big = over["cogvideox_5b_shapes"]
+    lines.append(
+        f"sampler overhead at CogVideoX-5B latent shapes ({big['device']}): "
+        f"sat {big['sat']['overhead_ms']['median']:.1f} ms, "
+        f"diffusers profile {big['diffusers']['overhead_ms']['median']:.1f} ms, diffusers' own loop "
+        f"{big['diffusers_overhead_ms']['median']:.1f} ms per step"
+    )
+    return lines
+
+
+def _parallel_lines(par: dict[str, Any]) -> list[str]:
+    if "rows" not in par:
+        return []
+    lines = [f"time per step against ranks ({par['setup']['what']}, {par['setup']['device']}):"]
+    for r in par["rows"]:
+        if "ms_per_step" in r:
+            lines.append(
+                f"  {r['ranks']} rank(s) {r['parallel'] or 'one process':16s} {r['ms_per_step']['median']:8.1f} ms "
+                f"(x{r['speedup']:.2f}), latents within {r['max_rel_diff']:.1e} of one rank's"
+            )
+    return lines
+
+
+def _long_video_lines(lv: dict[str, Any]) -> list[str]:
+    if "skipped" in lv:
+        return [f"long video skipped: {lv['skipped']}"]
+    if "runs" not in lv:
+        return []
+    from .long_video import lines
+
+    return ["", *lines(lv)]

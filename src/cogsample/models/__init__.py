@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,7 @@ __all__ = [
     "is_builtin",
     "load",
     "requirements",
+    "untiled_decode_estimate",
 ]
 
 #: The built-in models, by name (everything else names a CogVideoX folder).
@@ -149,3 +151,15 @@ def load(
     # SAT leaves 1.5's image latent unscaled where diffusers divides it by the scaling factor
     scaling = "diffusers" if profile == "diffusers" else "sat"
     return load_cogvideox(name, dtype=dtype, device=device, image_scaling=scaling, offload=offload)
+
+
+def untiled_decode_estimate(info: ModelInfo, shape: Sequence[int], reference: str, esize: int) -> int | None:
+    """Peak memory (bytes) of an untiled VAE decode of latents ``shape`` ``(B, T, C, h, w)`` with
+    ``esize``-byte elements, as ``reference`` (``sat`` or ``diffusers``) decodes them, for the model
+    of ``info`` (from :func:`inspect`), from its configs alone; None where nothing was measured: the
+    built-in models (their block VAE), a CogVideoX folder whose VAE is not the released one."""
+    if "vae_block_out_channels" not in info.extra:  # a CogVideoX folder's VAE config: the built-in models have none
+        return None
+    from .cogvideox import planned_decode_estimate
+
+    return planned_decode_estimate(info, shape, reference, esize)

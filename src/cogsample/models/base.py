@@ -1,7 +1,7 @@
 """What the pipeline needs of a model: a network in the core's protocol, a text encoder, a VAE.
 
 A :class:`VideoModel` bundles the three parts of a text-to-video (or image-to-video) model so
-that :mod:`cogsample.pipeline` can run ``encode prompt -> sample -> decode`` on any of them: the
+that :mod:`cogsample.pipeline.pipeline` can run ``encode prompt -> sample -> decode`` on any of them: the
 built-in exact model (:mod:`cogsample.models.builtin`) and a diffusers-format CogVideoX folder
 (:mod:`cogsample.models.cogvideox`) alike.
 """
@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from ..denoiser import Network
-from ..images import i2v_size
-from ..noise import TEMPORAL_COMPRESSION
+from ..sampling.denoiser import Network
+from ..sampling.noise import TEMPORAL_COMPRESSION
+from .images import i2v_size
 
 Tensor = torch.Tensor
 
@@ -44,7 +44,10 @@ class ModelInfo:
     table covers (CogVideoX 1.5's rotary table; None: no limit); ``image_short_side``: an I2V
     model that takes its size from the image gives it this short side (CogVideoX 1.5 I2V: 768 px;
     None: the native size). ``attention_heads``: heads of the network's attention, what Ulysses
-    sequence parallel splits over ranks (None: the network has no attention to shard).
+    sequence parallel splits over ranks (None: the network has no attention to shard);
+    ``attention_head_dim`` and ``patch_size`` (the transformer's spatial patch): with
+    ``attention_heads`` and ``patch_size_t``, the transformer's tokens and width, what a memory
+    estimate reads (None: no transformer, the exact model).
     ``context_windows``: a latent longer than the native one is sampled in temporal context
     windows of the native length by default (the network was trained at ``frames``); False where
     the network is exact at any length (the built-in model).
@@ -69,6 +72,8 @@ class ModelInfo:
     max_width: int | None = None
     image_short_side: int | None = None
     attention_heads: int | None = None
+    attention_head_dim: int | None = None
+    patch_size: int | None = None
     context_windows: bool = True
 
     @property
@@ -148,7 +153,7 @@ class ModelInfo:
     def size_for_image(self, image_height: int, image_width: int) -> tuple[int, int] | None:
         """The ``(height, width)`` this model generates for an ``image_height x image_width`` px
         first frame when no size is asked for: the short side :attr:`image_short_side`, the long side
-        the nearest multiple of 16 keeping the aspect (:func:`~cogsample.images.i2v_size`); None
+        the nearest multiple of 16 keeping the aspect (:func:`~cogsample.models.images.i2v_size`); None
         where the model has a native size instead."""
         if self.image_short_side is None:
             return None
@@ -158,8 +163,8 @@ class ModelInfo:
 class VideoModel:
     """Interface the pipeline drives. Shapes: latents ``(B, T, 16, H/8, W/8)``, video ``(B, F, 3, H, W)``.
 
-    * ``network(x, t, context, ofs=None)``: the core's :class:`~cogsample.denoiser.Network`,
-      v-prediction (the CogVideoX parameterization, :class:`~cogsample.scalings.VideoScaling`);
+    * ``network(x, t, context, ofs=None)``: the core's :class:`~cogsample.sampling.denoiser.Network`,
+      v-prediction (the CogVideoX parameterization, :class:`~cogsample.sampling.scalings.VideoScaling`);
     * ``encode_prompts(prompts, max_length=None) -> (B, L, D)``; ``release_text_encoder()`` frees it;
     * ``encode_image(images (B, 3, H, W) in [-1, 1]) -> (B, 1, 16, H/8, W/8)``, already multiplied
       by the VAE's scaling factor (I2V models only);

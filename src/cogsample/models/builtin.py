@@ -29,9 +29,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..noise import LATENT_CHANNELS, SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION, latent_shape
-from ..profiles import COGVIDEOX_5B_SCHEDULER
-from ..schedules import Schedule, ZeroSNRDDPM
+from ..reference.profiles import COGVIDEOX_5B_SCHEDULER
+from ..sampling.noise import LATENT_CHANNELS, SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION, latent_shape
+from ..sampling.schedules import Schedule, ZeroSNRDDPM
 from .base import ModelInfo, VideoModel
 
 Tensor = torch.Tensor

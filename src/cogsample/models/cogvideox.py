@@ -3,11 +3,11 @@
 :func:`load_cogvideox` checks the folder's layout from its JSON files before touching a weight,
 then loads the five parts with ``local_files_only=True`` (nothing here ever reaches the Hub).
 :class:`CogVideoXTransformerNetwork` adapts diffusers' ``CogVideoXTransformer3DModel`` to the
-core's :class:`~cogsample.denoiser.Network` protocol so that every sampler of :mod:`cogsample`
+core's :class:`~cogsample.sampling.denoiser.Network` protocol so that every sampler of :mod:`cogsample`
 can drive it; the transformer sees exactly the inputs the diffusers pipelines give it.
 
 The folder's size rules are data on its :class:`ModelInfo` (:meth:`ModelInfo.check_size`,
-:meth:`ModelInfo.size_for_image`); the reference's I2V image helpers live in :mod:`cogsample.images`
+:meth:`ModelInfo.size_for_image`); the reference's I2V image helpers live in :mod:`cogsample.models.images`
 (re-exported here).
 
 Layouts: latents ``(B, T, 16, H/8, W/8)`` (frames before channels, as diffusers and SAT both
@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..cache import CacheConfig
-from ..images import i2v_size, image_to_tensor, resize_image_for_i2v  # model-agnostic; re-exported here
-from ..offload import Offload, OffloadMode, check_offload, offload_parts
+from ..sampling.cache import CacheConfig
 from .base import ModelInfo, VideoModel
 from .first_block_cache import FirstBlockCachedNetwork
+from .images import i2v_size, image_to_tensor, resize_image_for_i2v  # model-agnostic; re-exported here
+from .offload import Offload, OffloadMode, check_offload, offload_parts
 from .ulysses import SequenceParallel
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -127,6 +127,17 @@ def untiled_decode_estimate(shape: Sequence[int], frame_batch: int, esize: int, 
     return VAE_DECODE_BYTES_PER_PX * slices * first * pixels * esize + video
 
 
+def planned_decode_estimate(info: ModelInfo, shape: Sequence[int], reference: str, esize: int) -> int | None:
+    """Peak memory (bytes) of an untiled decode of latents ``shape`` ``(B, T, 16, h, w)`` for the
+    folder of ``info`` as ``reference`` decodes them, with ``esize``-byte elements, from its configs
+    alone (:func:`untiled_decode_estimate`); None where its VAE is not the released one
+    (:data:`RELEASED_VAE_CHANNELS`), which the estimate was measured on."""
+    if tuple(info.extra.get("vae_block_out_channels", ())) != RELEASED_VAE_CHANNELS:
+        return None
+    batch = vae_frame_batch(info, shape[1], reference, warn=False)
+    return untiled_decode_estimate(shape, batch, esize)
+
+
 # --------------------------------------------------------------------------- the network adapter
 
 
@@ -166,7 +177,7 @@ class CogVideoXTransformerNetwork:
     * ``ofs`` (1.5 I2V, ``ofs_embed_dim`` set): passed through; when None, a ``(1,)`` tensor of
       2.0 in the input's dtype, what the I2V pipeline passes;
     * ``device``: where inputs go, the execution device; None (default) reads it from the
-      transformer's parameters, which is wrong under CPU offload (:mod:`cogsample.offload`), where
+      transformer's parameters, which is wrong under CPU offload (:mod:`cogsample.models.offload`), where
       the parameters wait on the CPU and only visit the device: offloaded models pass it;
     * temporal patches (1.5, ``patch_size_t``): the transformer needs ``T % patch_size_t == 0``.
       The pipelines make the *sampled* latent longer and drop the extra leading frames after
@@ -288,7 +299,7 @@ class CogVideoXTransformerNetwork:
         self, config: CacheConfig, reduce: Callable[[Tensor], Tensor] | None = None
     ) -> FirstBlockCachedNetwork:
         """This network with a :class:`~cogsample.models.first_block_cache.FirstBlockCache` attached
-        to its transformer until ``detach()`` (what :func:`~cogsample.cache.apply_cache` makes for
+        to its transformer until ``detach()`` (what :func:`~cogsample.sampling.cache.apply_cache` makes for
         ``kind="first-block"``); ``reduce``: see there. Under sequence parallel the default ``reduce``
         sums the indicator over the shards, so every rank of the group decides alike."""
         if reduce is None and self.sequence is not None:
@@ -453,6 +464,8 @@ def _info(root: Path, configs: dict[str, dict[str, Any]]) -> ModelInfo:
         max_width=None if p_t is None else max_w,
         image_short_side=I2V_SHORT_SIDE_15 if p_t is not None and i2v else None,
         attention_heads=int(tc.get("num_attention_heads", 30)),
+        attention_head_dim=int(tc.get("attention_head_dim", 64)),
+        patch_size=int(tc.get("patch_size", 2)),
     )
 
 
@@ -485,7 +498,7 @@ class CogVideoXModel(VideoModel):
     than its tile, half the VAE's sample size: 240 x 360 px for the released VAE). ``image_scaling``:
     ``"diffusers"`` or ``"sat"``, see :meth:`encode_image`.
 
-    ``offload`` (:mod:`cogsample.offload`; needs an accelerator ``device``, ``ValueError`` on the
+    ``offload`` (:mod:`cogsample.models.offload`; needs an accelerator ``device``, ``ValueError`` on the
     CPU): ``"model"`` keeps the parts on the CPU and brings each to ``device`` while it is in use
     (one at a time: CogVideoX-5B in bf16 then fits a 24 GB GPU, as diffusers'
     ``enable_model_cpu_offload``); ``"sequential"`` brings every submodule's weights in only

@@ -7,7 +7,7 @@ projection) always runs. The indicator, with ``r`` = block 0's hidden-state outp
 
     d_k = |r_k - r_{k-1}|_1 / |r_{k-1}|_1
 
-summed and thresholded by the reuse rule every step cache shares (:mod:`cogsample.cache`); a
+summed and thresholded by the reuse rule every step cache shares (:mod:`cogsample.sampling.cache`); a
 forward whose text tokens differ from the previous one's never reuses. With ``reduce`` (sequence
 parallelism: each rank holds a shard of the tokens) the indicator's sums are all-reduced first, so
 every rank takes the full sequence's decision.
@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from ..cache import CacheConfig, _Decider, _l1, _ratio, _Ref
-from ..denoiser import Network
-
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    from .cogvideox import CogVideoXTransformerNetwork
+from ..sampling.cache import CacheConfig, _Decider, _l1, _ratio, _Ref
+from ..sampling.denoiser import Network
 
 Tensor = torch.Tensor
 
@@ -73,7 +70,7 @@ class FirstBlockCache(_Decider):
     ``attach(transformer)`` replaces ``transformer.transformer_blocks`` with a one-entry
     ModuleList around the original; ``detach()`` puts the original object back. While attached
     the state-dict keys gain a level (``transformer_blocks.0.blocks.i``): detach before saving
-    or loading weights. ``config.kind`` is not read here (see :func:`~cogsample.cache.apply_cache`).
+    or loading weights. ``config.kind`` is not read here (see :func:`~cogsample.sampling.cache.apply_cache`).
     """
 
     def __init__(self, config: CacheConfig, reduce: Callable[[Tensor], Tensor] | None = None):
@@ -190,6 +187,15 @@ class FirstBlockCache(_Decider):
         return out
 
 
+class TransformerNetwork(Protocol):
+    """A network that runs an ``nn.Module`` transformer with ``transformer_blocks`` (as
+    :class:`~cogsample.models.cogvideox.CogVideoXTransformerNetwork`, which imports this module)."""
+
+    transformer: nn.Module
+
+    def __call__(self, x: Tensor, t: Tensor, context: Tensor, ofs: Tensor | None = None) -> Tensor: ...
+
+
 class FirstBlockCachedNetwork:
     """A :class:`~cogsample.models.cogvideox.CogVideoXTransformerNetwork` whose transformer has a
     :class:`FirstBlockCache` attached (with ``reduce``, see there): called like the network;
@@ -198,7 +204,7 @@ class FirstBlockCachedNetwork:
 
     def __init__(
         self,
-        network: CogVideoXTransformerNetwork,
+        network: TransformerNetwork,
         config: CacheConfig,
         reduce: Callable[[Tensor], Tensor] | None = None,
     ):

@@ -37,8 +37,8 @@ from typing import Any
 
 import torch
 
-from ..noise import LATENT_CHANNELS, latent_shape
-from ..schedules import ZeroSNRDDPM
+from ..sampling.noise import LATENT_CHANNELS, latent_shape
+from ..sampling.schedules import ZeroSNRDDPM
 from .base import ModelInfo
 from .builtin import DEFAULT_TAU, BlockVAE, BlockVAEModel, MixtureNetwork, parse_prompt
 from .cogvideox import CogVideoXTransformerNetwork
@@ -146,6 +146,8 @@ def trained_info(i2v: bool = False) -> ModelInfo:
         scheduler=None,
         extra={"fps": 8, "clips": len(FAMILY), "context_dim": TEXT_DIM, "tau": DEFAULT_TAU, "weights": "trained"},
         attention_heads=int(TRANSFORMER_CONFIG["num_attention_heads"]),
+        attention_head_dim=int(TRANSFORMER_CONFIG["attention_head_dim"]),
+        patch_size=int(TRANSFORMER_CONFIG["patch_size"]),
         fixed_size=f"the trained built-in model (trained at {FRAMES} frames of {HEIGHT}x{WIDTH} px only)",
     )
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..parallel import all_gather_heads, gather_sequence, heads_to_sequence, sequence_to_heads, shard_sizes
+from ..sampling.parallel import all_gather_heads, gather_sequence, heads_to_sequence, sequence_to_heads, shard_sizes
 
 Tensor = torch.Tensor
 
