@@ -6,6 +6,7 @@ Computing stays in the pipeline, which writes nothing; saving is this layer's.""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
@@ -30,15 +31,16 @@ class VideoResult(pipeline.VideoResult):
         """``r``'s fields, as a result that can be saved."""
         return cls(**{f.name: getattr(r, f.name) for f in dataclasses.fields(r)})
 
-    @property
+    @functools.cached_property
     def stem(self) -> str:
-        """The file name stem this video gets in an out folder (:func:`~cogsample.jobs.naming.video_stem`)."""
+        """The file name stem this video gets in an out folder (:func:`~cogsample.jobs.naming.video_stem`);
+        worked out once, as it hashes the bytes of the video's image and initial noise."""
         return video_stem(self.plan, self.k)
 
     def save(self, out: str | Path, *, overwrite: bool = False) -> dict[str, Path]:
         """Write the four files into ``out`` under the out folder's rules (:mod:`cogsample.jobs.outdir`):
         a finished video of the same name is the same video and is kept unless ``overwrite``."""
-        return save(self, out, overwrite=overwrite)
+        return save(self, self.stem, out, overwrite=overwrite)
 
 
 class Pipeline(pipeline.Pipeline):

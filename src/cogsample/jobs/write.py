@@ -13,7 +13,6 @@ import torch
 from ..pipeline.pipeline import VideoResult
 from . import outputs
 from .metadata import metadata
-from .naming import video_stem
 from .outdir import Claim, OutDir
 
 Tensor = torch.Tensor
@@ -53,14 +52,14 @@ def write_video(out: OutDir, claim: Claim, r: VideoResult, run: dict[str, Any] |
     )
 
 
-def save(r: VideoResult, out: str | Path, *, overwrite: bool = False) -> dict[str, Path]:
-    """Write ``r``'s four files into ``out`` under the out folder's rules (:mod:`cogsample.jobs.outdir`):
-    a finished video of the same name is the same video and is kept unless ``overwrite``."""
+def save(r: VideoResult, stem: str, out: str | Path, *, overwrite: bool = False) -> dict[str, Path]:
+    """Write ``r``'s four files as ``stem`` (its :func:`~cogsample.jobs.naming.video_stem`) into ``out``
+    under the out folder's rules (:mod:`cogsample.jobs.outdir`): a finished video of the same name is
+    the same video and is kept unless ``overwrite``."""
     if r.frames is None:
         raise ValueError("this result was not decoded (run(..., decode=False)): it has no video to save")
     d = OutDir(out)
     d.check_writable()
-    stem = video_stem(r.plan, r.k)
     with d.claimed(stem, wait=True) as claim:
         assert claim is not None
         if d.finished(stem) and not overwrite:
