@@ -184,3 +184,78 @@ def test_skip_unit_scale_runs_conditional_rows_only_where_the_scale_is_exactly_o
         assert model.forwards == sum(r // 2 for r in rows[-1])
     assert rows[0] == [4] * 22
     assert rows[1] == [4] * 6 + [2] + [4] * 15
+
+
+# ----------------------------------------------------------------------------------------------
+# guidance by noise level
+
+
+def _by_level(scale=6.0):
+    from cogsample.sampling.guidance import DynamicCFG, LevelGuidance
+    from cogsample.sampling.schedules import ZeroSNRDDPM
+
+    anchor = ZeroSNRDDPM(1.0).grid(50).timesteps
+    return LevelGuidance(DynamicCFG(scale, 5.0, 50), anchor), anchor
+
+
+def test_level_guidance_is_the_reference_scales_on_the_reference_grid():
+    from cogsample.sampling.guidance import DynamicCFG, guidance_scales
+
+    level, anchor = _by_level()
+    assert guidance_scales(level, anchor, 50) == guidance_scales(DynamicCFG(6.0, 5.0, 50), anchor, 50)
+
+
+def test_level_guidance_gives_a_finer_grid_the_scale_of_the_anchor_step_holding_each_level():
+    from cogsample.sampling.guidance import guidance_scales
+    from cogsample.sampling.schedules import ZeroSNRDDPM
+
+    level, anchor = _by_level()
+    ref = level.anchor_scales()
+    fine = ZeroSNRDDPM(1.0).grid(500).timesteps
+    got = guidance_scales(level, fine, 500)
+    for t, s in zip(fine, got, strict=True):
+        j = max(i for i, a in enumerate(anchor) if a >= t)  # the anchor step whose (a[j+1], a[j]] holds t
+        assert s == ref[j], (t, j)
+
+
+def test_level_guidance_on_a_coarse_grid_averages_the_scales_its_steps_cover():
+    from cogsample.sampling.guidance import guidance_scales
+    from cogsample.sampling.schedules import SpacedDDPM, ZeroSNRDDPM
+
+    level, _ = _by_level()
+    ref = level.anchor_scales()
+    coarse = SpacedDDPM(ZeroSNRDDPM(1.0), "logsnr").grid(8).timesteps
+    got = guidance_scales(level, coarse, 8)
+    assert all(min(ref) <= s <= max(ref) for s in got)
+    assert got[-1] == ref[-1]  # the step that returns the clean estimate: the anchor's last scale
+    # a constant rule stays constant whatever the grid
+    from cogsample.sampling.guidance import CFG, LevelGuidance
+
+    const = LevelGuidance(CFG(4.5), level.anchor)
+    assert guidance_scales(const, coarse, 8) == [4.5] * 8
+
+
+def test_level_guidance_composes_with_an_interval_and_round_trips_through_a_config():
+    from cogsample.sampling.config import SamplingConfig
+    from cogsample.sampling.guidance import GuidanceInterval, guidance_scales
+    from cogsample.sampling.schedules import SpacedDDPM, ZeroSNRDDPM
+
+    level, _ = _by_level()
+    grid = SpacedDDPM(ZeroSNRDDPM(1.0), "logsnr").grid(10).timesteps
+    inner = guidance_scales(level, grid, 10)
+    cut = guidance_scales(GuidanceInterval(level, 0.4, 1.0), grid, 10)
+    assert cut == [None] * 4 + inner[4:]
+    cfg = SamplingConfig(sampler="vpode_dpmpp_2m", steps=10, guidance=level)
+    assert SamplingConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_level_guidance_refuses_what_it_cannot_carry():
+    from cogsample.sampling.guidance import CFG, LevelGuidance, guidance_scales
+
+    level, _ = _by_level()
+    with pytest.raises(ValueError, match="carries the scales by DDPM timestep; this grid has none"):
+        guidance_scales(level, None, 10)
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        LevelGuidance(CFG(2.0), (10, 20))
+    with pytest.raises(ValueError, match="plain Guidance rule"):
+        LevelGuidance(level, (10,))

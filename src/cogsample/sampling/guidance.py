@@ -10,6 +10,7 @@ It is applied to the denoised x0 (``GuidedModel.__call__``, SAT) or to the raw n
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any, Literal
 import torch
 
 from .denoiser import Denoiser, Level
+from .schedules import ZeroSNRDDPM
 
 Tensor = torch.Tensor
 
@@ -30,6 +32,7 @@ __all__ = [
     "Guidance",
     "GuidanceInterval",
     "GuidedModel",
+    "LevelGuidance",
     "NoGuidance",
     "guidance_scales",
 ]
@@ -43,6 +46,11 @@ class Guidance:
 
     def check(self, timesteps: Sequence[int] | None, num_steps: int) -> None:
         """Raise ``ValueError`` before sampling if this rule cannot run on the given grid."""
+
+    def scales(self, timesteps: Sequence[int] | None, num_steps: int, requested_steps: int) -> list[float | None]:
+        """The scale of each of ``num_steps`` steps (``requested_steps``: what step-count formulas see)."""
+        ts = [None] * num_steps if timesteps is None else timesteps
+        return [self.scale_at(i, ts[i], requested_steps) for i in range(num_steps)]
 
 
 @dataclass(frozen=True)
@@ -146,6 +154,76 @@ class GuidanceInterval(Guidance):
     def check(self, timesteps: Sequence[int] | None, num_steps: int) -> None:
         self.guidance.check(timesteps, num_steps)
 
+    def scales(self, timesteps: Sequence[int] | None, num_steps: int, requested_steps: int) -> list[float | None]:
+        inner = self.guidance.scales(timesteps, num_steps, requested_steps)
+        return [s if self.start <= i / requested_steps < self.end else None for i, s in enumerate(inner)]
+
+
+@dataclass(frozen=True)
+class LevelGuidance(Guidance):
+    """``guidance``'s scales on an ``anchor`` grid (DDPM timesteps, descending: the reference's 50
+    trailing steps), carried to any grid by noise level, so that a scale means the same at every
+    step count. Anchor step ``j`` holds the timesteps ``(a[j+1], a[j]]`` (``a[n] = -1``, the clean
+    end). A grid's step from ``t[k]`` to ``t[k+1]`` gets the mean of the anchor scales over its
+    interval, weighted by ``d(alpha / sigma)`` of ``table`` (``e^lambda``: the weight with which the
+    exponential integrators of DPM-Solver++ fold the denoised estimate into x, so a first-order step
+    applies the interval's guidance exactly when ``u`` and ``c`` hold still over it); the last step,
+    which returns the estimate at the clean end, the anchor's last scale. On the anchor grid these
+    are the anchor's own scales; as steps shrink each level gets its anchor step's scale, the one
+    definition that the converged limit solves (a conditional-only anchor step counts as 1)."""
+
+    guidance: Guidance
+    anchor: tuple[int, ...]
+    table: ZeroSNRDDPM = ZeroSNRDDPM(1.0)  # noqa: RUF009 (frozen, immutable)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.guidance, Guidance) or isinstance(self.guidance, (LevelGuidance, GuidanceInterval)):
+            raise ValueError(f"guidance must be a plain Guidance rule (CFG, DynamicCFG), got {self.guidance!r}")
+        anchor = tuple(self.anchor)
+        if not anchor or any(isinstance(t, bool) or not isinstance(t, int) for t in anchor):
+            raise ValueError(f"anchor must be a non-empty sequence of integer DDPM timesteps, got {self.anchor!r}")
+        top = self.table.num_timesteps - 1
+        if any(b >= a for a, b in itertools.pairwise(anchor)) or anchor[-1] < 0 or anchor[0] > top:
+            raise ValueError(f"anchor timesteps must be in [0, {top}] and strictly decreasing, got {anchor!r}")
+        object.__setattr__(self, "anchor", anchor)
+
+    def anchor_scales(self) -> list[float]:
+        """The wrapped rule's scale at each anchor step (None, conditional only, as 1)."""
+        n = len(self.anchor)
+        raw = [self.guidance.scale_at(j, t, n) for j, t in enumerate(self.anchor)]
+        return [1.0 if s is None else s for s in raw]
+
+    def scale_at(self, step: int, timestep: int | None, num_steps: int) -> float | None:
+        raise ValueError("LevelGuidance scales a step by its whole noise interval: use scales(timesteps, ...)")
+
+    def check(self, timesteps: Sequence[int] | None, num_steps: int) -> None:
+        if timesteps is None:
+            raise ValueError(
+                "guidance by noise level (cfg_index 'level') carries the scales by DDPM timestep; this grid has none: "
+                "use a DDPM schedule"
+            )
+
+    def scales(self, timesteps: Sequence[int] | None, num_steps: int, requested_steps: int) -> list[float | None]:
+        self.check(timesteps, num_steps)
+        assert timesteps is not None
+        a, s = [*self.anchor, -1], self.anchor_scales()
+        t = [*timesteps, -1]
+        alpha = self.table.table(self.table.num_timesteps).double()
+        snr_root = (alpha / (1 - alpha**2).sqrt()).tolist()  # alpha / sigma at each timestep
+        clock = [math.inf, *snr_root]  # clock[t + 1]; t = -1 is the clean end
+        out: list[float | None] = []
+        for k in range(num_steps):
+            hi, lo = min(t[k], a[0]), t[k + 1]
+            if lo < 0:
+                out.append(s[-1])
+                continue
+            weights = [max(0.0, clock[max(lo, a[j + 1]) + 1] - clock[min(hi, a[j]) + 1]) for j in range(len(s))]
+            held = [v for w, v in zip(weights, s, strict=True) if w > 0]
+            mean = sum(w * v for w, v in zip(weights, s, strict=True)) / sum(weights) if held else s[0]
+            # one scale over the whole step: exactly it (an average of equal values may round)
+            out.append(held[0] if len(set(held)) == 1 else mean)
+        return out
+
 
 def guidance_scales(
     guidance: Guidance, timesteps: Sequence[int] | None, num_steps: int, requested_steps: int | None = None
@@ -158,9 +236,7 @@ def guidance_scales(
     if requested_steps is None:
         guidance.check(timesteps, num_steps)
         requested_steps = num_steps
-    return [
-        guidance.scale_at(i, None if timesteps is None else timesteps[i], requested_steps) for i in range(num_steps)
-    ]
+    return guidance.scales(timesteps, num_steps, requested_steps)
 
 
 @dataclass(frozen=True)
