@@ -1,5 +1,6 @@
-"""``cogsample bench --quick``: the JSON's structure and finiteness, the plots, the table, and the
-quality metrics on samples whose answer is known (not the benchmark's figures themselves)."""
+"""``cogsample bench --quick``: the JSON's structure and finiteness, the plots, the table, the
+preset rule, and the quality metrics on samples whose answer is known (not the benchmark's
+figures themselves)."""
 
 import json
 import math
@@ -26,7 +27,7 @@ def _walk_numbers(obj):
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    assert main(["bench", "--quick", "--out", str(out), "--quiet", "--sections", "quality,options"]) == 0
+    assert main(["bench", "--quick", "--out", str(out), "--quiet", "--sections", "presets,options"]) == 0
     return out, json.loads((out / "bench.json").read_text())
 
 
@@ -34,15 +35,21 @@ def test_quick_bench_json_structure_and_finite_figures(quick_run):
     _out, res = quick_run
     assert res["size"] == "quick" and res["machine"]["cores"] >= 1
     assert all(math.isfinite(v) for v in _walk_numbers(res))
-    qual = res["quality"]
-    assert {"setup", "reference", "results", "mode_tv_floor", "best"} <= set(qual)
-    for r in [qual["reference"], *qual["results"]]:
-        assert {"forwards", "kl", "mode_tv", "on_prompt", "loglik", "var_ratio", "steps"} <= set(r)
-        assert 0 <= r["on_prompt"] <= 1 and 0 <= r["mode_tv"] <= 1 and r["kl"] >= 0 and r["forwards"] >= r["steps"]
-    assert qual["reference"]["forwards"] == 100
-    assert any("ode_error" in r for r in qual["results"])
-    match = res["forwards_to_match_reference"]
-    assert match is None or (match["forwards"] <= 100 and "sampler" in match["config"])
+    p = res["presets"]
+    assert p["definition"] == "reference6" and set(p["solver"]) == {"builtin", "builtin-trained", "family-exact"}
+    for runs in p["solver"].values():
+        for m in runs:
+            assert m["reference"]["forwards"] == 100 and m["limit_steps"] == 40
+            assert set(m["limit_check"]) == {"ode", "sde"}
+            for r in [m["reference"], *m["rows"]]:
+                lo, mean, hi = r["distance"][1], r["distance"][0], r["distance"][2]
+                assert 0 <= lo <= mean <= hi and r["forwards"] >= 2 * r.get("steps", 1)
+                assert 0 <= r["coverage"]["reached"] <= 1 and 0 <= r["coverage"]["mode_tv"] <= 1
+    ref = p["truth"]["reference"]
+    assert ref["forwards"] == 100 and ref["samples"] == len(__import__("cogsample.bench.truth").bench.truth.CAPTIONS)
+    for attr in ("color", "shape", "motion", "background", "realism"):
+        assert ref[attr][1] <= ref[attr][0] <= ref[attr][2]
+    assert set(res["measured"]) == {"presets", "options"}
     rows = res["options"]["builtin"]
     assert {r["option"] for r in rows} >= {"guidance interval [0.4, 1)", "skip uncond where scale == 1"}
     for r in rows:
@@ -51,17 +58,26 @@ def test_quick_bench_json_structure_and_finite_figures(quick_run):
 
 def test_quick_bench_writes_png_plots(quick_run):
     out, res = quick_run
-    for name in ("quality", "ode_error"):
-        path = out / res["plots"][name].rsplit("/", 1)[-1]
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not list(out.glob("*.tmp"))
+    path = out / res["plots"]["distance"].rsplit("/", 1)[-1]
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.glob("*.tmp")) and not list(out.glob("presets/.*.tmp"))
+
+
+def test_a_second_run_reuses_the_stored_measurements_and_keeps_other_sections(quick_run, monkeypatch):
+    """The presets section resumes from ``out/presets/``: nothing is sampled again."""
+    out, res = quick_run
+    monkeypatch.setattr("cogsample.bench.solver.measure", lambda *a, **k: pytest.fail("measured again"))
+    monkeypatch.setattr("cogsample.bench.presets.measure", lambda *a, **k: pytest.fail("measured again"))
+    monkeypatch.setattr("cogsample.bench.presets.score_captions", lambda *a, **k: res["presets"]["truth"]["reference"])
+    assert main(["bench", "--quick", "--out", str(out), "--quiet", "--sections", "presets"]) == 0
+    again = json.loads((out / "bench.json").read_text())
+    assert again["presets"]["solver"] == res["presets"]["solver"] and again["options"] == res["options"]
 
 
 def test_bench_rejects_bad_sections(tmp_path, capsys):
-    assert main(["bench", "--quick", "--out", str(tmp_path / "b"), "--sections", "quality,fps"]) == 2
-    assert "--sections must be a comma-separated subset of quality,options,speed,long_video, got 'quality,fps'" in (
-        capsys.readouterr().err
-    )
+    assert main(["bench", "--quick", "--out", str(tmp_path / "b"), "--sections", "presets,fps"]) == 2
+    want = "--sections must be a comma-separated subset of presets,options,speed,cpu_2b,long_video, got 'presets,fps'"
+    assert want in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
 
 
@@ -91,68 +107,64 @@ def test_metrics_score_exact_samples_near_zero_kl_and_shrunk_samples_worse():
     assert off["on_prompt"] == pytest.approx(2 / 3)
 
 
-def test_matches_rule():
-    ref = {"kl": 0.5, "mode_tv": 0.2, "on_prompt": 1.0}
-    assert q.matches({"kl": 0.4, "mode_tv": 0.2, "on_prompt": 1.0}, ref)
-    assert not q.matches({"kl": 0.6, "mode_tv": 0.1, "on_prompt": 1.0}, ref)
-    assert not q.matches({"kl": 0.4, "mode_tv": 0.25, "on_prompt": 1.0}, ref)
-    assert q.matches({"kl": 0.4, "mode_tv": 0.25, "on_prompt": 1.0}, ref, tv_floor=0.3)
-    assert not q.matches({"kl": 0.4, "mode_tv": 0.1, "on_prompt": 0.9}, ref)
+def _measured(ref, rows):
+    """One model's seed-set measurement: the reference's distance and ``(solver, steps, fwd, d)`` rows."""
+    rows = [{"solver": s, "steps": n, "forwards": f, "distance": [d, d, d]} for s, n, f, d in rows]
+    return {"reference": {"distance": [ref, ref, ref]}, "rows": rows}
 
 
-def test_quick_bench_scores_every_model_and_checks_fast(quick_run):
-    _out, res = quick_run
-    models = res["models"]
-    assert set(models) == {"builtin", "builtin-trained", "family-exact"}
-    assert any("trained" in k for k in models)
-    for m in models.values():
-        assert m["runs"][0]["reference"]["forwards"] == 100
-        assert isinstance(m["fast_matches_reference"], bool)
-        best = m["forwards_to_match_reference"]
-        assert best is None or (best["forwards"] <= 100 and best == m["stable_matches"][0])
-    assert models["family-exact"]["held_out"] and "guidance" not in models["family-exact"]
-    for key in ("builtin", "builtin-trained"):
-        assert set(models[key]["guidance"]) == {"scale 1", "scale 6"}
-        assert models[key]["guidance"]["scale 6"]["forwards"] == 100
-    # the trained model's samples are scored against its own data: the clip family at 9 x 64 x 96
-    assert models["builtin-trained"]["setup"]["frames"] == 9 and models["builtin-trained"]["setup"]["samples"] == 6
-    choice = res["fast_choice"]
-    if choice is not None:
-        assert set(choice["per_model"]) == {"builtin", "builtin-trained"}
-        assert choice["steps"] == max(p["steps"] for p in choice["per_model"].values())
+def test_first_holding_needs_that_step_count_and_every_costlier_one():
+    from cogsample.bench.presets import first_holding
+
+    m = _measured(
+        1.0, [("x", 4, 8, 3.0), ("x", 8, 16, 0.9), ("x", 10, 20, 1.2), ("x", 12, 24, 0.8), ("x", 16, 32, 0.5)]
+    )
+    assert first_holding(m["rows"], 1.0, "x")["steps"] == 12  # 8 holds but 10 does not
+    assert first_holding(m["rows"], 0.1, "x") is None and first_holding(m["rows"], 1.0, "y") is None
 
 
-def _run(rows):
-    """A run_quality result holding ``(candidate, steps, forwards, matches)`` rows."""
-    return {"results": [{"candidate": c, "steps": n, "forwards": f, "matches": ok} for c, n, f, ok in rows]}
+def test_the_choice_holds_on_every_model_and_seed_set_and_is_the_cheapest():
+    from cogsample.bench.presets import choose
+    from cogsample.bench.solver import Solver
+
+    a, b = Solver("vpode_dpmpp_2m"), Solver("video_ddim")
+
+    def rows(a8, a12, b8, b12):
+        return [(a.name, 8, 16, a8), (a.name, 12, 24, a12), (b.name, 8, 16, b8), (b.name, 12, 25, b12)]
+
+    runs = {
+        "one": [_measured(1.0, rows(0.5, 0.5, 2.0, 0.9)), _measured(1.0, rows(1.5, 0.5, 0.5, 0.9))],
+        "two": [_measured(2.0, rows(1.0, 1.0, 1.0, 1.0))],
+    }
+    ranked = choose(runs, (a, b))
+    assert [(o["solver"], o["steps"], o["forwards"]) for o in ranked] == [(a.name, 12, 24), (b.name, 12, 25)]
+    runs["two"][0]["rows"][1]["distance"] = [3.0] * 3  # a fails at 12 on model two: only b is left
+    assert [o["solver"] for o in choose(runs, (a, b))] == [b.name]
 
 
-def test_stable_match_needs_every_larger_step_count_and_every_seed():
-    a = _run([("x", 4, 7, False), ("x", 8, 15, True), ("x", 10, 19, False), ("x", 15, 29, True), ("x", 20, 39, True)])
-    assert q.stable_match([a], "x") == {"candidate": "x", "steps": 15, "forwards": 29}
-    b = _run([("x", 15, 30, True), ("x", 20, 39, True)])
-    assert q.stable_match([a, b], "x") == {"candidate": "x", "steps": 15, "forwards": 30}
-    c = _run([("x", 15, 29, True), ("x", 20, 39, False)])
-    assert q.stable_match([a, c], "x") is None
-    assert q.stable_match([a], "y") is None
+def test_keeping_the_prompt_means_every_attribute_within_the_reference_interval():
+    from cogsample.bench.presets import keeps_prompt
+
+    ref = {a: [0.8, 0.7, 0.9] for a in ("color", "shape", "motion", "background")}
+    assert keeps_prompt({a: [0.7, 0.6, 0.8] for a in ref}, ref)
+    assert not keeps_prompt({**ref, "shape": [0.69, 0.6, 0.8]}, ref)
 
 
-def test_fast_choice_is_the_cheapest_match_on_every_swept_model():
-    from cogsample.bench.suite import choose_fast
+def test_w2_matches_samples_within_a_prompt_and_bootstrap_brackets_the_mean():
+    from cogsample.bench.solver import bootstrap, w2
 
-    m1 = _run([("A", 8, 13, True), ("A", 12, 19, True), ("B", 8, 15, False), ("B", 10, 16, True), ("B", 12, 19, True)])
-    m2 = _run([("A", 8, 13, False), ("A", 12, 19, True), ("B", 8, 15, False), ("B", 10, 16, True), ("B", 12, 19, True)])
-    held = _run([("A", 8, 13, False)])  # held out: never part of the choice
-    models = {"one": {"runs": [m1]}, "two": {"runs": [m2]}, "held": {"held_out": True, "runs": [held]}}
-    choice = choose_fast(models)
-    assert (choice["candidate"], choice["steps"], choice["forwards"]) == ("B", 10, 16)
-    m2["results"][-1]["matches"] = False  # B fails at 12 on model two: A at 12 is the choice
-    assert (choose_fast(models)["candidate"], choose_fast(models)["steps"]) == ("A", 12)
+    x = torch.tensor([[0.0], [1.0], [10.0], [11.0]])
+    swapped = torch.tensor([[1.0], [0.0], [11.0], [10.0]])
+    assert w2(x, swapped, [0, 0, 1, 1], 1.0) == [0.0, 0.0, 0.0]  # a swap within a prompt costs nothing
+    across = torch.tensor([[10.0], [1.0], [0.0], [11.0]])
+    assert w2(x, across, [0, 0, 1, 1], 1.0)[0] == pytest.approx(math.sqrt((1 + 81 + 100 + 0) / 4))  # best matching
+    mean, lo, hi = bootstrap(torch.arange(100.0))
+    assert lo < mean == 49.5 < hi
 
 
 def test_the_bench_scores_the_fast_flag_the_cli_runs():
-    """``fast_matches_reference`` is about the configuration ``--fast`` really runs."""
-    from cogsample.bench.suite import fast_candidate
+    """The bench's ``--fast`` candidate is the configuration ``--fast`` really runs."""
+    from cogsample.bench.quality import fast_candidate
     from cogsample.jobs.batch import batch_options
     from cogsample.pipeline.options import GenerateOptions, apply_speedups, inspect_model, resolve_sampling
 

@@ -318,12 +318,29 @@ def test_fast_preset_and_its_command_round_trip(tmp_path):
     assert options.fast_options(_opts(tmp_path), steps_given=True).steps == SMALL["steps"]
     (res,) = batch.generate(opts)
     meta = json.loads(res.files["meta"].read_text())
-    assert "--grid" in meta["command"] and "--skip-unit-cfg" in meta["command"]
+    assert "--grid" in meta["command"] and meta["command"][meta["command"].index("--cfg-index") + 1] == "level"
     args = build_parser().parse_args([*meta["command"][1:], "--out", str(tmp_path / "again"), "--quiet"])
     assert args.func(args) == 0
     again = load_file(str(next((tmp_path / "again").glob("*.safetensors"))))
     assert torch.equal(again["latents"], res.latents)
     assert SamplingConfig.from_dict(meta["sampling"]) == plan(opts).sampling
+
+
+def test_guidance_by_level_is_the_reference_at_its_own_steps_and_one_definition_at_any(tmp_path):
+    """``--cfg-index level`` at the reference's 50 steps samples the very latents of the default
+    (the same scales); at another step count it carries those scales, not a new DynamicCFG ramp."""
+    from cogsample.sampling.guidance import LevelGuidance, guidance_scales
+
+    base = _opts(tmp_path, steps=50, frames=5, height=32, width=48)
+    (ref,) = batch.generate(base)
+    (lvl,) = batch.generate(dataclasses.replace(base, cfg_index="level", out=str(tmp_path / "lvl")))
+    assert torch.equal(ref.latents, lvl.latents) and ref.files["video"].name != lvl.files["video"].name
+    s = plan(_opts(tmp_path, cfg_index="level", grid="logsnr", steps=10)).sampling
+    assert isinstance(s.guidance, LevelGuidance) and s.guidance.guidance.num_steps == options.REFERENCE_STEPS
+    scales = guidance_scales(s.guidance, s.grid().timesteps, 10)
+    assert min(s.guidance.anchor_scales()) <= min(scales) and max(scales) <= max(s.guidance.anchor_scales())
+    with pytest.raises(ValueError, match="cfg_index 'level' carries the SAT reference's DynamicCFG scales"):
+        plan(_opts(tmp_path, cfg_index="level", profile="diffusers"))
 
 
 def test_frames_as_a_multiple_of_the_native_length(tmp_path, no_loading):

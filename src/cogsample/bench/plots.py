@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_long_video", "plot_loss", "plot_ode_error", "plot_quality"]
+__all__ = ["plot_distance", "plot_long_video", "plot_loss", "plot_truth"]
 
 
 def _pyplot() -> Any:
@@ -18,12 +17,9 @@ def _pyplot() -> Any:
     return plt
 
 
-def _series(results: list[dict[str, Any]], key: str) -> dict[str, list[tuple[int, float]]]:
-    out: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    for r in results:
-        if key in r:
-            out[r["candidate"]].append((r["forwards"], r[key]))
-    return {k: sorted(v) for k, v in out.items()}
+def _star(ax: Any, x: float, ci: list[float], label: str) -> None:
+    """A reference point: a star at ``ci[0]`` with its interval ``ci[1]..ci[2]``."""
+    ax.errorbar([x], [ci[0]], yerr=[[ci[0] - ci[1]], [ci[2] - ci[0]]], fmt="k*", ms=12, capsize=3, label=label)
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -35,53 +31,70 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def plot_quality(quality: dict[str, Any], path: Path) -> Path:
-    """Within-mode KL and mode TV against forwards per sample, one line per configuration, the
-    reference default at 50 steps as a star and its level as a dashed line."""
+def plot_distance(presets: dict[str, Any], path: Path) -> Path:
+    """Per model (one panel each) and seed set (solid: the first, dashed: the second): W2 distance
+    from the converged limit of the reference's guidance definition against forwards per sample,
+    one line per solver with its 95% band; the reference default as a star, its level dotted."""
     plt = _pyplot()
-    ref, results = quality["reference"], quality["results"]
-    fig, axes = plt.subplots(1, 2, figsize=(15, 6))
-    for ax in axes:
-        ax.set_prop_cycle(color=plt.cm.tab20.colors)
-    for ax, key, label in ((axes[0], "kl", "within-mode KL per dimension (nats)"), (axes[1], "mode_tv", "mode TV")):
-        for name, pts in _series(results, key).items():
-            xs, ys = zip(*pts, strict=True)
-            style = "--" if "/reference/" in name else "-"
-            ax.plot(xs, ys, style, marker="o", ms=3, lw=1, label=name)
-        ax.plot([ref["forwards"]], [ref[key]], "k*", ms=14, label="reference default, 50 steps")
-        ax.axhline(ref[key], color="k", ls=":", lw=1)
-        if key == "mode_tv":
-            ax.axhline(quality["mode_tv_floor"]["p90"], color="grey", ls="-.", lw=1, label="exact sampler (90th pct.)")
-        else:
-            ax.set_yscale("log")
+    models = list(presets["solver"])
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 5.2), squeeze=False)
+    colors = dict(zip(sorted({r["solver"] for ms in presets["solver"].values() for m in ms for r in m["rows"]}),
+                      plt.cm.tab10.colors, strict=False))  # fmt: skip
+    for ax, model in zip(axes[0], models, strict=True):
+        for k, m in enumerate(presets["solver"][model]):
+            style = "-" if k == 0 else "--"
+            for name, color in colors.items():
+                rows = sorted((r for r in m["rows"] if r["solver"] == name), key=lambda r: r["forwards"])
+                xs = [r["forwards"] for r in rows]
+                ax.plot(xs, [r["distance"][0] for r in rows], style, color=color, marker="o", ms=3, lw=1,
+                        label=f"{name} (seed {m['seed']})")  # fmt: skip
+                ax.fill_between(xs, [r["distance"][1] for r in rows], [r["distance"][2] for r in rows], color=color,
+                                alpha=0.08)  # fmt: skip
+            ref = m["reference"]
+            _star(ax, ref["forwards"], ref["distance"], f"reference default, 50 steps (seed {m['seed']})")
+            ax.axhline(ref["distance"][0], color="k", ls=":" if k == 0 else "-.", lw=1)
         ax.set_xscale("log")
         ax.set_xlabel("network forwards per sample")
-        ax.set_ylabel(label)
+        ax.set_ylabel("W2 distance from the converged limit (units of tau)")
+        ax.set_title(f"{model}: {len(presets['solver'][model])} seed sets x "
+                     f"{presets['solver'][model][0]['samples']} samples", fontsize=9)  # fmt: skip
         ax.grid(True, which="both", alpha=0.3)
-    best = quality.get("best")
-    title = "quality per forward on the built-in exact model"
-    if best:
-        title += f": {best['candidate']} matches the reference in {best['forwards']} forwards (reference: 100)"
-    fig.suptitle(title, fontsize=10)
-    axes[1].legend(fontsize=6, loc="upper right", ncol=1)
+    axes[0][0].legend(fontsize=6, loc="upper right")
+    choice = presets["fast"].get("choice")
+    pick = (
+        f"--fast = {choice['solver']} at {choice['steps']} steps ({choice['forwards']} forwards)" if choice else "none"
+    )
+    fig.suptitle(f"distance from the converged limit at equal guidance ({presets['definition']}, the reference's "
+                 f"DynamicCFG scales by noise level); {pick}", fontsize=10)  # fmt: skip
     return _save(fig, path)
 
 
-def plot_ode_error(quality: dict[str, Any], path: Path) -> Path:
-    """Deterministic samplers: RMS distance (in tau) from their many-step solution, vs forwards."""
+def plot_truth(presets: dict[str, Any], path: Path) -> Path:
+    """The trained model: the share of samples whose nearest true clip has the caption's colour,
+    shape, motion and background, against forwards (the ``--fast`` solver at each step count, 95%
+    bands), the reference default as stars with its interval."""
+    from .truth import ATTRIBUTES
+
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    ax.set_prop_cycle(color=plt.cm.tab20.colors)
-    for name, pts in _series(quality["results"], "ode_error").items():
-        xs, ys = zip(*pts, strict=True)
-        ax.plot(xs, ys, marker="o", ms=3, lw=1, label=name)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("network forwards per sample")
-    ax.set_ylabel("RMS error vs many-step solution (units of tau)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title("deterministic samplers: error against the ODE solution from the same noise", fontsize=10)
+    truth = presets["truth"]
+    curve, ref = truth.get("curve", []), truth["reference"]
+    fig, axes = plt.subplots(1, len(ATTRIBUTES), figsize=(18, 4.6), sharey=True)
+    for ax, attr in zip(axes, ATTRIBUTES, strict=True):
+        xs = [c["forwards"] for c in curve]
+        ax.plot(xs, [c[attr][0] for c in curve], "o-", ms=3, lw=1, label="--fast's solver")
+        ax.fill_between(xs, [c[attr][1] for c in curve], [c[attr][2] for c in curve], alpha=0.15)
+        _star(ax, ref["forwards"], ref[attr], "reference default, 50 steps")
+        ax.axhspan(ref[attr][1], ref[attr][2], color="k", alpha=0.06)
+        ax.set_xscale("log")
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("network forwards per sample")
+        ax.set_title(f"nearest true clip has the caption's {attr}", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel(f"share of samples ({ref['samples']} per point)")
+    axes[0].legend(fontsize=7, loc="lower right")
+    choice = presets["fast"].get("choice") or {}
+    fig.suptitle(f"builtin-trained: prompt adherence against forwards ({choice.get('solver', '?')}, the reference's "
+                 f"guidance by noise level) and the reference default", fontsize=10)  # fmt: skip
     return _save(fig, path)
 
 
@@ -133,11 +146,15 @@ def plot_long_video(section: dict[str, Any], path: Path) -> Path:
 
 
 def plot_loss(record: dict[str, Any], path: Path) -> Path:
-    """The training loss (mean over each logged window) against steps, log scale, with the wall time."""
+    """The training loss (mean over each logged window) and the EMA weights' held-out loss at each
+    checkpoint against steps, log scale, with the wall time."""
     plt = _pyplot()
     curve = record["curve"]
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    ax.plot([c["step"] for c in curve], [c["loss"] for c in curve], lw=1.2)
+    ax.plot([c["step"] for c in curve], [c["loss"] for c in curve], lw=1.2, label="training batches")
+    evals = record.get("evals", [])
+    if evals:
+        ax.plot([e["step"] for e in evals], [e["eval_loss"] for e in evals], lw=1.2, label="EMA weights, held out")
     ax.axhline(record["eval_loss"], color="gray", ls="--", lw=0.8, label=f"held-out loss {record['eval_loss']:.4f}")
     ax.set_yscale("log")
     ax.set_xlabel("step")

@@ -27,17 +27,14 @@ posterior mean, so every difference between samplers is the sampler's. For ``N``
 * ``ode_error`` (deterministic samplers): RMS distance, in units of ``tau``, from the same
   configuration's many-step solution from the same noise.
 
-A configuration *matches* the reference default (VPSDEDPMPP2M, 50 steps, DynamicCFG 6 as
-shipped) when its ``kl`` and ``mode_tv`` are no larger and its ``on_prompt`` no smaller (strictly
-against the reference's own figures; ``mode_tv_floor`` is reported for context only);
 ``forwards`` counts network evaluations per sample (2 for a guided call, 1 for a
-conditional-only one).
+conditional-only one). How presets are chosen (distance to the converged limit at equal guidance,
+and the truth) is :mod:`cogsample.bench.presets`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,11 +62,8 @@ __all__ = [
     "Setup",
     "evaluate",
     "fast_candidate",
-    "matches",
     "prompt_rows",
     "reference_default",
-    "run_quality",
-    "stable_match",
 ]
 
 #: Prompts that allow 4, 3 and 4 clips of the built-in model.
@@ -100,6 +94,7 @@ class Setup:
     prompts: tuple[str, ...] = PROMPTS
     tau: float = DEFAULT_TAU
     seed: int = 1234
+    weights: str | None = None  # the trained model's transformer folder (None: the shipped one)
 
 
 QUICK = Setup(frames=5, height=32, width=48, seeds=3)
@@ -114,8 +109,9 @@ class Candidate:
 
     ``grid``: ``"reference"`` (ZeroSNR DDPM's trailing steps, as shipped) or a
     :class:`SpacedDDPM` spacing ending at t = 0 (``"logsnr"``, ``"power"`` with ``rho``,
-    ``"uniform"``); ``cfg``: ``"reference"`` (DynamicCFG with
-    the shipped step index) or ``"loop"`` (DynamicCFG on the loop counter); ``interval``: the
+    ``"uniform"``); ``cfg``: ``"reference"`` (DynamicCFG with the shipped step index), ``"loop"``
+    (DynamicCFG on the loop counter) or ``"level"`` (the reference's 50 scales carried by noise
+    level, :func:`~cogsample.pipeline.options.level_guidance`); ``interval``: the
     guidance interval's start (fraction of steps), 0 for none; ``skip_unit``: skip the uncond
     forward where the scale is exactly 1.
     """
@@ -151,6 +147,10 @@ class Candidate:
 
     def guidance(self, steps: int) -> Guidance:
         g: Guidance = DynamicCFG(self.scale, EXP, steps, "reference" if self.cfg == "reference" else "loop")
+        if self.cfg == "level":
+            from ..pipeline.options import level_guidance
+
+            g = level_guidance(DynamicCFG(self.scale, EXP, steps), ZeroSNRDDPM(1.0), "sat")
         return GuidanceInterval(g, self.interval, 1.0) if self.interval else g
 
     def config(self, steps: int) -> SamplingConfig:
@@ -176,7 +176,11 @@ def fast_candidate() -> tuple[Candidate, int]:
 
     start = FAST["cfg_interval"][0] if FAST.get("cfg_interval") else 0.0
     cand = Candidate(
-        FAST["sampler"], grid=FAST["grid"], cfg=FAST["cfg_index"], interval=start, skip_unit=FAST["skip_unit_cfg"]
+        FAST["sampler"],
+        grid=FAST["grid"],
+        cfg=FAST["cfg_index"],
+        interval=start,
+        skip_unit=FAST.get("skip_unit_cfg", False),
     )
     return cand, FAST["steps"]
 
@@ -217,7 +221,7 @@ class Env:
         if setup.model == "builtin-trained":
             from ..models.trained import TrainedModel
 
-            trained = TrainedModel()
+            trained = TrainedModel() if setup.weights is None else TrainedModel(weights=setup.weights)
             trained.check_size(setup.frames, setup.height, setup.width)
             network, context = trained.network, trained.encode_prompts(prompts)
         return cls(setup, network, Conditioning(context=context), x_t, mu, weights.log(), prompt_of)
@@ -286,73 +290,3 @@ def evaluate(env: Env, cand: Candidate, steps: int, *, ode_steps: int = 0) -> di
         err = (x.double() - ref.double()).pow(2).mean().sqrt() / env.setup.tau
         out["ode_error"] = float(err)
     return out
-
-
-def matches(result: dict[str, Any], reference: dict[str, Any], tv_floor: float = 0.0) -> bool:
-    """At least the reference's quality: ``kl`` no larger, ``on_prompt`` no smaller, and ``mode_tv``
-    no larger than the reference's or than ``tv_floor`` (what an exact sampler reaches with this
-    many samples, 90th percentile: below it the mode balance cannot be told from an exact one)."""
-    return (
-        result["kl"] <= reference["kl"]
-        and result["on_prompt"] >= reference["on_prompt"]
-        and result["mode_tv"] <= max(reference["mode_tv"], tv_floor)
-    )
-
-
-def run_quality(
-    candidates: Sequence[Candidate],
-    steps: Sequence[int] | Mapping[str, Sequence[int]],
-    setup: Setup = Setup(),
-    *,
-    ode_steps: int = 0,
-    log: Callable[[str], None] | None = None,
-    env: Env | None = None,
-) -> dict[str, Any]:
-    """Score the reference default at 50 steps, then every candidate at every step count
-    (``steps``: one list for all, or a list per candidate name)."""
-    say = log or (lambda _m: None)
-    env = env or Env.build(setup)
-    setup = env.setup
-    floor = mode_tv_floor(env)
-    ref = evaluate(env, reference_default(), 50)
-    say(
-        f"[{setup.model}, seed {setup.seed}] reference default at 50 steps: {ref['forwards']} forwards, "
-        f"kl {ref['kl']:.4f}, mode_tv {ref['mode_tv']:.3f}, on_prompt {ref['on_prompt']:.2f}"
-    )
-    results = []
-    for cand in candidates:
-        for n in steps.get(cand.name, ()) if isinstance(steps, Mapping) else steps:
-            r = evaluate(env, cand, n, ode_steps=ode_steps)
-            r.update(candidate=cand.name, sampler=cand.sampler, matches=matches(r, ref))
-            say(
-                f"  {cand.name:48s} {n:4d} steps {r['forwards']:4d} fwd  kl {r['kl']:.4f}  "
-                f"mode_tv {r['mode_tv']:.3f}  on_prompt {r['on_prompt']:.2f}{'  matches' if r['matches'] else ''}"
-            )
-            results.append(r)
-    best = min((r for r in results if r["matches"]), key=lambda r: (r["forwards"], r["kl"]), default=None)
-    if best is not None:
-        cand = next(c for c in candidates if c.name == best["candidate"])
-        best = {**best, "config": cand.config(best["steps"]).to_dict()}
-    return {
-        "setup": {**vars(setup), "prompts": list(setup.prompts), "samples": len(env.prompt_of)},
-        "mode_tv_floor": floor,
-        "reference": ref,
-        "results": results,
-        "best": best,
-    }
-
-
-def stable_match(runs: Sequence[dict[str, Any]], name: str) -> dict[str, Any] | None:
-    """The fewest steps ``n`` at which candidate ``name`` matches its run's reference at ``n`` and at
-    every larger step count measured, in every run (``run_quality`` results, e.g. other seeds):
-    ``{"candidate", "steps", "forwards"}`` (forwards: the most any run spent at ``n``), or None."""
-    measured = sorted({r["steps"] for run in runs for r in run["results"] if r["candidate"] == name})
-    first = None
-    for n in reversed(measured):
-        rows = [r for run in runs for r in run["results"] if r["candidate"] == name and r["steps"] == n]
-        if not all(r["matches"] for r in rows):
-            break
-        first = (n, max(r["forwards"] for r in rows))
-    if first is None:
-        return None
-    return {"candidate": name, "steps": first[0], "forwards": first[1]}

@@ -72,6 +72,7 @@ __all__ = [
     "COGVIDEOX_5B_TRANSFORMER",
     "compare_diffusers",
     "compile_effect",
+    "cpu_2b",
     "device_info",
     "gpu_5b",
     "peak_memory",
@@ -108,6 +109,16 @@ COGVIDEOX_5B_TRANSFORMER: dict[str, Any] = {
     "use_rotary_positional_embeddings": True,
     "use_learned_positional_embeddings": False,
 }
+#: diffusers' ``transformer/config.json`` of CogVideoX-2B (THUDM/CogVideoX-2b): 30 blocks of 30 x 64
+#: heads, sinusoidal positions (no rotary).
+COGVIDEOX_2B_TRANSFORMER: dict[str, Any] = {
+    **COGVIDEOX_5B_TRANSFORMER,
+    "num_attention_heads": 30,
+    "num_layers": 30,
+    "use_rotary_positional_embeddings": False,
+}
+#: A small video for the 2B-sized transformer on a CPU: 9 frames at 160 x 240 (3 x 20 x 30 latents).
+VIDEO_2B_CPU = {"frames": 9, "height": 160, "width": 240}
 #: CogVideoX-5B's generation size: 49 frames at 480 x 720 px (13 x 60 x 90 latents).
 VIDEO_5B = {"frames": 49, "height": 480, "width": 720}
 
@@ -935,6 +946,34 @@ def gpu_5b(quick: bool = False) -> dict[str, Any]:
         repeats=1 if quick else 2,
         compile=not quick,
     )
+
+
+def cpu_2b(quick: bool = False) -> dict[str, Any]:
+    """A random-weight CogVideoX-2B transformer (:data:`COGVIDEOX_2B_TRANSFORMER`, bfloat16) at
+    :data:`VIDEO_2B_CPU` on the CPU, where a forward costs what it costs: seconds per step of
+    cogsample's loop and diffusers' ``CogVideoXPipeline`` at equal forwards, paired in one run
+    (:func:`_loop_compare`), and cogsample's overhead per step outside the transformer (the same
+    loop on a stub returning a precomputed output, :func:`_ms_per_step`) as a share of the real
+    step. ``quick`` skips it (a step takes about a minute on 2 cores)."""
+    if quick:
+        return {"skipped": "quick"}
+    from ..models.cogvideox import CogVideoXTransformerNetwork
+
+    config_2b, bf16 = COGVIDEOX_2B_TRANSFORMER, torch.bfloat16
+    result = _loop_compare(config_2b, VIDEO_2B_CPU, device="cpu", dtype=bf16, steps=3, repeats=1, compile=False)
+    shape = latent_shape(1, **VIDEO_2B_CPU)
+    g = torch.Generator().manual_seed(0)
+    cond = _random_text(COGVIDEOX_2B_TRANSFORMER, g, "cpu", torch.bfloat16)
+    out = torch.randn((2, *shape[1:]), generator=g).to(torch.bfloat16)
+    stub = CogVideoXTransformerNetwork(_StubTransformer(SimpleNamespace(**COGVIDEOX_2B_TRANSFORMER), out))
+    config, noise = _profiles(10)["diffusers"]
+    x = torch.randn(shape, generator=g).to(torch.bfloat16)
+    over = _ms_per_step(stub, x, cond, config, noise, 3)
+    step_ms = 1e3 * result["cogsample"]["s_per_step"]["median"]
+    result["video"] = dict(VIDEO_2B_CPU)
+    result["overhead_ms"] = over
+    result["overhead_pct_of_step"] = 100 * ratio(over["median"], step_ms)
+    return result
 
 
 # ----------------------------------------------------------------------------------------------

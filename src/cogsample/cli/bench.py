@@ -23,7 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     b.add_argument("--out", default="bench", help="directory for bench.json and the plots (default: ./bench)")
     b.add_argument(
-        "--sections", default="quality,options,speed,long_video", help="comma-separated subset to run (default: all)"
+        "--sections",
+        default="presets,options,speed,cpu_2b,long_video",
+        help="comma-separated subset to run (default: all)",
     )
     b.add_argument("-q", "--quiet", action="store_true", help="print only the final table")
     b.set_defaults(func=run)

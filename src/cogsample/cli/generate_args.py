@@ -185,17 +185,24 @@ def _processes(g: argparse.ArgumentParser) -> None:
 
 def _fewer_forwards(g: argparse.ArgumentParser) -> None:
     """The speed options, off by default."""
-    from ..pipeline.options import CACHE_KINDS, CFG_INDEX, FAST, GRIDS, OFFLOAD
+    from ..pipeline.options import CACHE_KINDS, CFG_INDEX, FAST, FAST_MEASURED, GRIDS, OFFLOAD
 
     f = g.add_argument_group("fewer forwards (off by default; measured by `cogsample bench`)")
     f.add_argument(
         "--fast",
         action="store_true",
-        help=f"the measured fewest-forwards setup: --sampler {FAST['sampler']} --grid logsnr --cfg-index loop "
-        f"--cfg-interval {FAST['cfg_interval'][0]}:1 --skip-unit-cfg --steps {FAST['steps']} (sat profile)",
+        help=f"the preset chosen by rule (sat profile): --sampler {FAST['sampler']} --grid {FAST['grid']} "
+        f"--cfg-index {FAST['cfg_index']} --steps {FAST['steps']}, {2 * FAST['steps']} forwards against the "
+        f"reference default's 100, the same guidance; {FAST_MEASURED}",
     )
     f.add_argument("--grid", choices=GRIDS, default="reference", help="timestep grid (sat): reference = trailing")
-    f.add_argument("--cfg-index", choices=CFG_INDEX, default="reference", help="DynamicCFG's step index")
+    f.add_argument(
+        "--cfg-index",
+        choices=CFG_INDEX,
+        default="reference",
+        help="DynamicCFG's step index: reference (as shipped), loop (the loop counter), level (the 50-step "
+        "reference's scales carried to any grid by noise level: the same guidance at any step count)",
+    )
     f.add_argument(
         "--cfg-interval",
         type=_interval,
