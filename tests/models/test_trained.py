@@ -50,6 +50,41 @@ def test_a_short_training_run_lowers_the_held_out_loss_and_is_deterministic(tmp_
     assert json.loads((tmp_path / "a" / "train.json").read_text())["config"]["steps"] == 40
 
 
+def test_training_killed_mid_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """A run interrupted after a checkpoint and started again ends bit-identical to an unbroken one;
+    the snapshots of the EMA weights stay (the learning curve), the resume point is spent."""
+    from safetensors.torch import load_file
+
+    monkeypatch.setattr(tr, "CHECKPOINT_EVERY", 4)
+    monkeypatch.setattr(tr, "SNAPSHOT_EVERY", 8)
+    cfg = tr.TrainConfig(steps=10, batch=4, warmup=2, seed=1)
+    whole = tr.train(tmp_path / "whole", cfg)
+    advance = tr._Run.advance
+
+    def killed(self, *a, **k):
+        if self.step == 6:
+            raise KeyboardInterrupt
+        return advance(self, *a, **k)
+
+    monkeypatch.setattr(tr._Run, "advance", killed)
+    with pytest.raises(KeyboardInterrupt):
+        tr.train(tmp_path / "broken", cfg)
+    assert (tmp_path / "broken" / "checkpoint.pt").is_file() and not (tmp_path / "broken" / "config.json").exists()
+    monkeypatch.setattr(tr._Run, "advance", advance)
+    lines = []
+    resumed = tr.train(tmp_path / "broken", cfg, log=lines.append)
+    assert lines[0].startswith("resumed at step 4/10")
+    a, b = (load_file(tmp_path / d / "diffusion_pytorch_model.safetensors") for d in ("whole", "broken"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["eval_loss"] == whole["eval_loss"] and [e["step"] for e in resumed["evals"]] == [4, 8, 10]
+    assert not (tmp_path / "broken" / "checkpoint.pt").exists()
+    assert sorted(p.name for p in (tmp_path / "broken" / "snapshots").iterdir()) == ["ema-000008.pt"]
+    (tmp_path / "other").mkdir()
+    torch.save({"config": {"steps": 3}, "transformer": tr.TRANSFORMER_CONFIG}, tmp_path / "other" / "checkpoint.pt")
+    with pytest.raises(ValueError, match="checkpoint of another run"):
+        tr.train(tmp_path / "other", cfg)
+
+
 @pytest.fixture(scope="module")
 def shipped():
     return tr.TrainedModel()
@@ -61,6 +96,10 @@ def test_shipped_weights_are_the_documented_transformer(shipped):
     record = json.loads((tr.WEIGHTS / "train.json").read_text())
     assert record["config"]["steps"] == tr.TrainConfig().steps
     assert record["eval_loss"] < record["initial_eval_loss"] / 5
+    # measured at the reference default by the bench's presets section, with 95% intervals
+    assert set(record["accuracy"]) == {"color", "background", "shape", "motion"}
+    assert all(0 <= lo <= mean <= hi <= 1 for mean, lo, hi in record["accuracy"].values())
+    assert [c["step"] for c in record["learning_curve"]] == list(range(1000, record["config"]["steps"] + 1, 1000))
 
 
 def _sample(model, prompts, seed=0, steps=50):
@@ -117,3 +156,15 @@ def test_text_to_video_network_feeds_zero_image_channels(shipped):
     assert torch.equal(shipped.network(x, t, ctx), want)
     with pytest.raises(ValueError, match=r"takes x of \(N, T, 16, h, w\), got \(2, 3, 32, 8, 12\)"):
         shipped.network(torch.zeros(2, 3, 32, 8, 12), t, ctx)
+
+
+def test_the_learning_curve_scores_each_snapshot_a_run_kept(tmp_path, monkeypatch):
+    from cogsample.bench.truth import ATTRIBUTES, CAPTIONS, learning_curve
+
+    monkeypatch.setattr(tr, "SNAPSHOT_EVERY", 2)
+    monkeypatch.setattr(tr, "CHECKPOINT_EVERY", 2)
+    tr.train(tmp_path / "run", tr.TrainConfig(steps=4, batch=4, warmup=1, seed=2))
+    curve = learning_curve(tmp_path / "run", steps=2)
+    assert [c["step"] for c in curve] == [2, 4] and all(c["samples"] == len(CAPTIONS) for c in curve)
+    for c in curve:
+        assert all(0 <= c[a][1] <= c[a][0] <= c[a][2] <= 1 for a in ATTRIBUTES)

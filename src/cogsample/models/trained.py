@@ -29,6 +29,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -70,14 +71,14 @@ TEXT_DIM, TEXT_SLOTS = 32, 4
 WEIGHTS = Path(__file__).with_name("trained_weights")
 
 TRANSFORMER_CONFIG: dict[str, Any] = {
-    "num_attention_heads": 4,
+    "num_attention_heads": 6,
     "attention_head_dim": 32,
     "in_channels": 2 * LATENT_CHANNELS,
     "out_channels": LATENT_CHANNELS,
     "time_embed_dim": 64,
     "ofs_embed_dim": 64,  # summed with the time embedding: the same width
     "text_embed_dim": TEXT_DIM,
-    "num_layers": 3,
+    "num_layers": 4,
     "max_text_seq_length": TEXT_SLOTS,
     "sample_frames": FRAMES,
     "sample_height": HEIGHT // 8,
@@ -222,9 +223,9 @@ class TrainConfig:
     ``lr / 20``), weight EMA ``ema``; ``seed`` fixes every draw (deterministic on one machine and
     thread count)."""
 
-    steps: int = 5000
+    steps: int = 7000
     batch: int = 64
-    lr: float = 2e-3
+    lr: float = 1.5e-3
     warmup: int = 100
     ema: float = 0.999
     keep: float = 0.5  # probability that a training caption names each attribute
@@ -312,6 +313,75 @@ def eval_loss(transformer: Any, cfg: TrainConfig, batches: int = 4, n: int = 64,
     return total / batches
 
 
+#: Steps between checkpoints (resume points) and between kept EMA snapshots (the learning curve).
+CHECKPOINT_EVERY, SNAPSHOT_EVERY = 250, 1000
+
+
+class _Run:
+    """One training run's state: the model, its EMA, the optimizer, the data generator and the
+    record so far. :meth:`save` writes it atomically to ``out/checkpoint.pt``; :meth:`resume` reads
+    it back so the continued run is the uninterrupted one, bit for bit."""
+
+    def __init__(self, cfg: TrainConfig):
+        from diffusers import CogVideoXTransformer3DModel
+
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)  # the constructor's initial weights come from the global generator
+        self.model = CogVideoXTransformer3DModel(**TRANSFORMER_CONFIG).train()
+        self.ema = CogVideoXTransformer3DModel(**TRANSFORMER_CONFIG).eval()
+        self.ema.load_state_dict(self.model.state_dict())
+        for p in self.ema.parameters():
+            p.requires_grad_(False)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=0.0)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.step, self.seconds, self.curve, self.evals, self.losses = 0, 0.0, [], [], []
+        self.initial = eval_loss(self.model, cfg)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "config": asdict(self.cfg), "transformer": TRANSFORMER_CONFIG, "step": self.step,
+            "seconds": self.seconds, "curve": self.curve, "evals": self.evals, "losses": self.losses,
+            "initial": self.initial, "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+            "opt": self.opt.state_dict(), "gen": self.gen.get_state(),
+        }  # fmt: skip
+
+    def save(self, out: Path) -> None:
+        tmp = out / f".checkpoint.{os.getpid()}.tmp"
+        torch.save(self.state(), tmp)
+        os.replace(tmp, out / "checkpoint.pt")
+
+    def resume(self, path: Path) -> None:
+        """Continue from ``path``; a checkpoint of another config or architecture is refused."""
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        if ck["config"] != asdict(self.cfg) or ck["transformer"] != TRANSFORMER_CONFIG:
+            raise ValueError(f"{path} is a checkpoint of another run ({ck['config']}); use another --out")
+        self.model.load_state_dict(ck["model"])
+        self.ema.load_state_dict(ck["ema"])
+        self.opt.load_state_dict(ck["opt"])
+        self.gen.set_state(ck["gen"])
+        self.step, self.seconds, self.curve = ck["step"], ck["seconds"], ck["curve"]
+        self.evals, self.losses, self.initial = ck["evals"], ck["losses"], ck["initial"]
+
+    def advance(self, data: _Data, rotary: Any) -> float:
+        """One AdamW step on a fresh batch, then the EMA update; returns the batch's loss."""
+        cfg = self.cfg
+        for group in self.opt.param_groups:
+            group["lr"] = _lr(cfg, self.step)
+        x, t, ctx, v = data.batch(cfg.batch, self.gen)
+        loss = (_forward(self.model, x, t, ctx, rotary) - v).pow(2).mean()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        with torch.no_grad():
+            # early on the EMA follows closely (warm-up), later it averages over ~1/(1-ema) steps
+            decay = min(cfg.ema, (1 + self.step) / (10 + self.step))
+            for pe, pm in zip(self.ema.parameters(), self.model.parameters(), strict=True):
+                pe.lerp_(pm, 1 - decay)
+        self.step += 1
+        return loss.item()
+
+
 def train(
     out: str | Path,
     cfg: TrainConfig = TrainConfig(),
@@ -319,58 +389,62 @@ def train(
     log: Callable[[str], None] | None = None,
     every: int = 50,
 ) -> dict[str, Any]:
-    """Train from scratch and write ``out/`` (a diffusers transformer folder holding the EMA
-    weights, plus ``train.json``: the config, the loss every ``every`` steps, the wall time)."""
-    from diffusers import CogVideoXTransformer3DModel
-
+    """Train (from ``out/checkpoint.pt`` where a run of the same config left one, else from
+    scratch) and write ``out/``: a diffusers transformer folder of the EMA weights and
+    ``train.json`` (the config, the loss every ``every`` steps, the EMA's held-out loss at each
+    checkpoint, the wall time summed over runs). Checkpoints every :data:`CHECKPOINT_EVERY` steps;
+    EMA snapshots every :data:`SNAPSHOT_EVERY` in ``out/snapshots/`` (kept: the learning curve)."""
     say = log or (lambda _m: None)
     out = Path(out)
-    torch.manual_seed(cfg.seed)  # the constructor's initial weights come from the global generator
-    model = CogVideoXTransformer3DModel(**TRANSFORMER_CONFIG).train()
-    ema = CogVideoXTransformer3DModel(**TRANSFORMER_CONFIG).eval()
-    ema.load_state_dict(model.state_dict())
-    for p in ema.parameters():
-        p.requires_grad_(False)
-    data = _Data(cfg)
-    rotary = _rotary(model)
-    initial = eval_loss(model, cfg)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    start = time.perf_counter()
-    curve, run = [], []
-    for step in range(cfg.steps):
-        for group in opt.param_groups:
-            group["lr"] = _lr(cfg, step)
-        x, t, ctx, v = data.batch(cfg.batch, gen)
-        loss = (_forward(model, x, t, ctx, rotary) - v).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            # early on the EMA follows closely (warm-up), later it averages over ~1/(1-ema) steps
-            decay = min(cfg.ema, (1 + step) / (10 + step))
-            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                pe.lerp_(pm, 1 - decay)
-        run.append(loss.item())
-        if (step + 1) % every == 0 or step + 1 == cfg.steps:
-            mean = sum(run) / len(run)
-            curve.append({"step": step + 1, "loss": mean, "seconds": time.perf_counter() - start})
-            say(f"step {step + 1}/{cfg.steps}  loss {mean:.4f}  {time.perf_counter() - start:.0f} s")
-            run = []
-    seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
-    ema.save_pretrained(str(out))
+    run, data = _Run(cfg), _Data(cfg)
+    if (out / "checkpoint.pt").is_file():
+        run.resume(out / "checkpoint.pt")
+        say(f"resumed at step {run.step}/{cfg.steps} ({run.seconds:.0f} s so far)")
+    rotary = _rotary(run.model)
+    start = time.perf_counter() - run.seconds
+    while run.step < cfg.steps:
+        run.losses.append(run.advance(data, rotary))
+        run.seconds = time.perf_counter() - start
+        if run.step % every == 0 or run.step == cfg.steps:
+            mean = sum(run.losses) / len(run.losses)
+            run.curve.append({"step": run.step, "loss": mean, "seconds": run.seconds})
+            say(f"step {run.step}/{cfg.steps}  loss {mean:.4f}  {run.seconds:.0f} s")
+            run.losses = []
+        if run.step % CHECKPOINT_EVERY == 0 or run.step == cfg.steps:
+            _checkpoint(run, out, cfg)
+    return _finish(run, out, cfg)
+
+
+def _checkpoint(run: _Run, out: Path, cfg: TrainConfig) -> None:
+    """Record the EMA's held-out loss, keep a snapshot where due, save the resume point."""
+    run.evals.append({"step": run.step, "eval_loss": eval_loss(run.ema, cfg), "seconds": run.seconds})
+    if run.step % SNAPSHOT_EVERY == 0:
+        snaps = out / "snapshots"
+        snaps.mkdir(exist_ok=True)
+        tmp = snaps / f".{run.step}.{os.getpid()}.tmp"
+        torch.save(run.ema.state_dict(), tmp)
+        os.replace(tmp, snaps / f"ema-{run.step:06d}.pt")
+    run.save(out)
+
+
+def _finish(run: _Run, out: Path, cfg: TrainConfig) -> dict[str, Any]:
+    """Write the EMA transformer and ``train.json``; the resume point is then spent."""
+    run.ema.save_pretrained(str(out))
     record = {
         "config": asdict(cfg),
         "transformer": TRANSFORMER_CONFIG,
-        "parameters": sum(p.numel() for p in ema.parameters()),
+        "parameters": sum(p.numel() for p in run.ema.parameters()),
         "clips": len(FAMILY),
-        "seconds": seconds,
+        "seconds": run.seconds,
         "threads": torch.get_num_threads(),
-        "initial_eval_loss": initial,
-        "eval_loss": eval_loss(ema, cfg),
-        "curve": curve,
+        "initial_eval_loss": run.initial,
+        "eval_loss": eval_loss(run.ema, cfg),
+        "curve": run.curve,
+        "evals": run.evals,
     }
-    (out / "train.json").write_text(json.dumps(record, indent=1) + "\n")
+    tmp = out / f".train.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, out / "train.json")
+    (out / "checkpoint.pt").unlink(missing_ok=True)
     return record
