@@ -88,7 +88,9 @@ def test_ulysses_needs_a_transformer():
     check_parallel(ParallelConfig(2, 1), inspect("builtin"))
     with pytest.raises(ValueError, match=r"has none .*use --parallel cfg=2"):
         check_parallel(ParallelConfig(1, 2), inspect("builtin"))
-    check_parallel(ParallelConfig(2, 4), inspect("builtin-trained"))  # 4 heads
+    check_parallel(ParallelConfig(2, 3), inspect("builtin-trained"))  # 6 heads
+    with pytest.raises(ValueError, match="6 attention heads, which must divide over the ranks"):
+        check_parallel(ParallelConfig(2, 4), inspect("builtin-trained"))
 
 
 def test_a_world_that_does_not_split_into_groups_is_refused(tmp_path):
@@ -106,7 +108,7 @@ def test_ctrl_c_stops_the_group_and_a_rerun_resumes(tmp_path, batch):
 
     from processes import started
 
-    slow = ["generate", "--frames", "9", "--height", "64", "--width", "96", "--steps", "1000", "--quiet"]
+    slow = ["generate", "--frames", "9", "--height", "64", "--width", "96", "--steps", "990", "--quiet"]
     ref = tmp_path / "single"
     rc, _, err = run_bounded(
         [sys.executable, "-m", "cogsample", *slow, "--prompts-file", str(batch), "--out", str(ref)]
@@ -144,7 +146,8 @@ def test_ulysses_on_the_trained_model_equals_one_process(tmp_path):
     (a,) = single.glob("*.latents.safetensors")
     b = par / a.name
     x, y = load_file(str(a))["latents"], load_file(str(b))["latents"]
-    assert (x - y).abs().max() <= 1e-5 * max(1.0, x.abs().max().item())
+    # attention sharded over ranks sums in another order: float32 rounding over 4 blocks x 8 steps
+    assert (x - y).abs().max() <= 1e-4 * max(1.0, x.abs().max().item())
 
 
 def test_a_bad_request_under_torchrun_is_one_line_and_the_root_cause(tmp_path):
