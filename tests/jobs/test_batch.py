@@ -137,7 +137,7 @@ def test_jsonl_lines_get_the_command_lines_new_checks(tmp_path, monkeypatch):
 
 def test_fast_per_line_keeps_its_steps(tmp_path):
     jobs = batch_options(_base(tmp_path, steps=None), [("", {"prompt": "a", "fast": True, "steps": 12})])
-    assert jobs[0][1].steps == 12 and jobs[0][1].skip_unit_cfg
+    assert jobs[0][1].steps == 12 and jobs[0][1].cfg_index == "level" and jobs[0][1].grid == "logsnr"
 
 
 def _items(tmp_path, prompts=("a red ball", "a blue square", "a green triangle"), **kw):
