@@ -45,7 +45,10 @@ def test_the_entry_point_equals_the_cli(pipe, tmp_path):
 
 def test_fast_and_per_call_options(pipe):
     a = pipe("a green triangle", fast=True, **SMALL)
-    assert a.plan.sampling.sampler == "vpode_dpmpp_2m" and a.plan.sampling.steps == 6
+    s = a.plan.sampling
+    # --fast's sampler, grid and guidance by level; the call's own step count is kept
+    assert (s.sampler, s.steps, s.schedule.spacing) == ("dpmpp_2m", 6, "logsnr")
+    assert type(s.guidance).__name__ == "LevelGuidance"
 
 
 def test_process_options_belong_to_load(pipe):
