@@ -95,7 +95,7 @@ def test_clips_move_and_have_distinct_first_frames():
 
 def test_vae_shapes_and_scale(model):
     video = torch.stack([clip_video(k) for k in range(4)])
-    z = model.encode_video(video)
+    z = model.encode_video(video * 2 - 1)
     assert z.shape == latent_shape(4, F, H, W) and z.dtype == torch.float32
     assert 0.3 < float(z.std()) < 1.5 and float(z.abs().max()) <= 1.0 + 1e-6  # roughly unit scale
     out = model.decode(z)
@@ -130,7 +130,7 @@ def test_decoder_is_pseudo_inverse():
 def test_encode_image_is_latent_frame_zero(model):
     video = clip_video(3)[None]
     img = video[:, 0] * 2 - 1
-    assert torch.allclose(model.encode_image(img), model.encode_video(video)[:, :1], atol=1e-6)
+    assert torch.allclose(model.encode_image(img), model.encode_video(video * 2 - 1)[:, :1], atol=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -21,13 +21,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..models import installed as models_installed
 from .harness import machine, needs_diffusers, non_finite
 from .options import options_builtin, options_diffusers
 from .quality import QUICK, TRAINED, Setup, fast_candidate, reference_default
 
 __all__ = ["SECTIONS", "machine", "run_bench", "table"]
 
-SECTIONS = ("presets", "options", "speed", "cpu_2b", "long_video")
+SECTIONS = ("presets", "options", "speed", "cpu_2b", "long_video", "quantize")
 
 
 def _trained_missing() -> str | None:
@@ -64,7 +65,7 @@ def run_bench(
     start = time.perf_counter()
     res = _previous(out, quick)
     steps = {"presets": _presets_step, "options": _options_step, "speed": _speed_step, "cpu_2b": _cpu_2b_step,
-             "long_video": _long_video_step}  # fmt: skip
+             "long_video": _long_video_step, "quantize": _quantize_step}  # fmt: skip
     for name in SECTIONS:
         if name in sections:
             t = time.perf_counter()
@@ -187,6 +188,20 @@ def _long_video_step(res: dict[str, Any], quick: bool, out: Path, say: Callable[
     res["plots"]["long_video"] = str(plot_long_video(res["long_video"], out / "long_video.png"))
 
 
+def _quantize_step(res: dict[str, Any], quick: bool, out: Path, say: Callable[[str], None]) -> None:
+    """``quantize`` (:func:`~cogsample.bench.quantize.quantize_section`): ``--quantize``'s weight bytes,
+    memory, time and latent distance per mode; also written alone to ``quantize.json``."""
+    say("quantized transformer weights (torchao) on the trained model and a CogVideoX-2B-sized one")
+    missing = _trained_missing()
+    if missing or not models_installed("torchao"):
+        res["quantize"] = {"skipped": missing or "needs torchao: pip install 'cogsample[quantize]'"}
+        return
+    from .quantize import quantize_section
+
+    res["quantize"] = quantize_section(quick=quick, say=say)
+    (out / "quantize.json").write_text(json.dumps(res["quantize"], indent=1) + "\n")
+
+
 def _write(out: Path, res: dict[str, Any]) -> Path:
     path = out / "bench.json"
     tmp = path.with_name(path.name + ".tmp")
@@ -208,6 +223,10 @@ def table(res: dict[str, Any]) -> str:
         lines += _options_lines(res["options"])
     lines += _speed_lines(res.get("speed", {})) + _cpu_2b_lines(res.get("cpu_2b", {}))
     lines += _long_video_lines(res.get("long_video", {}))
+    if "runs" in res.get("quantize", {}):
+        from .quantize import table_rows
+
+        lines += ["", "--quantize (torchao):", *table_rows(res["quantize"])]
     lines.append(f"total {res['seconds']:.0f} s; results in {res.get('json', '?')}")
     return "\n".join(lines)
 

@@ -25,6 +25,9 @@ def run_here(batch: Batch, finished: Callable[[Any], None], progress: Progress |
             dtype=args.dtype,
             profile=base.profile,
             offload=base.offload,
+            quantize=base.quantize,
+            lora=base.lora,
+            lora_fuse=base.lora_fuse,
             log=batch.log,
             parallel=groups,
         )

@@ -32,6 +32,18 @@ def _model_and_prompts(g: argparse.ArgumentParser) -> None:
         help="builtin (default), builtin-i2v, builtin-trained, builtin-trained-i2v, or a local diffusers-format "
         "CogVideoX folder",
     )
+    g.add_argument(
+        "--lora",
+        action="append",
+        metavar="PATH[:WEIGHT]",
+        help="a LoRA of the transformer (diffusers/peft safetensors; repeat to combine): each module becomes "
+        "W + WEIGHT * (alpha / rank) * B @ A (alpha = rank where the file has none; WEIGHT 1 by default, 0: off)",
+    )
+    g.add_argument(
+        "--lora-fuse",
+        action="store_true",
+        help="merge the --lora files into the weights once (no per-call cost; one LoRA set for the whole run)",
+    )
     g.add_argument("--prompt", action="append", help="a prompt (repeat for several videos)")
     g.add_argument(
         "--prompts-file",
@@ -46,6 +58,26 @@ def _model_and_prompts(g: argparse.ArgumentParser) -> None:
         help="unconditional branch: zero embedding (sat default) or the encoded negative prompt (diffusers default)",
     )
     g.add_argument("--image", help="first frame for an image-to-video model")
+    g.add_argument(
+        "--video",
+        metavar="PATH",
+        help="video to video: start from this video's first --frames frames (resized to the size), encoded and "
+        "noised to --strength (any model; an I2V model without --image takes its first frame as the image)",
+    )
+    g.add_argument(
+        "--strength",
+        type=float,
+        help="with --video: how far it is noised, in (0, 1]: the share of the sampler's steps run (default 0.8; "
+        "1: from pure noise)",
+    )
+    g.add_argument("--last-image", metavar="PATH", help="the video's last frame, held while sampling (any model)")
+    g.add_argument(
+        "--keyframe",
+        action="append",
+        metavar="FRAME=PATH",
+        help="video frame FRAME (0 .. frames-1) given as an image, held while sampling (repeatable; any model; "
+        "one per latent frame: frames 4j-3..4j share one)",
+    )
 
 
 def _size(g: argparse.ArgumentParser) -> None:
@@ -185,6 +217,7 @@ def _processes(g: argparse.ArgumentParser) -> None:
 
 def _fewer_forwards(g: argparse.ArgumentParser) -> None:
     """The speed options, off by default."""
+    from ..models.quantize import QUANTIZE
     from ..pipeline.options import CACHE_KINDS, CFG_INDEX, FAST, FAST_MEASURED, GRIDS, OFFLOAD
 
     f = g.add_argument_group("fewer forwards (off by default; measured by `cogsample bench`)")
@@ -213,6 +246,13 @@ def _fewer_forwards(g: argparse.ArgumentParser) -> None:
     f.add_argument("--cache", type=float, metavar="THRESHOLD", help="step cache: reuse while the change < THRESHOLD")
     f.add_argument("--cache-kind", choices=CACHE_KINDS, help="output (any model) or first-block (CogVideoX default)")
     f.add_argument("--offload", choices=OFFLOAD, default="none", help="CPU offload of a CogVideoX model's parts")
+    f.add_argument(
+        "--quantize",
+        choices=QUANTIZE,
+        default="none",
+        help="the transformer's Linear weights through torchao: int8 (weight-only), int8-dynamic (int8 "
+        "activations too), fp8 (CUDA, compute capability >= 8.9); needs pip install 'cogsample[quantize]'",
+    )
 
 
 def _frames(text: str) -> int | str:

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..models.lora import lora_pairs
+from ..pipeline.keyframes import rebase_keyframes
 from ..pipeline.options import PROCESS_OPTIONS, GenerateOptions, fast_options
 from ..pipeline.pipeline import Pipeline
 from ..pipeline.plan import Plan
@@ -69,10 +71,15 @@ _TYPES: dict[str, tuple[type, ...]] = {
     **{k: (int,) for k in ("context_frames", "context_overlap")},
     "frames": (int, str),  # 4k+1, or "4x"
     "scale": (int, float),
+    "video": (str,),
+    "strength": (int, float),
     "cache": (int, float),
     "skip_unit_cfg": (bool,),
     "noise_repeat": (bool,),
     "cfg_interval": (list, str),
+    "last_image": (str,),
+    "keyframes": (dict, list),  # {"FRAME": "PATH"} or ["FRAME=PATH", ...]
+    "lora": (str, list, dict),  # "PATH[:WEIGHT]", a list of them, or {"path": ..., "weight": ...}
 }
 
 
@@ -167,16 +174,23 @@ def _jsonl_entry(line: str, base: Path) -> dict[str, Any]:
                     "int": "an integer",
                     "float": "a number",
                     "bool": "true/false",
-                    "list": "[start, end]",
+                    "list": {"cfg_interval": "[start, end]", "lora": 'a list of "PATH[:WEIGHT]"'}.get(
+                        k, 'a list of "FRAME=PATH"'
+                    ),
+                    "dict": 'an object {"FRAME": "PATH"}',
                 }[t.__name__]
                 for t in types
             )
             raise ValueError(f"{k} must be {want}, got {json.dumps(v)}")
     if isinstance(obj.get("cfg_interval"), (list, str)):
         obj["cfg_interval"] = _interval(obj["cfg_interval"])
-    for k in ("image", "initial_noise"):
+    for k in ("image", "initial_noise", "last_image", "video"):
         if isinstance(obj.get(k), str) and not Path(obj[k]).is_absolute():
             obj[k] = str(base / obj[k])
+    if obj.get("keyframes") is not None:
+        obj["keyframes"] = rebase_keyframes(obj["keyframes"], base)
+    if obj.get("lora") is not None:
+        obj["lora"] = tuple((str(base / Path(q).expanduser()), w) for q, w in lora_pairs(obj["lora"]))
     cfg = obj.get("sampler_config")
     if isinstance(cfg, str) and ("/" in cfg or cfg.endswith((".yaml", ".yml"))) and not Path(cfg).is_absolute():
         obj["sampler_config"] = str(base / cfg)
@@ -268,9 +282,24 @@ def plan_jobs(jobs: Sequence[tuple[str, Any]], *, memory: bool = True) -> list[B
             items.append(BatchItem(plan(job, memory=memory, noise_rows=n), 0, where))
         except ValueError as e:
             errors.append(f"{where}: {e}" if where else str(e))
+    errors += _unfused(items)
     if errors:
         raise ValueError(_listed(list(dict.fromkeys(errors))))
     return items
+
+
+def _unfused(items: Sequence[BatchItem]) -> list[str]:
+    """``--lora-fuse`` merges one LoRA set for the process: each video asking for another is named."""
+    fused = [item for item in items if item.plan.options.lora_fuse]
+    if not fused:
+        return []
+    first = [(x.sha256, x.weight) for x in fused[0].plan.loras]
+    return [
+        f"{item.where or 'video'}: --lora-fuse merges one LoRA set into the weights for the whole run; this video asks "
+        "for another (drop --lora-fuse to vary LoRAs per video)"
+        for item in fused[1:]
+        if [(x.sha256, x.weight) for x in item.plan.loras] != first
+    ]
 
 
 def batch_items(
@@ -497,8 +526,18 @@ def run_plan(
 
     def load() -> Pipeline:
         if model is not None:
+            if o.lora_fuse:
+                model.use_loras(p.loras, fuse=True)
             return Pipeline(
-                model, model_name=o.model, device=p.device, dtype=p.dtype, profile=o.profile, offload=o.offload
+                model,
+                model_name=o.model,
+                device=p.device,
+                dtype=p.dtype,
+                profile=o.profile,
+                offload=o.offload,
+                quantize=o.quantize,
+                lora=o.lora,
+                lora_fuse=o.lora_fuse,
             )
         return Pipeline.load(
             o.model,
@@ -506,6 +545,9 @@ def run_plan(
             dtype=str(p.dtype).removeprefix("torch."),
             profile=o.profile,
             offload=o.offload,
+            quantize=o.quantize,
+            lora=o.lora,
+            lora_fuse=o.lora_fuse,
             log=log,
         )
 

@@ -20,7 +20,7 @@ __all__ = ["command", "metadata", "versions"]
 def versions() -> dict[str, str]:
     """The versions of Python and of the packages a video depends on, as installed."""
     out = {"python": platform.python_version()}
-    for name in ("cogsample", "torch", "diffusers", "transformers", "av", "numpy"):
+    for name in ("cogsample", "torch", "diffusers", "transformers", "av", "numpy", "torchao"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -51,6 +51,9 @@ def metadata(r: VideoResult, files: dict[str, Path], run: dict[str, Any]) -> dic
             "patch_size_t": p.info.patch_size_t,
         },
         "image": _image_path(opts.image),
+        **({"keyframes": [kf.describe() for kf in p.keyframes]} if p.keyframes else {}),
+        # video to video, only where set: the input's path, SHA-256, strength, resize rule, steps run
+        **({"video": {**p.video.describe(), "steps_run": p.sampling.grid().num_steps}} if p.video is not None else {}),
         "frames": p.frames,
         "height": p.height,
         "width": p.width,
@@ -68,6 +71,9 @@ def metadata(r: VideoResult, files: dict[str, Path], run: dict[str, Any]) -> dic
         "steps": p.sampling.steps,
         "sampling": p.sampling.to_dict(),
         "dtype": str(p.dtype).removeprefix("torch."),
+        "quantize": opts.quantize,
+        "lora": [x.record() for x in p.loras],
+        "lora_fuse": bool(p.loras and opts.lora_fuse),
         "device": str(p.device),
         "files": {k: v.name for k, v in files.items()},
         "versions": versions(),
@@ -118,6 +124,10 @@ def command(p: Plan, prompt: str, seed: int) -> list[str]:
         cmd += ["--negative-prompt", p.negative_prompt]
     if _image_path(o.image):
         cmd += ["--image", _image_path(o.image)]
+    if p.video is not None and p.video.source:
+        cmd += ["--video", p.video.source, "--strength", repr(p.video.strength)]
+    for kf in p.keyframes:
+        cmd += ["--keyframe", f"{kf.frame}={kf.source}"] if kf.source else []
     if o.grid != "reference":
         cmd += ["--grid", o.grid]
     if o.cfg_index != "reference":
@@ -130,6 +140,12 @@ def command(p: Plan, prompt: str, seed: int) -> list[str]:
         cmd += ["--cache", repr(p.sampling.cache.threshold), "--cache-kind", p.sampling.cache.kind]
     if o.offload != "none":
         cmd += ["--offload", o.offload]
+    if o.quantize != "none":
+        cmd += ["--quantize", o.quantize]
+    for x in p.loras:
+        cmd += ["--lora", f"{x.path}:{x.weight!r}"]
+    if p.loras and o.lora_fuse:
+        cmd.append("--lora-fuse")
     if o.vae_tiling != "auto":
         cmd += ["--vae-tiling", o.vae_tiling]
     if o.initial_noise is not None:

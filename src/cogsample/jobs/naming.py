@@ -69,7 +69,21 @@ def video_identity(p: Plan, k: int) -> dict[str, Any]:
         "uint8": UINT8[o.profile],
         # only where set, so that every video made before windows keeps its name
         **({"noise_repeat": True} if o.noise_repeat else {}),
+        **({"video": {"sha256": p.video.sha256, "strength": p.video.strength}} if p.video is not None else {}),
+        **({"quantize": o.quantize} if o.quantize != "none" else {}),
+        # a LoRA by its bytes and weight (not its path), and whether it was merged into the weights
+        **_lora_identity(p),
+        **({"keyframes": [{"frame": kf.frame, "sha256": kf.sha256} for kf in p.keyframes]} if p.keyframes else {}),
     }
+
+
+def _lora_identity(p: Plan) -> dict[str, Any]:
+    """The LoRAs by their bytes and weight (not their path); at weight 0 a LoRA is off and the video
+    the base model's, so it is left out, as is fusing where nothing is merged."""
+    on = [{"sha256": x.sha256, "weight": x.weight} for x in p.loras if x.weight != 0]
+    if not on:
+        return {}
+    return {"lora": on, **({"lora_fuse": True} if p.options.lora_fuse else {})}
 
 
 def video_stem(p: Plan, k: int) -> str:

@@ -11,6 +11,7 @@ that model is asked for, so the built-in model runs with torch alone.
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,8 @@ from .base import CallableNetwork, ModelInfo, VideoModel
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
+    from .lora import LoraFile
+
 __all__ = [
     "BUILTIN",
     "EXACT",
@@ -29,6 +32,7 @@ __all__ = [
     "ModelInfo",
     "VideoModel",
     "check_installed",
+    "check_loras",
     "extra_for",
     "inspect",
     "installed",
@@ -58,6 +62,8 @@ EXTRAS = {
     "accelerate": "cogvideox",
     "matplotlib": "bench",
     "ray": "ray",
+    "peft": "lora",
+    "torchao": "quantize",
 }
 
 
@@ -133,24 +139,63 @@ def inspect(name: str) -> ModelInfo:
         raise ValueError(f"model {name!r}: {e}") from e
 
 
+def check_loras(name: str, pairs: Sequence[tuple[str, float]]) -> tuple[LoraFile, ...]:
+    """Each ``(path, weight)`` checked from its file's header against model ``name``'s transformer
+    (its config alone; :func:`cogsample.models.lora.read_lora`): ``ValueError`` before any weight
+    loads, naming the file, and for another architecture or size the first key and both shapes."""
+    if not pairs:
+        return ()
+    if name in EXACT:
+        raise ValueError(
+            f"--lora adapts a transformer; model {name!r} is the exact closed-form model, which has none: use "
+            "builtin-trained, builtin-trained-i2v or a CogVideoX folder"
+        )
+    if not installed("peft"):
+        raise ValueError("--lora loads adapters through peft, which is not installed: pip install 'cogsample[lora]'")
+    from .lora import module_shapes, read_lora
+    from .quantize import quiet_torchao
+
+    quiet_torchao()  # module_shapes imports diffusers, which imports an installed torchao
+
+    if is_builtin(name):
+        from .trained import WEIGHTS
+
+        config_path = WEIGHTS / "config.json"
+    else:
+        config_path = Path(name).expanduser() / "transformer" / "config.json"
+    shapes = module_shapes(json.loads(config_path.read_text()))
+    return tuple(read_lora(path, weight, shapes) for path, weight in pairs)
+
+
 def load(
-    name: str, *, device: torch.device, dtype: torch.dtype, profile: str = "sat", offload: str = "none"
+    name: str,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    profile: str = "sat",
+    offload: str = "none",
+    quantize: str = "none",
 ) -> VideoModel:
     """Load model ``name`` (one of :data:`BUILTIN` or a CogVideoX folder) onto ``device``, with the
-    ``profile``'s (``sat`` or ``diffusers``) image-latent scaling and the ``offload`` mode."""
+    ``profile``'s (``sat`` or ``diffusers``) image-latent scaling, the ``offload`` mode and the
+    transformer's ``quantize`` mode (:mod:`cogsample.models.quantize`; checked before any weight loads)."""
+    from .quantize import check_quantize, quiet_torchao
+
+    check_quantize(quantize, device, model=name, has_transformer=name not in EXACT)
     if name in EXACT:
         from .builtin import BuiltinModel
 
         return BuiltinModel(i2v=name == "builtin-i2v", device=device, dtype=dtype)
+    quiet_torchao()  # diffusers imports an installed torchao as it loads: without its notes
     if is_builtin(name):
         from .trained import TrainedModel
 
-        return TrainedModel(i2v=name.endswith("-i2v"), device=device, dtype=dtype)
+        return TrainedModel(i2v=name.endswith("-i2v"), device=device, dtype=dtype, quantize=quantize)
     from .cogvideox import load_cogvideox
 
     # SAT leaves 1.5's image latent unscaled where diffusers divides it by the scaling factor
     scaling = "diffusers" if profile == "diffusers" else "sat"
-    return load_cogvideox(name, dtype=dtype, device=device, image_scaling=scaling, offload=offload)
+    return load_cogvideox(name, dtype=dtype, device=device, image_scaling=scaling, offload=offload, quantize=quantize)
 
 
 def untiled_decode_estimate(info: ModelInfo, shape: Sequence[int], reference: str, esize: int) -> int | None:

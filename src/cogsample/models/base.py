@@ -168,6 +168,10 @@ class VideoModel:
     * ``encode_prompts(prompts, max_length=None) -> (B, L, D)``; ``release_text_encoder()`` frees it;
     * ``encode_image(images (B, 3, H, W) in [-1, 1]) -> (B, 1, 16, H/8, W/8)``, already multiplied
       by the VAE's scaling factor (I2V models only);
+    * ``encode_video(video (B, F, 3, H, W) in [-1, 1], generator=None) -> (B, T, 16, H/8, W/8)``,
+      F = 4k + 1, already multiplied by the VAE's scaling factor (video to video; any model);
+    * ``encode_keyframe(image (1, 3, H, W), frame) -> (latent, mask)``: a video frame's image as the
+      clean latent (and held channels) of its latent frame, for ``--keyframe``;
     * ``latents_for_vae(latents) -> Tensor``: exactly what the VAE decoder is handed;
       ``decode(latents, tiling=False, reference="diffusers") -> (B, F, 3, H, W)`` float32 in [0, 1],
       decoded as the ``reference`` implementation (``sat`` or ``diffusers``) decodes, tiled or not;
@@ -190,6 +194,37 @@ class VideoModel:
     def encode_image(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """``generator``: where a stochastic VAE posterior is sampled from (None: torch's global one)."""
         raise NotImplementedError
+
+    def encode_keyframe(self, image: Tensor, frame: int) -> tuple[Tensor, Tensor | None]:
+        """Video frame ``frame`` given as ``image (1, 3, H, W)`` in [-1, 1] -> ``(latent, mask)``: the
+        clean latent ``(1, 1, C, H/8, W/8)`` of the latent frame holding it, in the sampler's
+        latent space, and the bool ``(1, 1, C, 1, 1)`` channels of it that the image fixes (None:
+        all). See :mod:`cogsample.sampling.keyframes`; deterministic (a posterior's mean)."""
+        raise ValueError(f"model {self.info.name!r} cannot encode keyframes")
+
+    def encode_video(self, video: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The whole video's latents (video to video); ``generator``: where a stochastic VAE
+        posterior is sampled from (None: torch's global one)."""
+        raise NotImplementedError
+
+    def use_loras(self, loras: Sequence[Any], *, fuse: bool = False) -> None:
+        """Run the next calls with ``loras`` (:class:`~cogsample.models.lora.LoraFile`, at their
+        weights) on the model's diffusers transformer (``self.transformer``), loaded once each;
+        ``fuse``: merge them into the weights for good (:class:`~cogsample.models.lora.Adapters`)."""
+        adapters = getattr(self, "_adapters", None)
+        if adapters is None:
+            if not loras and not fuse:
+                return
+            transformer = getattr(self, "transformer", None)
+            if transformer is None:
+                raise ValueError(f"--lora adapts a diffusers transformer; model {self.info.name!r} has none")
+            from .lora import Adapters
+
+            adapters = self._adapters = Adapters(transformer)
+        if fuse:
+            adapters.fuse(loras)
+        else:
+            adapters.use(loras)
 
     def latents_for_vae(self, latents: Tensor) -> Tensor:
         raise NotImplementedError

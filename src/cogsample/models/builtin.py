@@ -746,9 +746,30 @@ class BlockVAEModel(VideoModel):
         z = self.vae.encode_frame((images.to(torch.float64) + 1) / 2)
         return z.to(device=self.device, dtype=self.dtype)
 
-    def encode_video(self, video: Tensor) -> Tensor:
-        """``(B, F, 3, H, W)`` in [0, 1] -> ``(B, T, 16, H/8, W/8)``."""
-        return self.vae.encode(video.to(torch.float64)).to(device=self.device, dtype=self.dtype)
+    def encode_keyframe(self, image: Tensor, frame: int) -> tuple[Tensor, Tensor | None]:
+        """Frame 0: latent frame 0 (:meth:`encode_image`), every channel. Frame ``F > 0`` sits in
+        latent frame ``(F-1)//4 + 1`` as its ``i = (F-1) % 4``-th frame: BlockVAE keeps each of the
+        four frames on its own channels (colours ``3i .. 3i+2``, luma ``12 + i``), so the image
+        fixes those four channels exactly and leaves the other three frames' channels free."""
+        if image.ndim != 4 or image.shape[0] != 1 or image.shape[1] != 3:
+            raise ValueError(f"a keyframe image must be (1, 3, H, W) in [-1, 1], got {tuple(image.shape)}")
+        if frame == 0:
+            return self.encode_image(image), None
+        pix = ((image.to(torch.float64) + 1) / 2).unsqueeze(1).expand(1, 5, *image.shape[1:])
+        z = self.vae.encode(pix)[:, 1:2]
+        i = (frame - 1) % TEMPORAL_COMPRESSION
+        mask = torch.zeros(1, 1, LATENT_CHANNELS, 1, 1, dtype=torch.bool, device=self.device)
+        mask[:, :, 3 * i : 3 * i + 3] = True
+        mask[:, :, 12 + i] = True
+        return z.to(device=self.device, dtype=self.dtype), mask
+
+    def encode_video(self, video: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``(B, F, 3, H, W)`` in [-1, 1] -> ``(B, T, 16, H/8, W/8)`` (as :meth:`encode_image`, whose
+        latent is this one's frame 0). Deterministic: ``generator`` is never drawn from."""
+        if video.ndim != 5 or video.shape[2] != 3:
+            raise ValueError(f"video must be (B, F, 3, H, W) in [-1, 1], got {tuple(video.shape)}")
+        z = self.vae.encode((video.to(torch.float64) + 1) / 2)
+        return z.to(device=self.device, dtype=self.dtype)
 
     def latents_for_vae(self, latents: Tensor) -> Tensor:
         """The identity: :meth:`decode` takes the sampler's latents unchanged."""

@@ -34,6 +34,7 @@ from .base import ModelInfo, VideoModel
 from .first_block_cache import FirstBlockCachedNetwork
 from .images import i2v_size, image_to_tensor, resize_image_for_i2v  # model-agnostic; re-exported here
 from .offload import Offload, OffloadMode, check_offload, offload_parts
+from .quantize import check_quantize, quantize_transformer
 from .ulysses import SequenceParallel
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -677,6 +678,38 @@ class CogVideoXModel(VideoModel):
         # diffusers' 1.5 quirk: the image latent is divided by the scaling factor.
         return 1 / self.scaling_factor * z
 
+    def encode_keyframe(self, image: Tensor, frame: int) -> tuple[Tensor, Tensor | None]:
+        """The causal VAE's latent of video frame ``frame`` given as ``image (1, 3, H, W)``: frame 0
+        encodes the image alone (latent frame 0, as an I2V first frame); a later frame sits in a
+        latent frame that covers four frames, so the image is held still over them, with itself
+        as the causal history (``vae.encode`` of the image repeated 5 times, latent frame 1).
+        The posterior's mean, times the scaling factor (the sampled latents' space,
+        :meth:`latents_for_vae`); every channel held."""
+        if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[:2] != (1, 3):
+            got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+            raise ValueError(f"a keyframe image must be (1, 3, H, W) in [-1, 1], got {got}")
+        video = image.to(device=self.device, dtype=self.dtype).unsqueeze(2)
+        if frame > 0:
+            video = video.expand(-1, -1, 5, -1, -1).contiguous()
+        with torch.no_grad(), self._vae_flags(tiling=False):
+            z = self.vae.encode(video).latent_dist.mode()[:, :, -1:]
+        return self.scaling_factor * z.to(self.dtype).permute(0, 2, 1, 3, 4), None
+
+    def encode_video(self, video: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Video latents ``(B, T, 16, H/8, W/8)`` in the model's dtype from ``video (B, F, 3, H, W)``
+        in [-1, 1], as ``CogVideoXVideoToVideoPipeline.prepare_latents``: each video encoded whole
+        (``vae.encode`` of ``(1, 3, F, H, W)``, untiled), its posterior sampled with ``generator``
+        (None: torch's global one), then ``.to(dtype)``, frames first, times ``scaling_factor``
+        (times, also for 1.5's VAE, as that pipeline does)."""
+        if not isinstance(video, torch.Tensor) or video.ndim != 5 or video.shape[2] != 3:
+            got = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
+            raise ValueError(f"video must be (B, F, 3, H, W) in [-1, 1], got {got}")
+        video = video.to(device=self.device, dtype=self.dtype).permute(0, 2, 1, 3, 4)
+        with torch.no_grad(), self._vae_flags(tiling=False):
+            latents = [self.vae.encode(v.unsqueeze(0)).latent_dist.sample(generator) for v in video]
+        z = torch.cat(latents, dim=0).to(self.dtype).permute(0, 2, 1, 3, 4)
+        return self.scaling_factor * z
+
     # -- decoding
 
     def latents_for_vae(self, latents: Tensor) -> Tensor:
@@ -774,6 +807,7 @@ def load_cogvideox(
     slicing: bool = False,
     image_scaling: str = "diffusers",
     offload: OffloadMode = "none",
+    quantize: str = "none",
 ) -> CogVideoXModel:
     """Load a diffusers-format CogVideoX folder from local disk (never the Hub).
 
@@ -781,6 +815,8 @@ def load_cogvideox(
     dtype (float32, float16 or bfloat16; default bfloat16 on CUDA, float32 elsewhere).
     ``offload``: ``"none"``, ``"model"`` or ``"sequential"`` (see :class:`CogVideoXModel`); with
     offload the parts are loaded to the CPU and stay there, ``device`` is where they run.
+    ``quantize``: the transformer's Linear weights (:mod:`cogsample.models.quantize`), quantized one
+    layer at a time on ``device`` (without offload) so its unquantized weights never all sit there.
     """
     from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
     from transformers import AutoTokenizer, T5EncoderModel
@@ -790,6 +826,7 @@ def load_cogvideox(
     info = _info(root, configs)
     device = torch.device(device)
     check_offload(offload, device)  # before any weight is read
+    check_quantize(quantize, device)
     dtype = dtype or _default_dtype(device)
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
@@ -803,6 +840,8 @@ def load_cogvideox(
     vae = AutoencoderKLCogVideoX.from_pretrained(str(root / "vae"), local_files_only=True, torch_dtype=dtype, **low_mem)
     for module in (text_encoder, transformer, vae):
         module.eval().requires_grad_(False)
+        if module is transformer and quantize != "none":
+            quantize_transformer(module, quantize, device=device if offload == "none" else None)
         if offload == "none":
             module.to(device)  # offloaded parts stay on the CPU: the hooks move them
     return CogVideoXModel(

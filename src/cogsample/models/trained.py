@@ -50,6 +50,7 @@ Tensor = torch.Tensor
 __all__ = [
     "FRAMES",
     "HEIGHT",
+    "LORAS",
     "TEXT_DIM",
     "TRANSFORMER_CONFIG",
     "WEIGHTS",
@@ -69,6 +70,8 @@ FRAMES, HEIGHT, WIDTH = 9, 64, 96
 TEXT_DIM, TEXT_SLOTS = 32, 4
 #: The shipped weights: a diffusers ``CogVideoXTransformer3DModel`` folder.
 WEIGHTS = Path(__file__).with_name("trained_weights")
+#: LoRAs trained on it (:mod:`cogsample.models.lora_training`): ``black-background``, ``red-object``.
+LORAS = Path(__file__).with_name("trained_loras")
 
 TRANSFORMER_CONFIG: dict[str, Any] = {
     "num_attention_heads": 6,
@@ -193,6 +196,7 @@ class TrainedModel(BlockVAEModel):
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         weights: str | Path = WEIGHTS,
+        quantize: str = "none",
     ):
         self.info = trained_info(i2v)
         self.device = torch.device(device)
@@ -200,6 +204,11 @@ class TrainedModel(BlockVAEModel):
         self.vae = BlockVAE()
         self.text = CaptionEncoder()
         self.transformer = load_transformer(weights, self.device, dtype)
+        if quantize != "none":  # the transformer's Linear weights (:mod:`cogsample.models.quantize`)
+            from .quantize import quantize_transformer
+
+            quantize_transformer(self.transformer, quantize)
+        self.quantize = quantize
         cls = CogVideoXTransformerNetwork if i2v else TextToVideoNetwork
         self.network = cls(self.transformer, device=self.device)
         self.clips = FAMILY

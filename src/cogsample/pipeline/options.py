@@ -89,6 +89,14 @@ class GenerateOptions:
     negative_prompt: str | None = None
     uncond: Uncond | None = None
     image: str | None = None
+    #: keyframes held while sampling (:mod:`cogsample.pipeline.keyframes`): the video's last frame, and
+    #: any frames as ``{FRAME: PATH or image}`` or ``("FRAME=PATH", ...)``
+    last_image: Any = None
+    keyframes: Any = None
+    #: video to video (:mod:`cogsample.pipeline.video2video`): a video file (or a list of PIL
+    #: images) whose first ``frames`` frames are noised to ``strength`` in (0, 1] (None: 0.8)
+    video: Any = None
+    strength: float | None = None
     #: video frames (4k + 1), or ``"<n>x"``: n times the model's native latent length
     frames: int | str | None = None
     height: int | None = None
@@ -112,6 +120,12 @@ class GenerateOptions:
     cache: float | None = None
     cache_kind: str | None = None
     offload: str = "none"
+    #: LoRA adapters (:mod:`cogsample.models.lora`): ``(path, weight)`` pairs, or ``"PATH[:WEIGHT]"``
+    #: texts; ``lora_fuse``: merged into the weights once for the whole process
+    lora: Any = ()
+    lora_fuse: bool = False
+    #: the transformer's Linear weights quantized by torchao (:data:`cogsample.models.quantize.QUANTIZE`)
+    quantize: str = "none"
     #: decoding and the start: VAE tiling (auto: only when an untiled decode would not fit), and a
     #: file holding the initial noise (instead of drawing it)
     vae_tiling: str = "auto"
@@ -131,7 +145,7 @@ class GenerateOptions:
 
 
 #: What a process fixes for all its videos (one loaded model); everything else may vary per video.
-PROCESS_OPTIONS = ("model", "device", "dtype", "offload", "profile", "out")
+PROCESS_OPTIONS = ("model", "device", "dtype", "offload", "quantize", "lora_fuse", "profile", "out")
 
 
 def inspect_model(model: str) -> ModelInfo:

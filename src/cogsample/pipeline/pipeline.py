@@ -17,12 +17,15 @@ import torch
 from .. import models
 from ..models import ModelInfo, VideoModel
 from ..models.images import image_to_tensor
+from ..models.lora import lora_pairs
+from ..models.quantize import check_quantize
 from ..sampling.config import build_model, release
 from ..sampling.context_windows import RepeatedNoise
 from ..sampling.guidance import Conditioning
 from ..sampling.noise import GlobalNoise, NoiseSource
 from .cost import free_bytes
 from .events import PrepareEvent, StepEvent
+from .keyframes import encode_keyframes
 from .options import (
     OFFLOAD,
     PROCESS_OPTIONS,
@@ -37,6 +40,8 @@ from .options import (
 )
 from .plan import Plan
 from .planning import plan
+from .video2video import encode as encode_video
+from .video2video import noised as noised_video
 
 Tensor = torch.Tensor
 
@@ -47,11 +52,17 @@ AUTO_TILING_MARGIN = 0.9
 
 
 def load_model(
-    model: str, *, device: torch.device, dtype: torch.dtype, profile: str = "sat", offload: str = "none"
+    model: str,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    profile: str = "sat",
+    offload: str = "none",
+    quantize: str = "none",
 ) -> VideoModel:
     """Load ``model`` (one of :data:`cogsample.models.BUILTIN` or a CogVideoX folder) onto ``device``
     (:func:`cogsample.models.load`)."""
-    return models.load(model, device=device, dtype=dtype, profile=profile, offload=offload)
+    return models.load(model, device=device, dtype=dtype, profile=profile, offload=offload, quantize=quantize)
 
 
 def _image_tensor(image: Any, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -91,6 +102,13 @@ def _initial(p: Plan, noise: NoiseSource, k: int) -> Tensor:
         return x
     given = p.initial_noise[p.noise_row(k)][None]
     return given.to(device=p.device, dtype=dtype)
+
+
+def _start(p: Plan, noise: NoiseSource, k: int, clean: Tensor | None) -> Tensor:
+    """Video ``k``'s start: :func:`_initial`, or with ``--video`` the video's clean latent noised
+    with it to the cut grid's first level (:func:`cogsample.pipeline.video2video.noised`)."""
+    x = _initial(p, noise, k)
+    return x if clean is None else noised_video(p.sampling, clean, x, p.options.profile)
 
 
 def to_uint8(video: Tensor, rounding: str = "round") -> np.ndarray:
@@ -182,6 +200,19 @@ class VideoResult:
     forwards: int = 0
 
 
+def _fused_loras(model: str, lora: Any, fuse: bool, quantize: str) -> tuple[Any, ...]:
+    """The checked files ``--lora-fuse`` merges at load (read from their headers, before any weight)."""
+    pairs = lora_pairs(lora)
+    if fuse and not pairs:
+        raise ValueError("--lora-fuse merges the --lora files into the weights: give at least one --lora")
+    if fuse and quantize != "none":
+        raise ValueError(
+            f"--lora-fuse merges into full-precision weights; with --quantize {quantize} load the LoRA unfused "
+            "(drop --lora-fuse)"
+        )
+    return models.check_loras(model, pairs) if fuse else ()
+
+
 def check_parallel(config: Any, info: ModelInfo) -> None:
     """``ValueError`` before anything loads where ``config`` (a
     :class:`~cogsample.sampling.parallel.ParallelConfig`) cannot run on the model of ``info`` (Ulysses needs
@@ -215,6 +246,9 @@ class Pipeline:
         profile: str = "sat",
         offload: str = "none",
         parallel: Any = None,
+        quantize: str = "none",
+        lora: Any = (),
+        lora_fuse: bool = False,
     ):
         self.model = model
         self.model_name = model_name
@@ -222,6 +256,10 @@ class Pipeline:
         self.dtype = dtype
         self.profile = profile
         self.offload = offload
+        self.quantize = quantize
+        #: the calls' LoRAs unless a call names its own; fused: the only set a call may use
+        self.lora = lora_pairs(lora)
+        self.lora_fuse = bool(lora_fuse)
         self._contexts: dict[tuple[str, int], tuple[Tensor, float]] = {}
         self._released = False
         self.parallel = parallel
@@ -239,9 +277,14 @@ class Pipeline:
         offload: str = "none",
         log: Callable[[str], None] | None = None,
         parallel: Any = None,
+        quantize: str = "none",
+        lora: Any = (),
+        lora_fuse: bool = False,
     ) -> Pipeline:
         """Check the process-wide options (before reading any weight), then load ``model``;
-        ``parallel``: see the class (:func:`check_parallel` runs before the weights are read)."""
+        ``parallel``: see the class (:func:`check_parallel` runs before the weights are read).
+        ``lora``: the LoRAs of calls that name none (``"PATH[:WEIGHT]"`` or a list,
+        :func:`~cogsample.models.lora.lora_pairs`); ``lora_fuse``: merge them into the weights now."""
         check_choice("profile", profile, PROFILES)
         check_choice("offload", offload, OFFLOAD)
         dev = resolve_device(device)
@@ -254,12 +297,28 @@ class Pipeline:
             from ..models.offload import check_offload
 
             check_offload(offload, dev)
+        check_quantize(quantize, dev, model=model, has_transformer=model not in models.EXACT)
         if parallel is not None:
             check_parallel(parallel.config, info)
+        fused = _fused_loras(model, lora, lora_fuse, quantize)
         if log is not None:
-            log(f"loading {info.name} on {dev} ({str(dt).removeprefix('torch.')})")
-        loaded = load_model(model, device=dev, dtype=dt, profile=profile, offload=offload)
-        return cls(loaded, model_name=model, device=dev, dtype=dt, profile=profile, offload=offload, parallel=parallel)
+            quantized = "" if quantize == "none" else f", --quantize {quantize}"
+            log(f"loading {info.name} on {dev} ({str(dt).removeprefix('torch.')}{quantized})")
+        loaded = load_model(model, device=dev, dtype=dt, profile=profile, offload=offload, quantize=quantize)
+        if lora_fuse:
+            loaded.use_loras(fused, fuse=True)
+        return cls(
+            loaded,
+            model_name=model,
+            device=dev,
+            dtype=dt,
+            profile=profile,
+            offload=offload,
+            parallel=parallel,
+            quantize=quantize,
+            lora=lora,
+            lora_fuse=lora_fuse,
+        )
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -284,7 +343,9 @@ class Pipeline:
             dtype=str(self.dtype).removeprefix("torch."),
             profile=self.profile,  # type: ignore[arg-type]
             offload=self.offload,
-            **options,
+            quantize=self.quantize,
+            lora_fuse=self.lora_fuse,
+            **{"lora": self.lora, **options},
         )
         return fast_options(opts, steps_given="steps" in options) if fast else opts
 
@@ -420,20 +481,26 @@ class Pipeline:
             model.prepare(p.shape)
         img = None if p.image is None else _image_tensor(p.image, p.device, p.dtype)
         ofs = torch.full((1,), 2.0, device=p.device, dtype=p.dtype) if p.info.uses_ofs else None
+        model.use_loras(p.loras)  # before the seed: a first load must not move the video's draws
         noise = _noise(p, seed)
         image_latents = None if img is None else _image_latents(model, img, noise, p.shape[1])
+        clean = None if p.video is None else encode_video(p.video, model, noise, seed, opts.profile, p.dtype)
         if opts.noise_repeat:
             # the initial latent and every in-loop draw, mapped by one frame map from the video's seed
             noise = RepeatedNoise(noise, p.windows, torch.Generator().manual_seed(seed))
         cond = Conditioning(context=context, uncond_context=negative, image_latents=image_latents, ofs=ofs)
-        x = _initial(p, noise, k)
+        x = _start(p, noise, k, clean)
         branches = None if self.parallel is None else self.parallel.cfg_parallel()
-        guided, grid = build_model(model.network, x, cond, p.sampling, branches=branches)
+        # held frames are noised with the initial noise's own frames; from a --video start, with their own
+        keyframes = encode_keyframes(model, p.keyframes, p.device, p.dtype, None if clean is None else seed)
+        guided, grid = build_model(model.network, x, cond, p.sampling, branches=branches, keyframes=keyframes)
         start = time.perf_counter()
         with torch.inference_mode():
             step = _progress_callback(progress, grid, video, videos, start, guided, callback)
             try:
                 latents = p.sampling.spec.fn(guided, x, grid, noise, callback=step, **p.sampling.options)
+                if keyframes is not None:
+                    latents = keyframes.finish(latents)
             finally:
                 release(guided)
         if p.device.type == "cuda":

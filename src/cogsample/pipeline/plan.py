@@ -39,6 +39,9 @@ class Plan:
     out: Path
     fps: int
     image: Any = None  # PIL image, resized, for I2V
+    keyframes: tuple[Any, ...] = ()  # checked keyframes (pipeline.keyframes.Keyframe), by frame
+    loras: tuple[Any, ...] = ()  # checked LoRA files (models.lora.LoraFile), at their weights
+    video: Any = None  # video to video: pipeline.video2video.VideoInput, frames resized
     text_len: int = 226  # prompt tokens the profile encodes for this model
     initial_noise: Tensor | None = None  # (B, T, C, H, W), B = 1 or one row per video, on the CPU
     warnings: list[str] = field(default_factory=list)

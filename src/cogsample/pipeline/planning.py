@@ -14,10 +14,13 @@ import torch
 from .. import models
 from ..models import ModelInfo
 from ..models.images import load_image, resize_image_for_i2v
+from ..models.lora import lora_pairs
+from ..models.quantize import check_quantize
 from ..sampling.config import SamplingConfig, check_combination
 from ..sampling.context_windows import ContextWindows
 from ..sampling.noise import latent_shape
 from .cost import check_memory
+from .keyframes import resolve_keyframes
 from .options import (
     CONTEXT,
     CONTEXT_OVERLAP_SHARE,
@@ -36,6 +39,8 @@ from .options import (
     resolve_sampling,
 )
 from .plan import Plan
+from .video2video import check_strength, read_request, truncate_sampling
+from .video2video import prepare as prepare_video
 
 Tensor = torch.Tensor
 
@@ -56,6 +61,9 @@ def plan(opts: GenerateOptions, *, memory: bool = True, noise_rows: int | None =
     models.check_installed(opts.model, opts.profile)  # the optional modules it needs, named with their extra
     dtype = resolve_dtype(opts.dtype, device, info, models.is_builtin(opts.model))
     image = _first_frame(opts, info)
+    clip = read_request(opts.video, opts.strength, resolve_frames(opts.frames, info), opts.profile)
+    if image is None and clip is not None and info.i2v:
+        image = clip.frames[0]  # an I2V model given --video and no --image starts from the video's first frame
     frames, height, width, short_side = _resolve_size(opts, info, image)
     shape, pad = _sampled_shape(frames, height, width, info)
     windows = resolve_windows(opts, info, shape[1])
@@ -65,6 +73,16 @@ def plan(opts: GenerateOptions, *, memory: bool = True, noise_rows: int | None =
     sampling = _resolve_run(opts, info, windows, device)
     if image is not None:
         image = _prepare_image(image, opts, height, width, short_side)
+    keyframes = resolve_keyframes(
+        opts.last_image,
+        opts.keyframes,
+        info,
+        frames,
+        pad,
+        lambda im: _prepare_image(im, opts, height, width, short_side),
+    )
+    loras = models.check_loras(opts.model, lora_pairs(opts.lora))
+    video = None if clip is None else prepare_video(clip, info, pad, height, width)
     initial = _initial_noise(opts, shape, len(prompts), noise_rows)
     if not isinstance(opts.out, (str, Path)) or not str(opts.out):
         raise ValueError(f"out must be a directory path, got {opts.out!r}")
@@ -84,6 +102,9 @@ def plan(opts: GenerateOptions, *, memory: bool = True, noise_rows: int | None =
         out=Path(opts.out),
         fps=opts.fps or int(info.extra.get("fps", 8)),
         image=image,
+        keyframes=keyframes,
+        loras=loras,
+        video=video,
         text_len=info.text_len(opts.profile),
         initial_noise=initial,
     )
@@ -119,8 +140,8 @@ def _first_frame(opts: GenerateOptions, info: ModelInfo) -> Any:
     if opts.image is not None and not info.i2v:
         hint = f" (use --model {opts.model}-i2v)" if models.is_builtin(opts.model) else ""
         raise ValueError(f"--image given, but model {info.name!r} is text-to-video{hint}")
-    if opts.image is None and info.i2v:
-        raise ValueError(f"model {info.name!r} is image-to-video: give --image PATH")
+    if opts.image is None and info.i2v and opts.video is None:
+        raise ValueError(f"model {info.name!r} is image-to-video: give --image PATH (or --video PATH)")
     return load_image(opts.image) if opts.image is not None else None
 
 
@@ -169,6 +190,8 @@ def _resolve_run(
     """The sampling config with the speed-ups and context windows on it, checked with the offload
     mode and as a whole (a sampler that runs on this grid and guidance, and that generates)."""
     sampling = apply_speedups(resolve_sampling(opts, info), opts, info)
+    # video to video: the grid cut to where --strength starts (before the combination is checked)
+    sampling = truncate_sampling(sampling, check_strength(opts.video, opts.strength), opts.profile)
     if windows is not None:
         sampling = dataclasses.replace(sampling, context=windows)  # refuses a first-block cache
     check_choice("offload", opts.offload, OFFLOAD)
@@ -178,6 +201,7 @@ def _resolve_run(
         from ..models.offload import check_offload
 
         check_offload(opts.offload, device)
+    check_quantize(opts.quantize, device, model=opts.model, has_transformer=opts.model not in models.EXACT)
     check_combination(sampling, sampling.grid())
     if "image" in sampling.spec.needs:
         raise ValueError(f"sampler {sampling.sampler!r} edits a given clean latent (SDEdit); generate cannot run it")

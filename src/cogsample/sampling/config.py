@@ -22,6 +22,7 @@ from .cache import CacheConfig, apply_cache
 from .context_windows import ContextWindows, WindowedNetwork
 from .denoiser import Denoiser, DenoiserConfig, Network
 from .guidance import Conditioning, DynamicCFG, Guidance, GuidedModel, guidance_scales
+from .keyframes import Keyframes
 from .noise import GlobalNoise, NoiseSource
 from .samplers import Callback, SamplerSpec, get_sampler
 from .scalings import Scaling, VideoScaling
@@ -271,17 +272,19 @@ def sample(
     callback: Callback = None,
     image: Tensor | None = None,
     branches: Any = None,
+    keyframes: Keyframes | None = None,
 ) -> Tensor:
     """Denoise unit-variance noise ``x (B, T, C, H, W)`` into latents with ``network``.
 
     ``noise`` supplies the in-loop draws of stochastic samplers (default: torch's global RNG, as
     the reference; :class:`~cogsample.sampling.noise.DiffusersNoise` for diffusers' generator stream);
     ``image`` is the clean latent an SDEdit sampler edits; ``branches``: where the CFG branches run
-    (:class:`~cogsample.sampling.parallel.CFGParallel` on two ranks; None: one batch). Returns
+    (:class:`~cogsample.sampling.parallel.CFGParallel` on two ranks; None: one batch); ``keyframes``:
+    latent frames held to given clean latents (:mod:`cogsample.sampling.keyframes`). Returns
     latents of x's shape (float32 for the SAT alpha-space samplers, x's dtype for diffusers').
     """
     config = config or SamplingConfig()
-    model, grid = build_model(network, x, cond, config, branches=branches)
+    model, grid = build_model(network, x, cond, config, branches=branches, keyframes=keyframes)
     spec = config.spec
     extra: dict[str, Any] = {}
     if "image" in spec.needs:
@@ -289,13 +292,20 @@ def sample(
             raise ValueError(f"sampler {spec.name!r} edits a clean latent: pass image=")
         extra["image"] = image
     try:
-        return spec.fn(model, x, grid, noise or GlobalNoise(), callback=callback, **config.options, **extra)
+        out = spec.fn(model, x, grid, noise or GlobalNoise(), callback=callback, **config.options, **extra)
+        return out if keyframes is None else keyframes.finish(out)
     finally:
         release(model)
 
 
 def build_model(
-    network: Network, x: Tensor, cond: Conditioning, config: SamplingConfig, *, branches: Any = None
+    network: Network,
+    x: Tensor,
+    cond: Conditioning,
+    config: SamplingConfig,
+    *,
+    branches: Any = None,
+    keyframes: Keyframes | None = None,
 ) -> tuple[GuidedModel, Grid]:
     """Validate everything, then wrap ``network`` into the ``model(x, level)`` the sampler calls:
     x0, or the guided raw network output for samplers that consume it (``spec.consumes``).
@@ -303,8 +313,12 @@ def build_model(
     sampling (a first-block cache patches the transformer until then). ``branches``: where the
     CFG branches run (:class:`~cogsample.sampling.guidance.GuidedModel`). With ``config.context`` the
     network runs on context windows (:class:`~cogsample.sampling.context_windows.WindowedNetwork`, below
-    any output cache, which then sees the blended output)."""
+    any output cache, which then sees the blended output). With ``keyframes`` the guided model goes
+    inside a :class:`~cogsample.sampling.keyframes.KeyframedModel` (above guidance; the noise it holds
+    the frames with is ``x``'s own): pass the sampler's result through ``keyframes.finish``."""
     validate_inputs(x, cond)
+    if keyframes is not None:
+        keyframes.check(x)
     grid = config.grid()
     check_combination(config, grid)
     windows = 1
@@ -328,6 +342,8 @@ def build_model(
         windows=windows,
     )
     model.owned_cache = cache
+    if keyframes is not None:
+        return keyframes.wrap(model, x, config.spec.consumes), grid  # type: ignore[return-value]
     return model, grid
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "LegacyDDPM",
     "Schedule",
     "SpacedDDPM",
+    "TruncatedSchedule",
     "ZeroSNRDDPM",
     "alpha_to_sigma",
     "ddpm_substeps",
@@ -609,3 +610,69 @@ class DiffusersDDPM(Schedule):
                 f"got {num_idx!r}"
             )
         return _diffusers_alphas_cumprod(self).sqrt().to(torch.float32)
+
+
+@dataclass(frozen=True)
+class TruncatedSchedule(Schedule):
+    """Video to video (SDEdit): ``base``'s grid for ``n`` steps, only its last steps, so that
+    sampling starts from the clean latent noised to the level where ``strength`` in ``(0, 1]``
+    puts it (``strength`` 1: the whole grid). The kept steps are the base grid's own (levels,
+    timesteps, scheduler scalars); the denoiser's table is the base's.
+
+    * ``rule="ceil"`` (the ``sat`` profile): keep ``K = ceil(strength * S)`` of the grid's ``S``
+      steps (``strength * S`` rounded to 1e-9 first, at least 1); step-count formulas (DynamicCFG's
+      ``S - timestep``) see ``S``, so a kept step has the guidance scale it has in the whole run;
+    * ``rule="diffusers"`` (``CogVideoXVideoToVideoPipeline.get_timesteps``, ``n`` the requested
+      steps): ``init = min(int(n * strength), n)``, ``t_start = n - init``, the timesteps from
+      ``t_start`` on; step-count formulas see ``init`` (the pipeline's ``num_inference_steps``).
+      ``init = 0`` (``strength < 1 / n``) keeps no step: ``ValueError``.
+    """
+
+    base: Schedule = ZeroSNRDDPM(1.0)
+    strength: float = 1.0
+    rule: Literal["ceil", "diffusers"] = "ceil"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.base, Schedule):
+            raise ValueError(f"base must be a Schedule, got {type(self.base).__name__}")
+        s = self.strength
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s <= 1:
+            raise ValueError(f"strength must be a number in (0, 1], got {s!r}")
+        if self.rule not in ("ceil", "diffusers"):
+            raise ValueError(f"rule must be 'ceil' or 'diffusers', got {self.rule!r}")
+
+    @property
+    def space(self) -> Space:  # type: ignore[override]
+        return self.base.space
+
+    def kept(self, num_steps: int, base_grid: Grid | None = None) -> tuple[int, int | None]:
+        """``(t_start, count)``: the first kept step of the base grid for ``num_steps`` steps
+        (``base_grid``, when already made), and the step count the formulas see (None: the kept grid's own)."""
+        g = self.base.grid(num_steps) if base_grid is None else base_grid
+        full = g.requested_steps or g.num_steps
+        if self.rule == "diffusers":
+            init = min(int(num_steps * self.strength), num_steps)
+            if init == 0:
+                raise ValueError(
+                    f"strength {self.strength} keeps no step of {num_steps} (diffusers keeps int(steps x strength)): "
+                    f"give strength >= {1 / num_steps:.4g} or more steps"
+                )
+            start = num_steps - init
+            return start, (init if g.num_steps - start != init else None)
+        keep = max(1, math.ceil(round(self.strength * g.num_steps, 9)))
+        start = g.num_steps - keep
+        return start, (full if start > 0 or full != g.num_steps else None)
+
+    def grid(self, num_steps: int) -> Grid:
+        g = self.base.grid(num_steps)
+        start, count = self.kept(num_steps, g)
+        if start == 0 and count == g.requested_steps:
+            return g
+        ddpm = g.ddpm
+        if ddpm is not None:
+            ddpm = DDPMSteps(ddpm.alphas_cumprod[start:], ddpm.alphas_cumprod_next[start:], ddpm.to_final[start:])
+        ts = None if g.timesteps is None else tuple(g.timesteps[start:])
+        return Grid(g.space, g.values[start:].clone(), ts, ddpm, count)
+
+    def table(self, num_idx: int = 1000) -> torch.Tensor:
+        return self.base.table(num_idx)
