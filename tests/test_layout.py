@@ -1,7 +1,7 @@
 """The package's layout is its architecture (docs/ARCHITECTURE.md), read from the source with
 ``ast``: every import counts (module level, inside functions, under ``TYPE_CHECKING``).
 
-* layers only look down: sampling < reference < models < pipeline < jobs < bench < cli < the
+* layers only look down: sampling < reference < models < pipeline < jobs < bench < server < cli < the
   top package (``cogsample``'s public names, ``__main__``); a module imports its own layer or lower;
 * no import cycle anywhere in the package (a model module never loops through another);
 * the top level holds at most 8 modules beside the subpackages;
@@ -20,7 +20,7 @@ import cogsample
 
 SRC = Path(cogsample.__file__).parent
 #: The layers, lowest first; a module may import its own layer and those before it.
-LAYERS = ("sampling", "reference", "models", "pipeline", "jobs", "bench", "cli", "top")
+LAYERS = ("sampling", "reference", "models", "pipeline", "jobs", "bench", "server", "cli", "top")
 #: Top-level modules and the layer each belongs to (``batch``: the batch runner's old name).
 TOP_LEVEL = {
     "cogsample": "top",

@@ -25,6 +25,7 @@ MARKS = {
 ENTRIES = {
     "cogsample.pipeline.planning.plan": "plan",
     "cogsample.pipeline.pipeline.Pipeline.load": "load",
+    "cogsample.pipeline.pipeline.Pipeline.for_options": "load",
     "cogsample.pipeline.pipeline.Pipeline.encode_videos": "encode",
     "cogsample.pipeline.pipeline.Pipeline.run": "compute",
 }

@@ -19,18 +19,7 @@ def run_here(batch: Batch, finished: Callable[[Any], None], progress: Progress |
     args, base, groups = batch.args, batch.base, batch.groups
 
     def load() -> Pipeline:
-        return Pipeline.load(
-            base.model,
-            device=batch.device,
-            dtype=args.dtype,
-            profile=base.profile,
-            offload=base.offload,
-            quantize=base.quantize,
-            lora=base.lora,
-            lora_fuse=base.lora_fuse,
-            log=batch.log,
-            parallel=groups,
-        )
+        return Pipeline.for_options(base, log=batch.log, parallel=groups)
 
     record = batch.launch.record()
     if groups is not None:

@@ -12,7 +12,8 @@ def declare(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="prompt (and image) to video: mp4, latents, JSON and a contact sheet",
         description="Generate videos. With no --model, the built-in exact model (no weights).",
     )
-    _model_and_prompts(g)
+    _model(g)
+    _prompts(g)
     _size(g)
     _sampling(g)
     _run_and_outputs(g)
@@ -22,8 +23,41 @@ def declare(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return g
 
 
-def _model_and_prompts(g: argparse.ArgumentParser) -> None:
-    """What to sample with and from: the model, the prompts, the unconditional branch, the image."""
+def declare_serve(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """The ``serve`` parser: ``generate``'s options (the server's fixed model and each job's
+    defaults) without prompts or engines, and the server's own."""
+    g = sub.add_parser(
+        "serve",
+        help="a page and a JSON API to make videos on, with a queue that survives restarts",
+        description="Serve a page and an API; jobs are made in --out, each once, across restarts.",
+    )
+    s = g.add_argument_group("the server")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=7860, help="port (default 7860; 0: any free one)")
+    s.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on the API (default: $COGSAMPLE_TOKEN)")
+    s.add_argument("--max-upload-mb", type=float, default=16.0, help="largest request body, MiB (default 16)")
+    _model(g)
+    _size(g)
+    _sampling(g)
+    _run_and_outputs(g)
+    _context_windows(g)
+    _fewer_forwards(g)
+    return g
+
+
+def _prompts(g: argparse.ArgumentParser) -> None:
+    """The videos to make: prompts, or a file of them."""
+    g.add_argument("--prompt", action="append", help="a prompt (repeat for several videos)")
+    g.add_argument(
+        "--prompts-file",
+        help="one prompt a line, or JSONL (.jsonl, or lines starting with '{'): one object a line with 'prompt' and "
+        "any per-video option (image, seed, negative_prompt, frames, height, width, steps, scale, ...); the "
+        "command line's options are the defaults",
+    )
+
+
+def _model(g: argparse.ArgumentParser) -> None:
+    """What to sample with and from: the model, its LoRAs, the unconditional branch, the images."""
     from ..pipeline.options import UNCOND
 
     g.add_argument(
@@ -43,13 +77,6 @@ def _model_and_prompts(g: argparse.ArgumentParser) -> None:
         "--lora-fuse",
         action="store_true",
         help="merge the --lora files into the weights once (no per-call cost; one LoRA set for the whole run)",
-    )
-    g.add_argument("--prompt", action="append", help="a prompt (repeat for several videos)")
-    g.add_argument(
-        "--prompts-file",
-        help="one prompt a line, or JSONL (.jsonl, or lines starting with '{'): one object a line with 'prompt' and "
-        "any per-video option (image, seed, negative_prompt, frames, height, width, steps, scale, ...); the "
-        "command line's options are the defaults",
     )
     g.add_argument("--negative-prompt", help="the unconditional branch's prompt (implies --uncond negative-prompt)")
     g.add_argument(

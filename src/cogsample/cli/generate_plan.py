@@ -70,7 +70,7 @@ def plan(args: argparse.Namespace, launch: Launch) -> Batch:
     import torch
 
     device = launch.device(args.device, torch.cuda.is_available())
-    base = _options(args, device)
+    base = base_options(args, device)
     check_installed(base.model, base.profile)  # once, before the lines are planned
     jobs = batch_options(base, _entries(args), fast=args.fast)
     items = plan_jobs(jobs, memory=args.ray is None)  # Ray's workers check their own memory
@@ -120,7 +120,7 @@ def _check_engine(args: argparse.Namespace, launch: Launch) -> ParallelConfig | 
     return parallel
 
 
-def _options(args: argparse.Namespace, device: str | None) -> GenerateOptions:
+def base_options(args: argparse.Namespace, device: str | None) -> GenerateOptions:
     """The command line's options, without prompts: the defaults of every line."""
     from ..pipeline.options import GenerateOptions
 

@@ -1,4 +1,4 @@
-"""Command line: ``cogsample generate``, ``golden DIR...``, ``samplers``, ``captions``, ``train-tiny``,
+"""Command line: ``cogsample generate``, ``serve``, ``golden DIR...``, ``samplers``, ``captions``, ``train-tiny``,
 ``bench``; each command's parser and run live in a module of its own."""
 
 from __future__ import annotations
@@ -8,13 +8,13 @@ import sys
 from collections.abc import Sequence
 
 from ..pipeline.progress import BatchProgress, Progress
-from . import bench, captions, generate, golden, samplers, train
+from . import bench, captions, generate, golden, samplers, serve, train
 from .errors import missing_extra
 
 __all__ = ["BatchProgress", "Progress", "build_parser", "main"]
 
 #: The commands, in the order ``--help`` lists them: each module's ``add_parser`` declares one.
-COMMANDS = (generate, golden, samplers, captions, train, bench)
+COMMANDS = (generate, serve, golden, samplers, captions, train, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -46,6 +46,7 @@ __all__ = [
     "batch_items",
     "batch_options",
     "count_finished",
+    "entry_options",
     "generate",
     "plan_jobs",
     "read_prompts_file",
@@ -150,6 +151,13 @@ def _jsonl_entry(line: str, base: Path) -> dict[str, Any]:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
         raise ValueError(f"not a JSON object ({e.msg} at column {e.colno})") from None
+    return entry_options(obj, base)
+
+
+def entry_options(obj: Any, base: Path) -> dict[str, Any]:
+    """One video's request (a JSONL line's object, or an HTTP request's body) checked: its keys
+    (:data:`PER_VIDEO`, with ``-`` read as ``_``), their types, relative paths taken from ``base``;
+    ``ValueError`` names the key, the value and what is allowed."""
     if not isinstance(obj, dict):
         raise ValueError(f'must be a JSON object such as {{"prompt": "..."}}, got {type(obj).__name__}')
     obj = {str(k).replace("-", "_"): v for k, v in obj.items()}
@@ -337,6 +345,8 @@ def run_batch(
     progress: Callable[[Any], None] | None = None,
     log: Callable[[str], None] | None = None,
     group: Any = None,
+    wait: bool = True,
+    keep: Callable[[str], bool] | None = None,
 ) -> list[Result]:
     """Make every item not yet finished in ``out`` (all of them with ``overwrite``), each under
     its claim; one :class:`~cogsample.jobs.write.Result` per distinct video, in order.
@@ -348,6 +358,10 @@ def run_batch(
     are made (or found finished) last, after waiting for it. With ``overwrite``, a video finished
     after this call started (by a process beside it) counts as made, not to be made again.
 
+    ``wait``: False leaves the videos another live process holds (they get no result), for a caller
+    that comes back to them; ``keep``: asked under each claim, a name it rejects (a job cancelled
+    meanwhile) is not made and gets no result.
+
     ``group``: the :class:`~cogsample.sampling.parallel.ParallelGroups` of a video group; every rank of it
     calls this with the same ``items``; the leader works as above and tells the others what to
     load and which video to make with it; they write nothing and return ``[]``."""
@@ -356,7 +370,7 @@ def run_batch(
         return []
     steps = _Steps(group)
     try:
-        results = _run_batch(items, out, pipeline, overwrite, run, on_result, progress, log, steps)
+        results = _run_batch(items, out, pipeline, overwrite, run, on_result, progress, log, steps, wait, keep)
     except Interrupted:
         raise  # a signal reaches every rank of the group (the launcher's): none waits for the end
     except BaseException:
@@ -418,6 +432,8 @@ def _run_batch(
     progress: Callable[[Any], None] | None,
     log: Callable[[str], None] | None,
     steps: _Steps,
+    wait: bool = True,
+    keep: Callable[[str], bool] | None = None,
 ) -> list[Result]:
     say = log or (lambda _m: None)
     tell = on_result or (lambda _r: None)
@@ -451,6 +467,8 @@ def _run_batch(
     pipe.encode_videos([(item.plan, item.k) for item in pending])
 
     def make(item: BatchItem, claim: Claim, index: int) -> None:
+        if keep is not None and not keep(item.stem):
+            return
         if d.finished(item.stem):
             newer = d.files(item.stem)["meta"].stat().st_mtime >= started
             if not overwrite or newer:
@@ -481,12 +499,12 @@ def _run_batch(
                 held.append(item)
             else:
                 make(item, claim, index[item.stem])
-    for item in held:
+    for item in held if wait else []:
         say(f"waiting for the process that holds {item.stem}")
         with d.claimed(item.stem, wait=True) as claim:
             assert claim is not None
             make(item, claim, index[item.stem])
-    return [results[item.stem] for item in unique]
+    return [results[item.stem] for item in unique if item.stem in results]
 
 
 def _finished(d: OutDir, item: BatchItem) -> Result:
@@ -539,17 +557,7 @@ def run_plan(
                 lora=o.lora,
                 lora_fuse=o.lora_fuse,
             )
-        return Pipeline.load(
-            o.model,
-            device=str(p.device),
-            dtype=str(p.dtype).removeprefix("torch."),
-            profile=o.profile,
-            offload=o.offload,
-            quantize=o.quantize,
-            lora=o.lora,
-            lora_fuse=o.lora_fuse,
-            log=log,
-        )
+        return Pipeline.for_options(o, device=str(p.device), log=log)
 
     return run_batch(items, p.out, pipeline=load, overwrite=overwrite, progress=progress, log=log)
 

@@ -84,16 +84,7 @@ class Worker:
 
                 quiet_libraries()
             o = self.jobs[0][1]
-            pipe = Pipeline.load(
-                o.model,
-                device=self.device,
-                dtype=o.dtype,
-                profile=o.profile,
-                offload=o.offload,
-                quantize=o.quantize,
-                lora=o.lora,
-                lora_fuse=o.lora_fuse,
-            )
+            pipe = Pipeline.for_options(o, device=self.device)
             # the videos this actor will get are not known yet: encode every prompt once, then free T5
             pipe.encode_videos([(item.plan, item.k) for item in self.items()])
             self._pipe = pipe

@@ -262,9 +262,35 @@ class Pipeline:
         self.lora_fuse = bool(lora_fuse)
         self._contexts: dict[tuple[str, int], tuple[Tensor, float]] = {}
         self._released = False
+        #: a long-lived process (the server) keeps the text encoder for prompts still to come
+        self.keep_text_encoder = False
         self.parallel = parallel
         if parallel is not None and parallel.config.ulysses > 1:
             model.enable_sequence_parallel(parallel.seq_group, parallel.seq_rank, parallel.config.ulysses)
+
+    @classmethod
+    def for_options(
+        cls,
+        o: GenerateOptions,
+        *,
+        device: str | None = None,
+        log: Callable[[str], None] | None = None,
+        parallel: Any = None,
+    ) -> Pipeline:
+        """:meth:`load` with a request's process-wide options (model, dtype, profile, offload,
+        quantization, LoRAs); ``device`` instead of the request's (a Ray worker's own GPU)."""
+        return cls.load(
+            o.model,
+            device=device or o.device,
+            dtype=o.dtype,
+            profile=o.profile,
+            offload=o.offload,
+            quantize=o.quantize,
+            lora=o.lora,
+            lora_fuse=o.lora_fuse,
+            log=log,
+            parallel=parallel,
+        )
 
     @classmethod
     def load(
@@ -404,11 +430,17 @@ class Pipeline:
 
     def encode_videos(self, videos: Sequence[tuple[Plan, int]]) -> None:
         """Encode the prompt (and negative prompt) of each video ``(plan, k)`` now, then free the text
-        encoder: what a batch does once, before its first video, so that sampling has the memory."""
+        encoder (unless :attr:`keep_text_encoder`): what a batch does once, before its first video,
+        so that sampling has the memory."""
         for p, k in videos:
             negative = [] if p.negative_prompt is None else [p.negative_prompt]
             self.encode([p.options.prompts[k], *negative], p.text_len)
-        self.release_text_encoder()
+        if not self.keep_text_encoder:
+            self.release_text_encoder()
+
+    def forget_prompts(self) -> None:
+        """Drop the encoded prompts (a server's memory stays bounded however many it has seen)."""
+        self._contexts.clear()
 
     def context(self, prompt: str, text_len: int) -> Tensor:
         """``prompt``'s encoding (``(1, L, D)``), from the cache or encoded now."""
