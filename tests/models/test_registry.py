@@ -56,7 +56,7 @@ def test_the_registry_imports_no_model_module_until_asked():
         "import sys, cogsample.models as m\n"
         # the protocol, image and video preparation, the LoRA and quantization checks (torch alone)
         "shared = {'cogsample.models.base', 'cogsample.models.images', 'cogsample.models.videos',\n"
-        "          'cogsample.models.lora', 'cogsample.models.quantize'}\n"
+        "          'cogsample.models.lora', 'cogsample.models.quantize', 'cogsample.models.hook_caches'}\n"
         "loaded = lambda: sorted(k for k in sys.modules if k.startswith('cogsample.models.') and k not in shared)\n"
         "assert loaded() == [], loaded()\n"
         "m.inspect('builtin')\n"

@@ -173,7 +173,9 @@ def test_diffusers_profile_runs_on_builtin(tmp_path):
         ({"cfg_index": "timestep"}, "cfg_index must be one of reference, loop"),
         ({"cfg_interval": (0.5, 0.2)}, "start must be < end"),
         ({"cache": -1.0}, "threshold must be a finite number > 0, got -1.0"),
-        ({"cache": 0.1, "cache_kind": "first-block"}, "first-block.*use 'output'"),
+        ({"cache": 0.1, "cache_kind": "first-block"}, "first-block runs in a transformer's blocks; model 'builtin'"),
+        ({"cache": "taylorseer:interval=0"}, r"--cache taylorseer: interval must be an integer >= 1, got '0'"),
+        ({"cache": "teacache"}, "--cache kind must be one of output, first-block, faster, pab, mag, taylorseer, sea"),
         ({"cache": 0.1, "cache_kind": "blocks"}, "cache_kind must be one of output, first-block"),
         ({"offload": "disk"}, "offload must be one of none, model, sequential"),
         ({"offload": "model"}, "built-in model has none"),
@@ -303,7 +305,7 @@ def test_speedup_options_compose_into_the_sampling_config(tmp_path, no_loading):
     s = p.sampling
     assert s.schedule == SpacedDDPM(ZeroSNRDDPM(1.0), "logsnr") and s.skip_unit_cfg
     assert s.guidance == GuidanceInterval(DynamicCFG(6.0, 5.0, 8, "loop"), 0.4, 1.0)
-    assert s.cache == CacheConfig(0.2, "output")
+    assert s.cache == CacheConfig.output(0.2)
     # sigma-space samplers start one step below the zero-SNR level
     assert plan(_opts(tmp_path, grid="power", sampler="euler")).sampling.schedule.t_max == 998
     # defaults change nothing

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -68,7 +67,7 @@ def reference(model: BuiltinModel) -> torch.Tensor:
 
 
 def test_tiny_threshold_is_bit_identical(model, reference):
-    cache, rec = cached(model.network, CacheConfig(1e-9))
+    cache, rec = cached(model.network, CacheConfig.output(1e-9))
     out = run(cache, model)
     assert torch.equal(out, reference)
     assert (cache.calls, cache.computed, cache.reused) == (STEPS, STEPS, 0)
@@ -78,7 +77,7 @@ def test_tiny_threshold_is_bit_identical(model, reference):
 
 @pytest.mark.parametrize("max_skips", [1, 3])
 def test_large_threshold_reuses_up_to_max_skips(model, reference, max_skips):
-    cache, rec = cached(model.network, CacheConfig(1e6, max_skips=max_skips))
+    cache, rec = cached(model.network, CacheConfig.output(1e6, max_skips=max_skips))
     out = run(cache, model)
     # compute, then max_skips reuses, then compute ...
     assert rec.at == list(range(1, STEPS + 1, max_skips + 1))
@@ -90,7 +89,7 @@ def test_large_threshold_reuses_up_to_max_skips(model, reference, max_skips):
 
 
 def test_warmup_computes_the_first_calls(model):
-    cache, rec = cached(model.network, CacheConfig(1e6, max_skips=2, warmup=4))
+    cache, rec = cached(model.network, CacheConfig.output(1e6, max_skips=2, warmup=4))
     run(cache, model)
     assert rec.at == [1, 2, 3, 4, 7, 10]
 
@@ -108,19 +107,19 @@ class Alternating(Guidance):
 def test_batch_change_forces_recompute(model):
     config = SamplingConfig(steps=STEPS, guidance=Alternating())
     ref = run(model.network, model, config)
-    cache, rec = cached(model.network, CacheConfig(1e6, max_skips=3))
+    cache, rec = cached(model.network, CacheConfig.output(1e6, max_skips=3))
     out = run(cache, model, config)
     assert rec.rows == [2, 1] * (STEPS // 2)
     assert (cache.computed, cache.reused) == (STEPS, 0)
     assert torch.equal(out, ref)
     # the same threshold reuses when the batch stays put
-    cache, _ = cached(model.network, CacheConfig(1e6, max_skips=3))
+    cache, _ = cached(model.network, CacheConfig.output(1e6, max_skips=3))
     run(cache, model, SamplingConfig(steps=STEPS, guidance=CFG(6.0)))
     assert cache.reused > 0
 
 
 def test_reset_starts_a_new_video(model, reference):
-    cache, rec = cached(model.network, CacheConfig(1e6))
+    cache, rec = cached(model.network, CacheConfig.output(1e6))
     run(cache, model)
     assert cache.reused > 0
     cache.reset()
@@ -130,7 +129,7 @@ def test_reset_starts_a_new_video(model, reference):
     run(cache, model)
     assert rec.calls > n and rec.at[len(rec.at) - (rec.calls - n)] == 1
     # and a tiny threshold after a reset reproduces the uncached run
-    cache2, _ = cached(model.network, CacheConfig(1e-9))
+    cache2, _ = cached(model.network, CacheConfig.output(1e-9))
     run(cache2, model)
     cache2.reset()
     assert torch.equal(run(cache2, model), reference)
@@ -148,7 +147,7 @@ T = torch.tensor([500.0])
 
 
 def test_indicator_accumulates_relative_l1_changes():
-    cache, rec = cached(linear_net, CacheConfig(0.025, max_skips=10))
+    cache, rec = cached(linear_net, CacheConfig.output(0.025, max_skips=10))
     ctx = torch.zeros(1, 1, 4)
     first = cache(X, T, ctx)
     assert rec.at == [1]
@@ -170,7 +169,7 @@ def test_indicator_accumulates_relative_l1_changes():
 
 
 def test_other_inputs_force_recompute():
-    cache, rec = cached(linear_net, CacheConfig(1e6, max_skips=100))
+    cache, rec = cached(linear_net, CacheConfig.output(1e6, max_skips=100))
     ctx = torch.zeros(1, 1, 4)
     cache(X, T, ctx)
     cache(X, T, ctx.clone())  # another tensor with equal values: reusable
@@ -198,7 +197,7 @@ def test_other_inputs_force_recompute():
 
 def test_x_updated_in_place_is_seen():
     """The cache compares with a copy of the previous input, not the caller's (mutable) tensor."""
-    cache, rec = cached(linear_net, CacheConfig(0.5))
+    cache, rec = cached(linear_net, CacheConfig.output(0.5))
     ctx = torch.zeros(1, 1, 4)
     x = X.clone()
     cache(x, T, ctx)
@@ -208,7 +207,7 @@ def test_x_updated_in_place_is_seen():
 
 
 def test_nan_change_recomputes():
-    cache, rec = cached(linear_net, CacheConfig(1e6))
+    cache, rec = cached(linear_net, CacheConfig.output(1e6))
     ctx = torch.zeros(1, 1, 4)
     cache(X, T, ctx)
     cache(X * math.nan, T, ctx)
@@ -219,11 +218,15 @@ def test_nan_change_recomputes():
 
 
 def test_config_round_trips_through_json():
-    c = CacheConfig(0.1, kind="first-block", max_skips=2, warmup=3)
-    d = json.loads(json.dumps(dataclasses.asdict(c)))
-    assert CacheConfig(**d) == c
-    assert c.to_dict() == d
-    assert CacheConfig(1).threshold == 1.0 and isinstance(CacheConfig(1).threshold, float)
+    c = CacheConfig.output(0.1, max_skips=2, warmup=3)
+    d = json.loads(json.dumps(c.to_dict()))
+    assert d == {"kind": "output", "threshold": 0.1, "max_skips": 2, "warmup": 3}
+    assert CacheConfig.from_dict(d) == c and c.spec() == "output:threshold=0.1,max_skips=2,warmup=3"
+    assert CacheConfig.output(1).threshold == 1.0 and isinstance(CacheConfig.output(1).threshold, float)
+    # a first-block cache written before the hooks reads back as the hooks' settings
+    assert CacheConfig.from_dict({"threshold": 0.1, "kind": "first-block", "max_skips": 3, "warmup": 1}) == (
+        CacheConfig("first-block", {"threshold": 0.1})
+    )
 
 
 @pytest.mark.parametrize(
@@ -235,22 +238,22 @@ def test_config_round_trips_through_json():
         ({"threshold": math.inf}, "threshold"),
         ({"threshold": True}, "threshold"),
         ({"threshold": "0.1"}, "threshold"),
-        ({"threshold": 0.1, "kind": "blocks"}, "kind"),
         ({"threshold": 0.1, "max_skips": 0}, "max_skips"),
         ({"threshold": 0.1, "max_skips": 1.5}, "max_skips"),
         ({"threshold": 0.1, "max_skips": True}, "max_skips"),
         ({"threshold": 0.1, "warmup": -1}, "warmup"),
+        ({"threshold": 0.1, "blocks": 1}, "blocks"),
     ],
 )
 def test_bad_config_raises(kwargs, name):
     with pytest.raises(ValueError, match=name):
-        CacheConfig(**kwargs)
+        CacheConfig("output", kwargs)
 
 
 def test_apply_cache(model):
-    net = apply_cache(model.network, CacheConfig(0.1))
+    net = apply_cache(model.network, CacheConfig.output(0.1))
     assert isinstance(net, OutputCache) and net.detach() is model.network
     with pytest.raises(TypeError, match="CogVideoXTransformerNetwork"):
-        apply_cache(model.network, CacheConfig(0.1, kind="first-block"))
+        apply_cache(model.network, CacheConfig("first-block", {"threshold": 0.1}))
     with pytest.raises(TypeError, match="CacheConfig"):
         apply_cache(model.network, {"threshold": 0.1})

@@ -193,10 +193,22 @@ def test_i2v_keeps_frame_zero():
         assert (den[:, 0] - image[:, 0]).abs().max() < 0.05 and (den[:, 1:] - 0.5).abs().max() < 0.05
 
 
-def test_first_block_cache_is_refused_under_windows():
-    with pytest.raises(ValueError, match=r"first-block.*context windows.*'output'"):
-        SamplingConfig(cache=CacheConfig(0.1, "first-block"), context=ContextWindows(3, 1))
-    SamplingConfig(cache=CacheConfig(0.1, "output"), context=ContextWindows(3, 1))
+def test_each_window_call_names_its_window():
+    # a network that keeps state per call (a transformer's cache hooks) keeps one per window
+    from cogsample.sampling.calls import current_call
+
+    seen = []
+
+    def net(x, t, context, ofs=None):
+        seen.append((current_call().window, x.shape[1]))
+        return torch.tanh(x[:, :, :16])
+
+    x, cond = _inputs(t=7)
+    WindowedNetwork(net, ContextWindows(3, 1))(x, torch.full((1,), 500.0), cond.context)
+    assert [w for w, _ in seen] == list(range(len(seen))) and len(seen) > 1
+    assert current_call().window == 0  # only within the call
+    SamplingConfig(cache=CacheConfig("first-block", {"threshold": 0.1}), context=ContextWindows(3, 1))
+    SamplingConfig(cache=CacheConfig.output(0.1), context=ContextWindows(3, 1))
 
 
 def test_config_with_windows_round_trips_and_without_keeps_its_description():

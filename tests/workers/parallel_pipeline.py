@@ -19,10 +19,11 @@ from cogsample.sampling.parallel import ParallelConfig, ParallelGroups
 PROMPT = "a red car drives through the city at night"
 #: per-video options: guidance that skips the unconditional branch on some steps (--fast's interval
 #: and unit scale: the unconditional rank waits; the sampler on every step guided is the core's
-#: test), and a first-block cache.
+#: test), and a step cache whose decisions agree on every Ulysses rank (diffusers' pyramid attention
+#: broadcast: counters and timesteps alone; first-block is refused under Ulysses).
 RUNS = {
     "fast": {"fast": True, "steps": 6},
-    "first-block-cache": {"steps": 8, "sampler": "vpode_dpmpp_2m", "cache": 0.3, "cache_kind": "first-block"},
+    "pab-cache": {"steps": 8, "sampler": "vpode_dpmpp_2m", "cache": "pab:above=0,below=1000"},
 }
 
 
@@ -50,9 +51,9 @@ def main():
             groups = ParallelGroups.build(config)
             pipe = Pipeline.load(folder, parallel=groups)
             for name, options in RUNS.items():
-                if name == "first-block-cache" and (config.ulysses == 1 or config.cfg > 1):
-                    # Ulysses sums the cache's indicator over the shards (one process's decisions);
-                    # under CFG parallel each branch's cache decides on its own rows
+                if name == "pab-cache" and (config.ulysses == 1 or config.cfg > 1):
+                    # every Ulysses rank skips the same attentions (one process's decisions); under
+                    # CFG parallel each branch's cache holds its own rows
                     continue
                 got, ref = generate(pipe, kind, image, options), refs[name]
                 scale = max(1.0, ref.latents.abs().max().item())

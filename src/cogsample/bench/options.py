@@ -37,7 +37,8 @@ def variants(base: SamplingConfig, caches: Sequence[tuple[str, float]]) -> list[
         ("skip uncond where scale == 1", dataclasses.replace(base, skip_unit_cfg=True)),
     ]
     out += [
-        (f"{kind} cache, threshold {t:g}", dataclasses.replace(base, cache=CacheConfig(t, kind))) for kind, t in caches
+        (f"{kind} cache, threshold {t:g}", dataclasses.replace(base, cache=CacheConfig(kind, {"threshold": t})))
+        for kind, t in caches
     ]
     return out
 
@@ -77,7 +78,7 @@ def options_builtin(
     for base_name, base in bases:
         x0, f0, _, _ = _run(env, base)
         q0 = _metrics(env, x0)
-        # the first-block cache is measured on a diffusers transformer (options_diffusers)
+        # the transformer's caches are measured on a diffusers transformer (options_diffusers, caches)
         for name, cfg in variants(base, [("output", 0.1), ("output", 0.3)]):
             # base and option alternate, so drift and other load on the machine hit both alike
             base_t, opt_t = [], []

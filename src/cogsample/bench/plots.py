@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_distance", "plot_long_video", "plot_loss", "plot_truth"]
+__all__ = ["plot_caches", "plot_distance", "plot_guiders", "plot_long_video", "plot_loss", "plot_truth"]
 
 
 def _pyplot() -> Any:
@@ -167,4 +167,53 @@ def plot_loss(record: dict[str, Any], path: Path) -> Path:
     )
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_caches(runs: dict[str, dict[str, Any]], path: Path) -> Path:
+    """Per sampler (one panel each: ``runs`` maps a title to a ``bench.caches`` json): each cache
+    setting's block work (share of the uncached run's block rows) against its realism (distance
+    to the nearest true clip, with its 95% interval), one colour per kind; the uncached run a star."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(runs), figsize=(6.2 * len(runs), 4.4), squeeze=False)
+    colours: dict[str, Any] = {}
+    for ax, (title, data) in zip(axes[0], runs.items(), strict=True):
+        rows = data["rows"]
+        none = rows["none"]
+        for name, r in rows.items():
+            if name == "none":
+                continue
+            kind = r["kind"]
+            colours.setdefault(kind, f"C{len(colours)}")
+            x, (m, lo, hi) = r["block_rows"] / none["block_rows"], r["realism"]
+            ax.errorbar([x], [m], yerr=[[m - lo], [hi - m]], fmt="o", color=colours[kind], ms=5, capsize=2)
+        _star(ax, 1.0, none["realism"], "no cache")
+        for kind, c in colours.items():
+            ax.plot([], [], "o", color=c, label=kind)
+        ax.set(title=title, xlabel="block work (share of the uncached run)", ylabel="realism (lower is better)")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, path)
+
+
+def plot_guiders(data: dict[str, Any], path: Path, model: str = "builtin-trained") -> Path:
+    """Per guidance rule (one line each) over the scales: colour and motion adherence and realism
+    on ``model`` (``bench.guiders`` json), with 95% intervals."""
+    plt = _pyplot()
+    panels = (("color", "colour adherence"), ("motion", "motion adherence"), ("realism", "realism (lower is better)"))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    rules = data["settings"]["rules"]
+    for n, rule in enumerate(rules):
+        rows = [r for key, r in sorted(data["rows"].items()) if key.startswith(f"{model}/{rule}/") and r.get("truth")]
+        rows.sort(key=lambda r: r["scale"])
+        scales = [r["scale"] + (n - len(rules) / 2) * 0.06 for r in rows]  # side by side, readable
+        for ax, (key, label) in zip(axes, panels, strict=True):
+            vals = [r["truth"][key] for r in rows]
+            m = [v[0] for v in vals]
+            err = [[v[0] - v[1] for v in vals], [v[2] - v[0] for v in vals]]
+            ax.errorbar(scales, m, yerr=err, fmt="-o", ms=4, capsize=2, label=rule, color=f"C{n}")
+            ax.set(xlabel="guidance scale", ylabel=label)
+            ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"guidance rules on {model}, --fast's solver (20 steps), the reference's guidance definition")
     return _save(fig, path)

@@ -121,7 +121,7 @@ def _size(g: argparse.ArgumentParser) -> None:
 
 def _sampling(g: argparse.ArgumentParser) -> None:
     """The sampler, its steps and guidance, the profile reproduced, the seed."""
-    from ..pipeline.options import GUIDANCE, PROFILES
+    from ..pipeline.options import GUIDANCE, GUIDANCE_RULES, PROFILES
 
     g.add_argument(
         "--steps",
@@ -130,7 +130,14 @@ def _sampling(g: argparse.ArgumentParser) -> None:
         "without --sampler-config (default: the yaml's own counts as written, else 50; with --fast, its count)",
     )
     g.add_argument("--sampler", help="a sampler name (cogsample samplers); default: the profile's")
-    g.add_argument("--guidance", choices=GUIDANCE, default="dynamic", help="classifier-free guidance (default dynamic)")
+    g.add_argument(
+        "--guidance",
+        default="dynamic",
+        metavar="RULE[:key=value,...]",
+        help=f"classifier-free guidance: {', '.join(GUIDANCE)} (default dynamic), or a combine rule of diffusers' "
+        f"guiders ({', '.join(GUIDANCE_RULES)}) on DynamicCFG's scales (schedule=constant: --scale throughout), "
+        "e.g. apg:eta=0,momentum=-0.5 (docs/guiders.md)",
+    )
     g.add_argument("--scale", type=float, default=6.0, help="guidance scale (default 6)")
     g.add_argument(
         "--sampler-config",
@@ -242,6 +249,14 @@ def _processes(g: argparse.ArgumentParser) -> None:
     )
 
 
+def _cache(text: str) -> float | str:
+    """``--cache``: a threshold number (the old form) or ``KIND[:key=value,...]``, checked later."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def _fewer_forwards(g: argparse.ArgumentParser) -> None:
     """The speed options, off by default."""
     from ..models.quantize import QUANTIZE
@@ -270,8 +285,16 @@ def _fewer_forwards(g: argparse.ArgumentParser) -> None:
         help="guide only steps with START <= i/steps < END (fractions); conditional-only elsewhere",
     )
     f.add_argument("--skip-unit-cfg", action="store_true", help="no uncond forward where the scale is exactly 1")
-    f.add_argument("--cache", type=float, metavar="THRESHOLD", help="step cache: reuse while the change < THRESHOLD")
-    f.add_argument("--cache-kind", choices=CACHE_KINDS, help="output (any model) or first-block (CogVideoX default)")
+    f.add_argument(
+        "--cache",
+        type=_cache,
+        metavar="KIND[:key=value,...]",
+        help="step cache: output (own; any model), first-block, faster, pab, mag, taylorseer, sea (diffusers' "
+        "hooks, in a transformer), e.g. first-block:threshold=0.1; a bare number is a threshold of --cache-kind",
+    )
+    f.add_argument(
+        "--cache-kind", choices=CACHE_KINDS, help="with --cache NUMBER: output (exact default) or first-block, ..."
+    )
     f.add_argument("--offload", choices=OFFLOAD, default="none", help="CPU offload of a CogVideoX model's parts")
     f.add_argument(
         "--quantize",

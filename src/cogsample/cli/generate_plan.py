@@ -62,6 +62,7 @@ class Batch:
 
 def plan(args: argparse.Namespace, launch: Launch) -> Batch:
     """Check the options and plan every line's video; a ValueError says what cannot run, before any work."""
+    from .. import models
     from ..jobs.batch import batch_options, plan_jobs
     from ..jobs.outdir import OutDir
     from ..models import check_installed
@@ -78,6 +79,10 @@ def plan(args: argparse.Namespace, launch: Launch) -> Batch:
         from ..pipeline.pipeline import check_parallel
 
         check_parallel(parallel, items[0].plan.info)
+        for item in items:  # a step cache each rank must run alike (models.hook_caches)
+            cache = item.plan.sampling.cache
+            if cache is not None:
+                models.check_cache(cache, cfg_parallel=parallel.cfg > 1, ulysses=parallel.ulysses > 1)
     out = OutDir(args.out)
     out.check_writable()
     groups = None

@@ -74,7 +74,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "scale": (int, float),
     "video": (str,),
     "strength": (int, float),
-    "cache": (int, float),
+    "cache": (int, float, str),  # "KIND[:key=value,...]" or a threshold number
     "skip_unit_cfg": (bool,),
     "noise_repeat": (bool,),
     "cfg_interval": (list, str),

@@ -43,6 +43,8 @@ def metadata(r: VideoResult, files: dict[str, Path], run: dict[str, Any]) -> dic
         "uncond": p.uncond,
         "seed": seed,
         "profile": opts.profile,
+        # none, cfg, dynamic, or a combine rule RULE[:key=value,...] (resolved in sampling.guider)
+        "guidance": opts.guidance,
         "model": {
             "name": p.info.name,
             "path": opts.model,
@@ -137,7 +139,7 @@ def command(p: Plan, prompt: str, seed: int) -> list[str]:
     if o.skip_unit_cfg:
         cmd.append("--skip-unit-cfg")
     if p.sampling.cache is not None:
-        cmd += ["--cache", repr(p.sampling.cache.threshold), "--cache-kind", p.sampling.cache.kind]
+        cmd += ["--cache", p.sampling.cache.spec()]
     if o.offload != "none":
         cmd += ["--offload", o.offload]
     if o.quantize != "none":

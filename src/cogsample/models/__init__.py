@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .base import CallableNetwork, ModelInfo, VideoModel
+from .hook_caches import check_cache, parse_cache  # torch alone: diffusers loads with the hooks
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
@@ -31,6 +32,7 @@ __all__ = [
     "CallableNetwork",
     "ModelInfo",
     "VideoModel",
+    "check_cache",
     "check_installed",
     "check_loras",
     "extra_for",
@@ -38,6 +40,7 @@ __all__ = [
     "installed",
     "is_builtin",
     "load",
+    "parse_cache",
     "requirements",
     "untiled_decode_estimate",
 ]
@@ -64,6 +67,7 @@ EXTRAS = {
     "ray": "ray",
     "peft": "lora",
     "torchao": "quantize",
+    "cache_dit": "cachedit",
 }
 
 

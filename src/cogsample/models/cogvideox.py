@@ -22,7 +22,7 @@ import json
 import logging
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +31,7 @@ import torch
 
 from ..sampling.cache import CacheConfig
 from .base import ModelInfo, VideoModel
-from .first_block_cache import FirstBlockCachedNetwork
+from .hook_caches import HookCachedNetwork
 from .images import i2v_size, image_to_tensor, resize_image_for_i2v  # model-agnostic; re-exported here
 from .offload import Offload, OffloadMode, check_offload, offload_parts
 from .quantize import check_quantize, quantize_transformer
@@ -296,16 +296,11 @@ class CogVideoXTransformerNetwork:
         if t.numel() not in (1, n):
             raise ValueError(f"t must hold 1 or N = {n} values, got shape {tuple(t.shape)}")
 
-    def first_block_cache(
-        self, config: CacheConfig, reduce: Callable[[Tensor], Tensor] | None = None
-    ) -> FirstBlockCachedNetwork:
-        """This network with a :class:`~cogsample.models.first_block_cache.FirstBlockCache` attached
-        to its transformer until ``detach()`` (what :func:`~cogsample.sampling.cache.apply_cache` makes for
-        ``kind="first-block"``); ``reduce``: see there. Under sequence parallel the default ``reduce``
-        sums the indicator over the shards, so every rank of the group decides alike."""
-        if reduce is None and self.sequence is not None:
-            reduce = self.sequence.all_reduce
-        return FirstBlockCachedNetwork(self, config, reduce)
+    def hook_cache(self, config: CacheConfig, calls: int | None = None) -> HookCachedNetwork:
+        """This network with diffusers' cache hooks of ``config`` on its transformer until ``detach()``
+        (what :func:`~cogsample.sampling.cache.apply_cache` makes for every kind but ``output``;
+        :mod:`cogsample.models.hook_caches`); ``calls``: the most calls one video makes."""
+        return HookCachedNetwork(self, config, calls)
 
     def sequence_parallel(self, group: Any, rank: int, size: int) -> SequenceParallel:
         """Shard the transformer's video tokens over ``size`` ranks of ``group`` (Ulysses,

@@ -22,9 +22,19 @@ import torch
 from ..models import BUILTIN, EXACT, untiled_decode_estimate
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
+    from ..sampling.config import SamplingConfig
     from .plan import Plan
 
-__all__ = ["MemoryNeed", "check_memory", "describe", "forwards", "free_bytes", "memory_need", "seconds"]
+__all__ = [
+    "MemoryNeed",
+    "check_memory",
+    "cond_only_calls",
+    "describe",
+    "forwards",
+    "free_bytes",
+    "memory_need",
+    "seconds",
+]
 
 #: Rough CPU time of the built-in models per unit of work, calibrated so that the default video of
 #: the exact model (49 frames at 368x240, 50 steps with CFG: 100 forwards) takes the README's 3 s
@@ -194,6 +204,16 @@ def forwards(p: Plan) -> tuple[int, bool]:
     branches = sum(1 if v is None or (s.skip_unit_cfg and v == 1.0) else 2 for v in scales)
     calls = s.spec.calls_per_step
     return branches * calls * p.forwards_per_call, calls == 1
+
+
+def cond_only_calls(s: SamplingConfig) -> bool:
+    """Whether some network calls of ``s`` hold the conditional rows only (no guidance on that step:
+    ``--guidance none``, outside a guidance interval, or a unit scale under ``--skip-unit-cfg``)."""
+    from ..sampling.guidance import guidance_scales
+
+    grid = s.grid()
+    scales = guidance_scales(s.guidance, grid.timesteps, grid.num_steps, grid.requested_steps)
+    return any(v is None or (s.skip_unit_cfg and v == 1.0) for v in scales)
 
 
 def seconds(p: Plan, n_forwards: int | None = None) -> float | None:

@@ -24,10 +24,10 @@ import torch
 
 from .. import models
 from ..models import EXACT, ModelInfo
-from ..sampling.cache import CacheConfig
 from ..sampling.config import SamplingConfig
 from ..sampling.denoiser import DenoiserConfig
 from ..sampling.guidance import CFG, DynamicCFG, Guidance, GuidanceInterval, LevelGuidance, NoGuidance
+from ..sampling.guiders import GUIDERS, Guider, make_guider, parse_guidance_text
 from ..sampling.samplers import get_sampler
 from ..sampling.scalings import VideoScaling
 from ..sampling.schedules import SpacedDDPM, ZeroSNRDDPM
@@ -46,6 +46,7 @@ __all__ = [
     "fast_options",
     "inspect_model",
     "level_guidance",
+    "parse_guidance",
     "resolve_device",
     "resolve_dtype",
     "resolve_sampling",
@@ -56,13 +57,18 @@ GRIDS = ("reference", "logsnr", "power", "uniform")
 CFG_INDEX = ("reference", "loop", "level")
 #: The step count whose DynamicCFG scales ``--cfg-index level`` carries to other grids (every SAT config's).
 REFERENCE_STEPS = 50
-CACHE_KINDS = ("output", "first-block")
+#: ``--cache-kind`` (with a threshold number): the kinds whose first setting is a threshold
+CACHE_KINDS = ("output", "first-block", "mag", "sea")
 OFFLOAD = ("none", "model", "sequential")
 VAE_TILING = ("auto", "on", "off")
 #: How each profile's source turns a [0, 1] float video into uint8 (both in float32 here): SAT's
 #: ``sample_video.py`` truncates ``255 x``; diffusers' ``numpy_to_pil`` rounds it.
 UINT8 = {"sat": "truncate", "diffusers": "round"}
 GUIDANCE = ("none", "cfg", "dynamic")
+#: ``--guidance RULE[:key=value,...]``: diffusers' combine rules (:mod:`cogsample.sampling.guiders`)
+GUIDANCE_RULES = tuple(GUIDERS)
+#: a rule's scale schedule: DynamicCFG's ramp (as ``dynamic``) or a constant scale (as ``cfg``)
+RULE_SCHEDULES = {"dynamic": "dynamic", "constant": "cfg"}
 CONTEXT = ("auto", "off")
 #: The default ``context_overlap``: this share of a window's latent frames (rounded, at least 1);
 #: measured by ``cogsample bench --sections long_video`` (docs/long-videos.md).
@@ -117,7 +123,9 @@ class GenerateOptions:
     cfg_index: str = "reference"
     cfg_interval: tuple[float, float] | None = None
     skip_unit_cfg: bool = False
-    cache: float | None = None
+    #: a step cache, ``"KIND[:key=value,...]"`` (:data:`cogsample.models.hook_caches.KINDS`), or a
+    #: threshold number of ``cache_kind`` (output on the exact model, first-block on a transformer)
+    cache: float | str | None = None
     cache_kind: str | None = None
     offload: str = "none"
     #: LoRA adapters (:mod:`cogsample.models.lora`): ``(path, weight)`` pairs, or ``"PATH[:WEIGHT]"``
@@ -187,6 +195,26 @@ def check_scale(scale: Any) -> None:
         raise ValueError(f"--scale must be a finite number >= 0 (the guidance scale), got {scale!r}")
 
 
+def parse_guidance(text: Any) -> tuple[str, Guider | None]:
+    """``--guidance``: ``none``, ``cfg``, ``dynamic``, or a combine rule ``RULE[:key=value,...]``
+    (:data:`GUIDANCE_RULES`, docs/guiders.md) -> ``(scale schedule, rule)``. A rule's scales are
+    DynamicCFG's unless ``schedule=constant``; ``ValueError`` naming the rule, key or value."""
+    name, params = parse_guidance_text(text)
+    if name in GUIDANCE:
+        if params:
+            raise ValueError(f"--guidance {name} takes no parameters, got {text!r} (parameters go with a rule)")
+        return name, None
+    if name not in GUIDERS:
+        raise ValueError(
+            f"guidance must be one of {', '.join(GUIDANCE)}; got {text!r} (or a combine rule RULE[:key=value,...] "
+            f"with RULE one of {', '.join(GUIDANCE_RULES)})"
+        )
+    schedule = params.pop("schedule", "dynamic")
+    if schedule not in RULE_SCHEDULES:
+        raise ValueError(f"--guidance {name}: schedule must be dynamic or constant, got {schedule!r}")
+    return RULE_SCHEDULES[schedule], make_guider(name, params, also=("schedule",))
+
+
 def _guidance(kind: str, scale: float, steps: int) -> Guidance:
     if kind == "none":
         return NoGuidance()
@@ -213,7 +241,12 @@ def resolve_sampling(opts: GenerateOptions, info: ModelInfo) -> SamplingConfig:
     steps and DynamicCFG's ``num_steps`` (:func:`~cogsample.reference.satconfig.from_sat`), also for a
     guidance rebuilt from ``--guidance`` / ``--scale`` on top of a yaml; ``steps=None`` takes a
     yaml exactly as written (its sampler's and its guider's counts, even where they differ, as SAT
-    users change steps), and 50 steps without a yaml."""
+    users change steps), and 50 steps without a yaml. A combine rule (``--guidance apg``, ...) goes
+    on top of its scale schedule's config (``SamplingConfig.guider``)."""
+    kind, guider = parse_guidance(opts.guidance)
+    if guider is not None:
+        base = resolve_sampling(dataclasses.replace(opts, guidance=kind), info)
+        return dataclasses.replace(base, guider=guider)
     steps = opts.steps
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
@@ -349,11 +382,7 @@ def apply_speedups(cfg: SamplingConfig, opts: GenerateOptions, info: ModelInfo) 
     if opts.skip_unit_cfg:
         changes["skip_unit_cfg"] = True
     if opts.cache is not None:
-        kind = opts.cache_kind or ("output" if opts.model in EXACT else "first-block")
-        check_choice("cache_kind", kind, CACHE_KINDS)
-        if kind == "first-block" and opts.model in EXACT:
-            raise ValueError(
-                "cache_kind 'first-block' caches a CogVideoX transformer's blocks: use 'output' with the built-in model"
-            )
-        changes["cache"] = CacheConfig(opts.cache, kind)
+        if opts.cache_kind is not None:
+            check_choice("cache_kind", opts.cache_kind, CACHE_KINDS)
+        changes["cache"] = models.parse_cache(opts.cache, opts.model, opts.cache_kind, exact=opts.model in EXACT)
     return dataclasses.replace(cfg, **changes) if changes else cfg

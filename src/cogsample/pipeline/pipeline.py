@@ -523,6 +523,9 @@ class Pipeline:
         cond = Conditioning(context=context, uncond_context=negative, image_latents=image_latents, ofs=ofs)
         x = _start(p, noise, k, clean)
         branches = None if self.parallel is None else self.parallel.cfg_parallel()
+        if self.parallel is not None and p.sampling.cache is not None:  # before any network call
+            c = self.parallel.config
+            models.check_cache(p.sampling.cache, cfg_parallel=c.cfg > 1, ulysses=c.ulysses > 1)
         # held frames are noised with the initial noise's own frames; from a --video start, with their own
         keyframes = encode_keyframes(model, p.keyframes, p.device, p.dtype, None if clean is None else seed)
         guided, grid = build_model(model.network, x, cond, p.sampling, branches=branches, keyframes=keyframes)

@@ -19,12 +19,11 @@ from ..models.quantize import check_quantize
 from ..sampling.config import SamplingConfig, check_combination
 from ..sampling.context_windows import ContextWindows
 from ..sampling.noise import latent_shape
-from .cost import check_memory
+from .cost import check_memory, cond_only_calls
 from .keyframes import resolve_keyframes
 from .options import (
     CONTEXT,
     CONTEXT_OVERLAP_SHARE,
-    GUIDANCE,
     OFFLOAD,
     PROFILES,
     UNCOND,
@@ -34,6 +33,7 @@ from .options import (
     apply_speedups,
     check_choice,
     inspect_model,
+    parse_guidance,
     resolve_device,
     resolve_dtype,
     resolve_sampling,
@@ -71,6 +71,8 @@ def plan(opts: GenerateOptions, *, memory: bool = True, noise_rows: int | None =
     info.check_size(frames, height, width, None if windows is None else windows.frames)
     uncond, negative = _resolve_uncond(opts)
     sampling = _resolve_run(opts, info, windows, device)
+    if sampling.guider is not None:
+        sampling.guider.check(tuple(shape))  # a rule that cannot run on this latent (FDG's pyramid)
     if image is not None:
         image = _prepare_image(image, opts, height, width, short_side)
     keyframes = resolve_keyframes(
@@ -123,7 +125,7 @@ def _check_request(opts: GenerateOptions) -> tuple[str, ...]:
         if not isinstance(p, str) or not p.strip():
             raise ValueError(f"prompt {k + 1} is empty")
     check_choice("profile", opts.profile, PROFILES)
-    check_choice("guidance", opts.guidance, GUIDANCE)
+    parse_guidance(opts.guidance)  # none, cfg, dynamic or RULE[:key=value,...]
     if opts.uncond is not None:
         check_choice("uncond", opts.uncond, UNCOND)
     if isinstance(opts.seed, bool) or not isinstance(opts.seed, int) or not 0 <= opts.seed < 2**63:
@@ -193,7 +195,9 @@ def _resolve_run(
     # video to video: the grid cut to where --strength starts (before the combination is checked)
     sampling = truncate_sampling(sampling, check_strength(opts.video, opts.strength), opts.profile)
     if windows is not None:
-        sampling = dataclasses.replace(sampling, context=windows)  # refuses a first-block cache
+        sampling = dataclasses.replace(sampling, context=windows)
+    if sampling.cache is not None:  # what a cache cannot mix, refused before anything loads
+        models.check_cache(sampling.cache, windows=windows is not None, cond_only_calls=cond_only_calls(sampling))
     check_choice("offload", opts.offload, OFFLOAD)
     if opts.offload != "none":
         if models.is_builtin(opts.model):

@@ -1,53 +1,37 @@
-"""Step caching in the style of TeaCache and First-Block-Cache: skip network work on sampler
-steps whose inputs barely moved since the last step that ran it. Approximate and off by default.
+"""Step caches: skip network work on sampler steps whose inputs barely moved. Approximate, off by default.
 
-What is cached:
+A :class:`CacheConfig` names a kind and its settings (``--cache KIND[:key=value,...]``). This
+module implements one kind itself, ``output``, for networks without blocks (the exact built-in
+model); every other kind is diffusers' hooks inside a transformer, model machinery that lives
+with its model (:mod:`cogsample.models.hook_caches`): :func:`apply_cache` asks the network for it
+(``network.hook_cache(config, calls)``).
 
-* :class:`OutputCache` wraps any :class:`~cogsample.sampling.denoiser.Network` (the built-in
-  ``MixtureNetwork`` included): a reused call returns the whole output of the last computed call.
-* a first-block cache patches a network's transformer: block 0 always runs; a reused call skips
-  blocks ``1..N-1`` and adds their residual from the last computed call to block 0's fresh output.
-  It is model machinery and lives with its model: for diffusers' CogVideoX transformer,
-  :class:`~cogsample.models.first_block_cache.FirstBlockCache`, made by the network's
-  ``first_block_cache(config)`` (:func:`apply_cache` asks the network for it).
+:class:`OutputCache` wraps any :class:`~cogsample.sampling.denoiser.Network`: a reused call returns
+the whole output of the last computed call. Call ``k`` is compared with call ``k-1``::
 
-The indicator. Call ``k`` is compared with call ``k-1`` (computed or reused)::
+    d_k = |x_k - x_{k-1}|_1 / |x_{k-1}|_1 + |t_k - t_{k-1}|_1 / |t_{k-1}|_1
 
-    OutputCache:      d_k = |x_k - x_{k-1}|_1 / |x_{k-1}|_1 + |t_k - t_{k-1}|_1 / |t_{k-1}|_1
-    FirstBlockCache:  d_k = |r_k - r_{k-1}|_1 / |r_{k-1}|_1,   r = block 0's hidden-state output - its input
-
-(``|.|_1`` sums absolute values, so each ratio is ``mean |a - b| / mean |b|``; ``x`` is the
-network's input, ``t`` its timestep input). TeaCache-style, the changes are summed since the last
-computed call, ``A_k = sum d_j``, and call ``k`` reuses iff all of:
-
-* it is not among the first ``warmup`` calls since the cache was made or :meth:`reset`;
-* nothing but ``x`` and ``t`` changed: same shapes, dtype and device (a CFG batch of ``2B`` rows
-  after one of ``B`` rows recomputes), same context and ``ofs`` (identity and no in-place change,
-  else equal values); for the transformer the same text-token input and rotary embedding;
-* ``A_k < threshold``;
-* fewer than ``max_skips`` calls in a row have been reused.
-
-Otherwise it computes, and ``A`` restarts at 0. A threshold small enough that nothing is reused
-gives results bit-identical to the uncached network; any reuse makes them differ (a reused call
-answers for an input it did not see), so nothing in cogsample caches unless asked. Call
-:meth:`reset` between videos (or make a new cache): the warmup and the references are per video.
-Each call that could reuse reads its indicator to the host (one sync per call, inherent: the skip
-is a Python branch); the cost is a few small ops, ~0.1 ms per call on a CPU.
+(``|.|_1`` sums absolute values; ``x`` the network input, ``t`` its timestep input). TeaCache-style,
+the changes are summed since the last computed call, ``A_k = sum d_j``, and call ``k`` reuses iff
+it is not among the first ``warmup`` calls, nothing but ``x`` and ``t`` changed (same shapes,
+dtype, device, context and ``ofs``), ``A_k < threshold`` and fewer than ``max_skips`` calls in a
+row were reused. Otherwise it computes and ``A`` restarts at 0. A threshold small enough that
+nothing is reused gives results bit-identical to the uncached network. Call :meth:`OutputCache.reset`
+between videos. Each call that could reuse reads its indicator to the host (one sync per call).
 
 Scale of ``d`` (built-in model, 50 steps): the timestep term alone is 0.02 per step at t = 999,
-0.1 at t = 179 and 0.5 at the last step, so small thresholds never skip late steps. The input term is 0.01 to
-0.09 per step for a deterministic sampler (``vpode_dpmpp_2m``), but 0.2 to 1.4 for the default
-stochastic ``vpsde_dpmpp_2m``, whose fresh noise at every step moves ``x`` far more: there
-thresholds up to 0.2 reuse nothing, and the output cache pays off only for deterministic samplers.
+0.1 at t = 179 and 0.5 at the last step; the input term is 0.01 to 0.09 per step for a
+deterministic sampler (``vpode_dpmpp_2m``) but 0.2 to 1.4 for the default stochastic
+``vpsde_dpmpp_2m``, whose fresh noise moves ``x`` far more: there the output cache reuses nothing.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import numbers
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 
@@ -56,58 +40,97 @@ from .denoiser import Network
 Tensor = torch.Tensor
 
 __all__ = [
+    "OUTPUT_DEFAULTS",
     "CacheConfig",
     "CachedNetwork",
     "OutputCache",
     "apply_cache",
 ]
 
-KINDS = ("output", "first-block")
+#: The ``output`` kind's settings and their defaults (``threshold`` has none: it must be given).
+OUTPUT_DEFAULTS: dict[str, Any] = {"threshold": None, "max_skips": 3, "warmup": 1}
 
 
 @dataclass(frozen=True)
 class CacheConfig:
-    """When a step cache may reuse (see the module docstring for the rule).
+    """A step cache: ``kind`` (``"output"``, here; any other kind is a network's own, see
+    :func:`apply_cache`) and its resolved settings ``params`` (JSON scalars, every key present).
 
-    ``threshold``: reuse while the accumulated relative change stays below it (> 0; what a value
-    buys depends on the sampler, see the module docstring); ``kind``: what :func:`apply_cache`
-    caches, the whole network output (``"output"``, any network) or the CogVideoX transformer's
-    blocks after the first (``"first-block"``); ``max_skips``: at most this many consecutive reused calls (>= 1);
-    ``warmup``: the first ``warmup`` calls after a reset always compute (>= 0; the first call
-    computes anyway, having nothing to reuse, so 0 and 1 are the same).
-    JSON round trip: ``CacheConfig(**dataclasses.asdict(config))``.
+    ``output``'s settings: ``threshold`` (> 0: reuse while the accumulated relative change stays
+    below it), ``max_skips`` (>= 1 consecutive reuses at most), ``warmup`` (>= 0 first calls
+    always computed). :meth:`spec` is the ``--cache`` text, :meth:`to_dict` the JSON;
+    ``CacheConfig.from_dict(c.to_dict()) == c``.
     """
 
-    threshold: float
-    kind: Literal["output", "first-block"] = "output"
-    max_skips: int = 3
-    warmup: int = 1
+    kind: str
+    params: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        t = self.threshold
-        if isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(t) or t <= 0:
-            raise ValueError(f"CacheConfig threshold must be a finite number > 0, got {t!r}")
-        object.__setattr__(self, "threshold", float(t))
-        if self.kind not in KINDS:
-            raise ValueError(f"CacheConfig kind must be one of {', '.join(map(repr, KINDS))}, got {self.kind!r}")
-        for name, lo in (("max_skips", 1), ("warmup", 0)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"CacheConfig {name} must be an integer >= {lo}, got {v!r}")
+        if not isinstance(self.kind, str) or not self.kind:
+            raise ValueError(f"CacheConfig kind must be a non-empty string, got {self.kind!r}")
+        if not isinstance(self.params, Mapping) or not all(isinstance(k, str) for k in self.params):
+            raise ValueError(f"CacheConfig params must be a mapping of names to values, got {self.params!r}")
+        params = dict(self.params)
+        if self.kind == "output":
+            params = _output_params(params)
+        object.__setattr__(self, "params", params)
+
+    @classmethod
+    def output(cls, threshold: float, max_skips: int = 3, warmup: int = 1) -> CacheConfig:
+        """The ``output`` kind (:class:`OutputCache`)."""
+        return cls("output", {"threshold": threshold, "max_skips": max_skips, "warmup": warmup})
+
+    def __getattr__(self, name: str) -> Any:
+        params = self.__dict__.get("params", {})
+        if name in params:
+            return params[name]
+        raise AttributeError(f"{type(self).__name__} of kind {self.__dict__.get('kind')!r} has no {name!r}")
+
+    def spec(self) -> str:
+        """``KIND[:key=value,...]``, what ``--cache`` takes back."""
+        items = ",".join(f"{k}={_text(v)}" for k, v in self.params.items() if v is not None)
+        return f"{self.kind}:{items}" if items else self.kind
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields (``CacheConfig(**d)`` gives an equal config back)."""
-        return dataclasses.asdict(self)
+        """JSON-ready ``{"kind": ..., **params}``."""
+        return {"kind": self.kind, **self.params}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CacheConfig:
+        """Back from :meth:`to_dict`."""
+        data = dict(data)
+        kind = data.pop("kind")
+        if kind == "first-block":  # written before the hooks: the old cache's own rule's settings
+            data.pop("max_skips", None), data.pop("warmup", None)
+        return cls(kind, data)
+
+
+def _text(v: Any) -> str:
+    return ("true" if v else "false") if isinstance(v, bool) else repr(v) if isinstance(v, float) else str(v)
+
+
+def _output_params(params: dict[str, Any]) -> dict[str, Any]:
+    """``output``'s settings checked, defaults filled (``ValueError`` naming the setting)."""
+    unknown = sorted(set(params) - set(OUTPUT_DEFAULTS))
+    if unknown:
+        raise ValueError(f"cache kind 'output' has no setting {unknown[0]!r}; allowed: {', '.join(OUTPUT_DEFAULTS)}")
+    out = {**OUTPUT_DEFAULTS, **params}
+    t = out["threshold"]
+    if isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(t) or t <= 0:
+        raise ValueError(f"cache 'output': threshold must be a finite number > 0, got {t!r}")
+    out["threshold"] = float(t)
+    for name, lo in (("max_skips", 1), ("warmup", 0)):
+        v = out[name]
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ValueError(f"cache 'output': {name} must be an integer >= {lo}, got {v!r}")
+    return out
 
 
 class CachedNetwork(Network, Protocol):
-    """A network behind a step cache: counters, a per-video reset, and the uncached network back.
-
-    ``calls == computed + reused`` (calls since construction or the last reset)."""
+    """A network behind a step cache: ``calls`` (network calls since construction or the last
+    reset), a per-video ``reset()``, and ``detach()`` (the uncached network back)."""
 
     calls: int
-    computed: int
-    reused: int
 
     def reset(self) -> None: ...
 
@@ -180,11 +203,11 @@ def _ratio(num: float, den: float) -> float:
 
 
 class _Decider:
-    """The reuse rule shared by every step cache: counters, warmup, accumulation, max_skips."""
+    """The output cache's reuse rule: counters, warmup, accumulation, max_skips."""
 
     def __init__(self, config: CacheConfig):
-        if not isinstance(config, CacheConfig):
-            raise TypeError(f"config must be a CacheConfig, got {type(config).__name__}")
+        if not isinstance(config, CacheConfig) or config.kind != "output":
+            raise TypeError(f"config must be a CacheConfig of kind 'output', got {config!r}")
         self.config = config
         self.reset_counts()
 
@@ -226,7 +249,7 @@ class OutputCache(_Decider):
     ``config.threshold`` (module docstring). Counters ``calls``, ``computed``, ``reused``.
 
     A reused call returns the cached output tensor itself (no copy): do not modify network outputs
-    in place (nothing in cogsample does). ``config.kind`` is not read here (see :func:`apply_cache`).
+    in place (nothing in cogsample does).
     """
 
     def __init__(self, network: Network, config: CacheConfig):
@@ -285,24 +308,23 @@ class OutputCache(_Decider):
         return out
 
 
-def apply_cache(network: Network, config: CacheConfig) -> CachedNetwork:
-    """``network`` behind the step cache ``config.kind`` names.
+def apply_cache(network: Network, config: CacheConfig, *, calls: int | None = None) -> CachedNetwork:
+    """``network`` behind the step cache ``config`` names.
 
-    ``"output"``: :class:`OutputCache` (any network). ``"first-block"``: what the network's own
-    ``first_block_cache(config)`` makes (a CogVideoX transformer's network has one,
-    :class:`~cogsample.models.cogvideox.CogVideoXTransformerNetwork`; it patches the transformer
-    until ``detach()``); TypeError for a network without one.
+    ``"output"``: :class:`OutputCache` (any network). Any other kind is the network's own: what its
+    ``hook_cache(config, calls)`` makes (a CogVideoX transformer's network has one; ``calls``: the
+    most network calls one video makes, for the kinds that plan by step); TypeError for a network
+    without one.
     """
     if not isinstance(config, CacheConfig):
         raise TypeError(f"config must be a CacheConfig, got {type(config).__name__}")
     if config.kind == "output":
         return OutputCache(network, config)
-    # the network knows its own blocks: the core asks it rather than knowing any model
-    make = getattr(network, "first_block_cache", None)
+    make = getattr(network, "hook_cache", None)
     if not callable(make):
         raise TypeError(
-            "kind='first-block' caches the blocks of a diffusers CogVideoX transformer and needs a network "
-            f"with first_block_cache(config), such as a CogVideoXTransformerNetwork, got {type(network).__name__}; "
-            "use kind='output' for any other network"
+            f"cache kind {config.kind!r} runs inside a transformer's blocks and needs a network with "
+            f"hook_cache(config, calls), such as a CogVideoXTransformerNetwork, got {type(network).__name__}; "
+            "use kind 'output' for any other network"
         )
-    return make(config)
+    return make(config, calls)

@@ -16,12 +16,14 @@ from typing import Any
 import torch
 
 from . import guidance as _guidance
+from . import guiders as _guiders
 from . import scalings as _scalings
 from . import schedules as _schedules
 from .cache import CacheConfig, apply_cache
 from .context_windows import ContextWindows, WindowedNetwork
 from .denoiser import Denoiser, DenoiserConfig, Network
 from .guidance import Conditioning, DynamicCFG, Guidance, GuidedModel, guidance_scales
+from .guiders import Guider
 from .keyframes import Keyframes
 from .noise import GlobalNoise, NoiseSource
 from .samplers import Callback, SamplerSpec, get_sampler
@@ -63,6 +65,9 @@ class SamplingConfig:
     #: temporal context windows for latents longer than the network's length
     #: (:mod:`cogsample.sampling.context_windows`), None: the network sees the whole latent
     context: ContextWindows | None = None
+    #: how a guided call combines its branches (:mod:`cogsample.sampling.guiders`: CFG-Zero*, APG,
+    #: ...), None: ``u + scale (c - u)``
+    guider: Guider | None = None
 
     def __post_init__(self) -> None:
         spec = get_sampler(self.sampler)
@@ -82,12 +87,8 @@ class SamplingConfig:
             raise ValueError(f"cache must be a CacheConfig or None, got {self.cache!r}")
         if self.context is not None and not isinstance(self.context, ContextWindows):
             raise ValueError(f"context must be a ContextWindows or None, got {self.context!r}")
-        if self.context is not None and self.cache is not None and self.cache.kind == "first-block":
-            raise ValueError(
-                "cache kind 'first-block' compares each transformer call with the one before, which under "
-                "context windows is another window: use cache kind 'output' (it caches the blended output) "
-                "or no context windows"
-            )
+        if self.guider is not None and not isinstance(self.guider, Guider):
+            raise ValueError(f"guider must be a Guider (cogsample.sampling.guiders) or None, got {self.guider!r}")
 
     @property
     def spec(self) -> SamplerSpec:
@@ -98,7 +99,7 @@ class SamplingConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready description that :meth:`from_dict` turns back into an equal config
-        (``context`` only where set, so a config without windows describes itself as before)."""
+        (``context`` and ``guider`` only where set, so a config without them describes itself as before)."""
         d = self.denoiser
         out = {
             "sampler": self.sampler,
@@ -117,6 +118,8 @@ class SamplingConfig:
         }
         if self.context is not None:
             out["context"] = self.context.to_dict()
+        if self.guider is not None:
+            out["guider"] = _typed(self.guider)
         return out
 
     @classmethod
@@ -135,8 +138,9 @@ class SamplingConfig:
             guidance=_untyped(data["guidance"], _guidance, Guidance),
             options={k: _from_json(v) for k, v in data.get("options", {}).items()},
             skip_unit_cfg=bool(data.get("skip_unit_cfg", False)),
-            cache=None if data.get("cache") is None else CacheConfig(**data["cache"]),
+            cache=None if data.get("cache") is None else CacheConfig.from_dict(data["cache"]),
             context=None if data.get("context") is None else ContextWindows(**data["context"]),
+            guider=None if data.get("guider") is None else _untyped(data["guider"], _guiders, Guider),
         )
 
 
@@ -310,7 +314,7 @@ def build_model(
     """Validate everything, then wrap ``network`` into the ``model(x, level)`` the sampler calls:
     x0, or the guided raw network output for samplers that consume it (``spec.consumes``).
     With ``config.cache`` the network goes behind a step cache: call :func:`release` after
-    sampling (a first-block cache patches the transformer until then). ``branches``: where the
+    sampling (a transformer's cache hooks stay on it until then; they sit below any windows). ``branches``: where the
     CFG branches run (:class:`~cogsample.sampling.guidance.GuidedModel`). With ``config.context`` the
     network runs on context windows (:class:`~cogsample.sampling.context_windows.WindowedNetwork`, below
     any output cache, which then sees the blended output). With ``keyframes`` the guided model goes
@@ -321,13 +325,17 @@ def build_model(
         keyframes.check(x)
     grid = config.grid()
     check_combination(config, grid)
-    windows = 1
+    if config.guider is not None:
+        config.guider.check(tuple(x.shape))
+    windows, cache = 1, None
+    if config.cache is not None and config.cache.kind != "output":
+        # a cache inside the transformer sits below the windows: one cache context per window
+        cache = network = apply_cache(network, config.cache, calls=grid.num_steps * config.spec.calls_per_step)
     if config.context is not None:
         windows = config.context.count(x.shape[1])
         network = WindowedNetwork(network, config.context)
-    cache = None if config.cache is None else apply_cache(network, config.cache)
-    if cache is not None:
-        network = cache
+    if config.cache is not None and config.cache.kind == "output":
+        cache = network = apply_cache(network, config.cache)
     model = GuidedModel(
         Denoiser(network, config.denoiser, device=x.device),
         config.guidance,
@@ -340,6 +348,7 @@ def build_model(
         skip_unit_scale=config.skip_unit_cfg,
         branches=branches,
         windows=windows,
+        guider=config.guider,
     )
     model.owned_cache = cache
     if keyframes is not None:

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .calls import network_call
 from .denoiser import Network
 from .noise import NoiseSource
 
@@ -131,10 +132,12 @@ class WindowedNetwork:
             self.calls += 1
             return self.network(x, t, context, ofs=ofs)
         outputs = []
-        for a, b in spans:
+        for j, (a, b) in enumerate(spans):
             self.calls += 1
-            # the image latent (frame 0) and ofs condition the window that holds frame 0
-            outputs.append(self.network(x[:, a:b], t, context, ofs=ofs if a == 0 else None))
+            # the image latent (frame 0) and ofs condition the window that holds frame 0; a network
+            # that keeps state per call keeps one per window (sampling.calls)
+            with network_call(window=j):
+                outputs.append(self.network(x[:, a:b], t, context, ofs=ofs if a == 0 else None))
         if self.observe is not None:
             self.observe(spans, outputs)
         first = outputs[0]

@@ -15,6 +15,7 @@ from typing import Protocol
 
 import torch
 
+from .calls import network_call
 from .scalings import Scaling
 from .schedules import Schedule, Space
 
@@ -132,7 +133,9 @@ class Denoiser:
         net_in = x * c_in
         if image_latents is not None:
             net_in = torch.cat([net_in, image_latents], dim=2)
-        return self.network(net_in, c_noise, context, ofs=ofs) * c_out + x * c_skip
+        # the call's level for networks that keep state per call (sampling.calls)
+        with network_call(alpha=to_space(level.value, level.space, "alpha"), step=level.step):
+            return self.network(net_in, c_noise, context, ofs=ofs) * c_out + x * c_skip
 
     def prediction(
         self,
@@ -153,4 +156,5 @@ class Denoiser:
         n = x.shape[0]
         t = torch.full((n,), level.timestep, dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
         net_in = x if image_latents is None else torch.cat([x, image_latents], dim=2)
-        return self.network(net_in, t, context, ofs=ofs)
+        with network_call(alpha=to_space(level.value, level.space, "alpha"), step=level.step):
+            return self.network(net_in, t, context, ofs=ofs)

@@ -305,7 +305,9 @@ class GuidedModel:
     (off by default: the reference evaluates the full batch). ``branches``: where the branches
     run, anything with ``bind(cond) -> Branches`` (None: :class:`BatchedBranches`, one batch).
     ``windows``: network calls per branch per call (context windows: one per window), what
-    :attr:`forwards` counts.
+    :attr:`forwards` counts. ``guider``: the combine rule (:mod:`cogsample.sampling.guiders`) on
+    whichever quantity this model guides (x0, or v with ``output="v"``/:meth:`prediction`), its
+    state made fresh here, once per model (one sampling run); None: ``u + scale (c - u)``.
     """
 
     def __init__(
@@ -322,6 +324,7 @@ class GuidedModel:
         skip_unit_scale: bool = False,
         branches: Any = None,
         windows: int = 1,
+        guider: Any = None,
     ):
         if output not in ("x0", "v"):
             raise ValueError(f"output must be 'x0' or 'v', got {output!r}")
@@ -335,6 +338,8 @@ class GuidedModel:
         self.step_scales = [None if skip_unit_scale and s == 1.0 else s for s in scales]
         self.branches: Branches = BatchedBranches(cond) if branches is None else branches.bind(cond)
         self.windows = windows
+        self.guider = guider
+        self.guider_state = None if guider is None else guider.start()
         #: network evaluations per sample so far: per window, 2 for a guided call, 1 for a conditional-only one
         self.forwards = 0
 
@@ -352,6 +357,8 @@ class GuidedModel:
     def _guided(self, fn: Callable[..., Tensor], x: Tensor, level: Level) -> Tensor:
         scale = self.step_scales[level.step]
         dtype = self.prediction_dtype
+        if self.guider is not None and level.step < self.guider.zero_steps:
+            return torch.zeros_like(x, dtype=dtype)  # CFG-Zero*'s zero-init: no network call
         if scale is None:
             self.forwards += self.windows
             out = self.branches.conditional(fn, x, level)
@@ -360,4 +367,6 @@ class GuidedModel:
         u, cnd = self.branches.both(fn, x, level)
         if dtype is not None:
             u, cnd = u.to(dtype), cnd.to(dtype)
+        if self.guider is not None:
+            return self.guider.combine(u, cnd, scale, x, level.step, self.guider_state)
         return u + scale * (cnd - u)
