@@ -197,3 +197,16 @@ def test_a_generate_run_on_the_same_out_folder_finishes_a_queued_job(tmp_path):
         assert main(["generate", "--prompt", PROMPT, "--seed", "5", "--out", str(tmp_path), "-q", *size]) == 0
         _status, done = call(f"{url}/api/jobs/{job['id']}")
         assert done["status"] == "finished" and done["files"]["video"].endswith(f"{job['name']}.mp4")
+
+
+def test_caches_and_guidance_rules_pass_through_the_api_and_change_the_name(tmp_path):
+    with in_process(tmp_path, start_worker=False, model="builtin-trained") as (url, _app):
+        names = set()
+        for extra in ({}, {"guidance": "apg"}, {"guidance": "cfg-zero-star"}, {"cache": "first-block:threshold=0.15"},
+                      {"cache": "taylorseer", "guidance": "mag"}):  # fmt: skip
+            status, job = call(f"{url}/api/jobs", "POST", {"prompt": PROMPT, **extra})
+            assert status == 202, job
+            names.add(job["name"])
+        assert len(names) == 5
+        status, err = call(f"{url}/api/jobs", "POST", {"prompt": PROMPT, "cache": "first-block:speed=9"})
+        assert status == 400 and "speed" in err["error"]

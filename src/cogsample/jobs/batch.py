@@ -35,6 +35,7 @@ from ..pipeline.options import PROCESS_OPTIONS, GenerateOptions, fast_options
 from ..pipeline.pipeline import Pipeline
 from ..pipeline.plan import Plan
 from ..pipeline.planning import plan
+from .interrupts import defer, deferring
 from .naming import video_stem
 from .outdir import Claim, OutDir
 from .write import Result, write_video
@@ -99,6 +100,9 @@ def signals_raise() -> Iterator[None]:
     once, between two Python operations), so every ``finally`` and writer cleans up."""
 
     def handler(signum: int, _frame: Any) -> None:
+        if deferring():  # a claim or a file half taken: the step ends first, then this signal acts
+            defer(signum)
+            return
         raise Interrupted(signum)
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}

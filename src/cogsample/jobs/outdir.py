@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .interrupts import uninterrupted
 from .outputs import SUFFIXES, check_writable
 
 __all__ = ["Claim", "OutDir", "WriteError"]
@@ -128,16 +129,23 @@ class OutDir:
 
     def release(self, claim: Claim) -> None:
         """Let go of ``claim``, removing its lock file first (see the module docstring)."""
-        try:
-            claim.lock.unlink(missing_ok=True)
-        finally:
-            os.close(claim.fd)
+        with uninterrupted():
+            try:
+                claim.lock.unlink(missing_ok=True)
+            finally:
+                os.close(claim.fd)
 
     @contextmanager
     def claimed(self, stem: str, wait: bool = False) -> Iterator[Claim | None]:
-        """``with out.claimed(stem) as claim:`` the claim (None if taken and not ``wait``), released after."""
-        claim = self.wait_claim(stem) if wait else self.try_claim(stem)
+        """``with out.claimed(stem) as claim:`` the claim (None if taken and not ``wait``), released
+        after; a signal cannot fall between taking it and holding it (waiting stays interruptible)."""
+        claim = None
         try:
+            if wait:
+                claim = self.wait_claim(stem)
+            else:
+                with uninterrupted():
+                    claim = self.try_claim(stem)
             yield claim
         finally:
             if claim is not None:
@@ -172,13 +180,13 @@ class OutDir:
         try:
             for role, writer in ordered:
                 dest = files[role]
+                done.append(dest)  # before it exists: a signal after its rename still finds it
                 try:
                     writer(dest)
                 except WriteError:
                     raise
                 except OSError as e:
                     raise WriteError(dest, e) from e
-                done.append(dest)
         except BaseException:
             for p in reversed(done):
                 p.unlink(missing_ok=True)

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .interrupts import uninterrupted
+
 Tensor = torch.Tensor
 
 __all__ = [
@@ -64,14 +66,16 @@ def check_writable(directory: str | Path, name: str = "out directory") -> Path:
 def atomic_path(dest: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; on success rename it to ``dest``, on error delete it."""
     dest = Path(dest)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part" + dest.suffix, dir=dest.parent)
-    os.close(fd)
+    tmp = None
     try:
+        with uninterrupted():  # a signal cannot leave a temporary file nobody owns
+            fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part" + dest.suffix, dir=dest.parent)
+            os.close(fd)
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the user's usual mode
         os.replace(tmp, dest)
     except BaseException:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
         raise
 
