@@ -118,3 +118,8 @@ def test_cfg_parallel_runs_every_rule_as_one_process_does(tmp_path):
         # (the trained transformer on one row or two: equal up to rounding)
         a, b = (load_file(str(d / lat.name))["latents"] for d in (tmp_path / "one", tmp_path / "two"))
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_the_header_names_the_rule_beside_the_scale_schedule(tmp_path, capsys):
+    assert main(["generate", *SMALL[:-1], "--prompt", PROMPT, "--out", str(tmp_path), "--guidance", "mag"]) == 0
+    assert "DynamicCFG + mag, profile sat" in capsys.readouterr().err

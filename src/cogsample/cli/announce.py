@@ -75,9 +75,15 @@ def _header(plans: Sequence[Any], count: str, profile: str) -> str:
         f"{count} of {_varied([p.frames for p in plans], 'frame counts')} frames at {size} on {plans[0].info.name}: "
         f"{_varied([p.sampling.sampler for p in plans], 'samplers')}, "
         f"{_varied([p.sampling.steps for p in plans], 'step counts')} steps, "
-        f"{_varied([type(p.sampling.guidance).__name__ for p in plans], 'guidances')}, profile {profile}, "
+        f"{_varied([_guidance(p.sampling) for p in plans], 'guidances')}, profile {profile}, "
         f"uncond {_varied([p.uncond for p in plans], 'unconds')}" + note
     )
+
+
+def _guidance(sampling: Any) -> str:
+    """The scale schedule's name, and the combine rule where one is set (``DynamicCFG + apg``)."""
+    name = type(sampling.guidance).__name__
+    return name if sampling.guider is None else f"{name} + {sampling.guider.name}"
 
 
 def _varied(values: Sequence[Any], plural: str) -> str:
