@@ -210,3 +210,17 @@ def test_caches_and_guidance_rules_pass_through_the_api_and_change_the_name(tmp_
         assert len(names) == 5
         status, err = call(f"{url}/api/jobs", "POST", {"prompt": PROMPT, "cache": "first-block:speed=9"})
         assert status == 400 and "speed" in err["error"]
+
+
+def test_a_refused_request_with_an_unread_body_closes_its_connection(server):
+    url, _app = server
+    host, port = url.removeprefix("http://").split(":")
+    body = b'{"prompt": "x"}'
+    head = f"POST /api/nothing HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(head + body)
+        answer = b""
+        while chunk := s.recv(4096):  # the server closes: the read ends
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 404") and b"Connection: close" in answer
+    assert call(f"{url}/api/config")[0] == 200

@@ -96,7 +96,9 @@ class Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(data).encode(), "application/json")
 
     def _error(self, status: int, message: str) -> None:
-        self._json(status, {"error": message})
+        # a refused request's body may be unread: the connection cannot carry another request
+        headers = {"Connection": "close"}
+        self._send(status, json.dumps({"error": message}).encode(), "application/json", headers)
 
     # ------------------------------------------------------------------------------------------
     # routes
