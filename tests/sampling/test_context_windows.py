@@ -5,13 +5,14 @@ import itertools
 import pytest
 import torch
 
-from cogsample import CFG, Conditioning, DenoiserConfig, DynamicCFG, SamplingConfig, SeededNoise, VideoScaling
+from cogsample import CFG, Conditioning, SamplingConfig, SeededNoise
 from cogsample.reference.golden import ToyNetwork
 from cogsample.sampling.cache import CacheConfig
 from cogsample.sampling.config import build_model, sample
 from cogsample.sampling.context_windows import ContextWindows, RepeatedNoise, WindowedNetwork, repeat_noise
 from cogsample.sampling.samplers import SAMPLERS
-from cogsample.sampling.schedules import LegacyDDPM, ZeroSNRDDPM
+from cogsample.sampling.schedules import ZeroSNRDDPM
+from tests.sampling.configs import sampler_config
 
 LAYOUTS = [(f, o, n) for f in (1, 2, 3, 4, 5, 13) for o in range(f) for n in (1, 2, f, f + 1, 2 * f + 3, 52)]
 
@@ -64,16 +65,7 @@ def test_bad_layouts_name_the_parameter(kwargs, match):
 
 
 def _config(name: str, steps: int = 4, context: ContextWindows | None = None, guidance=None) -> SamplingConfig:
-    spec = SAMPLERS[name]
-    schedule = ZeroSNRDDPM(1.0) if spec.space == "alpha" else LegacyDDPM()
-    return SamplingConfig(
-        sampler=name,
-        steps=steps,
-        schedule=schedule,
-        denoiser=DenoiserConfig(VideoScaling(), table=schedule if spec.consumes == "x0" else None),
-        guidance=guidance or DynamicCFG(6, 5, steps, step_index="loop"),
-        context=context,
-    )
+    return sampler_config(name, steps, guidance, context=context)
 
 
 def _inputs(t: int = 8, img: bool = False, b: int = 2):

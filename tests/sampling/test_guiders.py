@@ -9,7 +9,6 @@ import torch
 
 from cogsample.reference.golden import ToyNetwork
 from cogsample.sampling.config import SamplingConfig, sample
-from cogsample.sampling.denoiser import DenoiserConfig
 from cogsample.sampling.guidance import Conditioning, DynamicCFG, GuidanceInterval
 from cogsample.sampling.guiders import (
     APG,
@@ -24,8 +23,7 @@ from cogsample.sampling.guiders import (
 )
 from cogsample.sampling.noise import SeededNoise
 from cogsample.sampling.samplers import SAMPLERS
-from cogsample.sampling.scalings import VideoScaling
-from cogsample.sampling.schedules import LegacyDDPM, ZeroSNRDDPM
+from tests.sampling.configs import sampler_config
 
 guiders = pytest.importorskip("diffusers.guiders")
 logging.getLogger("diffusers.guiders.guider_utils").setLevel(logging.ERROR)  # "experimental" warnings
@@ -125,16 +123,8 @@ def test_every_rule_is_the_conditional_branch_at_scale_one(rule):
 
 
 def _config(name, guider, steps=5):
-    spec = SAMPLERS[name]
-    schedule = ZeroSNRDDPM(1.0) if spec.space == "alpha" else LegacyDDPM()
-    return SamplingConfig(
-        sampler=name,
-        steps=steps,
-        schedule=schedule,
-        denoiser=DenoiserConfig(VideoScaling(), table=schedule if spec.consumes == "x0" else None),
-        guidance=GuidanceInterval(DynamicCFG(6, 5, steps, step_index="loop"), 0.0, 0.9),
-        guider=guider,
-    )
+    interval = GuidanceInterval(DynamicCFG(6, 5, steps, step_index="loop"), 0.0, 0.9)
+    return sampler_config(name, steps, interval, guider=guider)
 
 
 def _sample(cfg, net=None):

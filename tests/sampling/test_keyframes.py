@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from cogsample import CFG, Conditioning, DenoiserConfig, DynamicCFG, SamplingConfig, SeededNoise, VideoScaling
+from cogsample import CFG, Conditioning, SeededNoise
 from cogsample.reference.golden import ToyNetwork
 from cogsample.sampling.config import build_model, sample
 from cogsample.sampling.context_windows import ContextWindows
 from cogsample.sampling.keyframes import KeyframedModel, Keyframes, latent_frame
 from cogsample.sampling.samplers import SAMPLERS
-from cogsample.sampling.schedules import LegacyDDPM, ZeroSNRDDPM
+from tests.sampling.configs import sampler_config
 
 SAMPLER_NAMES = [n for n, s in SAMPLERS.items() if "image" not in s.needs]
 
@@ -29,16 +29,7 @@ class FrameMixer:
 
 
 def _config(name, steps=4, guidance=None, context=None):
-    spec = SAMPLERS[name]
-    schedule = ZeroSNRDDPM(1.0) if spec.space == "alpha" else LegacyDDPM()
-    return SamplingConfig(
-        sampler=name,
-        steps=steps,
-        schedule=schedule,
-        denoiser=DenoiserConfig(VideoScaling(), table=schedule if spec.consumes == "x0" else None),
-        guidance=guidance or DynamicCFG(6, 5, steps, step_index="loop"),
-        context=context,
-    )
+    return sampler_config(name, steps, guidance, context=context)
 
 
 def _inputs(t=5):
