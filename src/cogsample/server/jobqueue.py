@@ -20,7 +20,6 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,9 +150,6 @@ class JobQueue:
     def done(self, job: Job) -> None:
         """This process no longer works on ``job``."""
         self._file(job.id, ".progress.json").unlink(missing_ok=True)
-
-    def __iter__(self) -> Iterator[Job]:
-        return iter(self.jobs())
 
 
 def _read(path: Path) -> dict[str, Any] | None:
