@@ -18,7 +18,9 @@ pytest.importorskip("diffusers.guiders")
 logging.getLogger("diffusers.guiders.guider_utils").setLevel(logging.ERROR)
 
 PROMPT = "a red shape on a black background"
-RULES = [*sorted(GUIDERS), "apg:eta=0.5,momentum=0,norm_threshold=50"]
+#: every rule; PAG and SLG over every step (their default range, the first 20%, holds no step of 2)
+ACTIVE = [f"{r}:end=1" if r in ("pag", "slg") else r for r in sorted(GUIDERS)]
+RULES = [*ACTIVE, "apg:eta=0.5,momentum=0,norm_threshold=50"]
 SMALL = ["--model", "builtin-trained", "--steps", "2", "--quiet"]
 
 
@@ -44,14 +46,17 @@ def test_every_rule_from_the_cli_gets_its_own_name_and_json(tmp_path):
     _generate(tmp_path / "plain")
     (plain,) = _stems(tmp_path / "plain")
     out = tmp_path / "rules"
-    rules = [*sorted(GUIDERS), "fdg:low=0.2,schedule=constant"]
+    rules = [*ACTIVE, "fdg:low=0.2,schedule=constant", "pag", "slg:layers=0+3,weight=1,begin=0,end=0.5"]
     for rule in rules:
         _generate(out, "--guidance", rule)
     stems = _stems(out)
     assert len(stems) == len(rules) and plain not in stems
+    # the zeroed step runs nothing; a perturbed step runs a third call
+    forwards = {"cfg-zero-star": 2, "pag:end=1": 5, "slg:end=1": 5, "slg:layers=0+3,weight=1,begin=0,end=0.5": 5}
     for rule, m in _meta(out).items():
         assert m["sampling"]["guider"]["type"] == type(GUIDERS[rule.split(":")[0]]()).__name__
-        assert m["forwards"] == (2 if rule.startswith("cfg-zero-star") else 4)  # the zeroed step runs nothing
+        assert m["forwards"] == forwards.get(rule, 4), rule
+    assert _meta(out)["slg:layers=0+3,weight=1,begin=0,end=0.5"]["sampling"]["guider"]["layers"] == [0, 3]
     assert _meta(out)["fdg:low=0.2,schedule=constant"]["sampling"]["guidance"]["type"] == "CFG"
     # the same request again finds its video: same name, nothing new
     _generate(out, "--guidance", "apg")
@@ -73,6 +78,9 @@ def test_rules_compose_with_interval_level_index_and_context_windows_in_a_jsonl_
         lat = load_file(str(tmp_path / "out" / m["files"]["latents"]))["latents"]
         assert torch.isfinite(lat).all()
     assert metas["mag:alpha=2"]["sampling"]["guidance"]["type"] == "LevelGuidance"
+    # the perturbed step (the second of 2) runs one perturbed call per window
+    windows = len(metas["pag:end=1"]["context_windows"]["spans"])
+    assert metas["pag:end=1"]["forwards"] == metas["slg:end=1"]["forwards"] == metas["mag"]["forwards"] + windows
 
 
 def test_every_rule_through_the_api_changes_the_name(tmp_path):
@@ -94,6 +102,8 @@ def test_every_rule_through_the_api_changes_the_name(tmp_path):
         ("dynamic:eta=1", "--guidance dynamic takes no parameters"),
         ("apg:schedule=ramp", "schedule must be dynamic or constant"),
         ("fdg:levels=3", "fdg levels=3 halves the 8x12 latent 2 times"),
+        ("slg:layers=4", "layers 4 are not blocks of this network: it has 4 (indices 0 to 3) (model 'builtin-trained"),
+        ("pag:layers=a", "pag: layers must be block indices joined by + or a range a-b"),
     ],
 )
 def test_bad_rules_are_refused_before_any_weight_loads(tmp_path, capsys, monkeypatch, guidance, match):
@@ -104,9 +114,22 @@ def test_bad_rules_are_refused_before_any_weight_loads(tmp_path, capsys, monkeyp
     assert match in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--model", "builtin", "--guidance", "pag"], "model 'builtin' has no transformer blocks"),
+        (["--guidance", "slg", "--cache", "first-block"], "--guidance slg with --cache first-block: a step cache"),
+    ],
+)
+def test_perturbed_rules_are_refused_where_they_cannot_run(tmp_path, capsys, args, match):
+    assert main(["generate", *SMALL, "--prompt", PROMPT, "--out", str(tmp_path), *args]) == 2
+    assert match in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 def test_cfg_parallel_runs_every_rule_as_one_process_does(tmp_path):
     batch = tmp_path / "batch.jsonl"
-    batch.write_text("".join(json.dumps({"prompt": PROMPT, "guidance": r}) + "\n" for r in sorted(GUIDERS)))
+    batch.write_text("".join(json.dumps({"prompt": PROMPT, "guidance": r}) + "\n" for r in ACTIVE))
     args = ["generate", *SMALL, "--prompts-file", str(batch)]
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
     cmd = torchrun(2, "-m", "cogsample", *args, "--out", str(tmp_path / "two"), "--parallel", "cfg=2")

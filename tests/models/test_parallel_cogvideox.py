@@ -32,7 +32,7 @@ def test_every_mode_equals_one_process(folders, tmp_path, ranks):
     assert rc == 0, stderr[-3000:]
     results = json.loads(out.read_text())
     modes = ["cfg=2,ulysses=1", "cfg=1,ulysses=2"] if ranks == 2 else ["cfg=1,ulysses=4", "cfg=2,ulysses=2"]
-    runs = {"fast"}
+    runs = {"fast", "pag"}
     want = {f"{k}/{m}/{r}" for k in KINDS for m in modes for r in runs}
     want |= {f"{k}/{m}/pab-cache" for k in KINDS for m in modes if m.startswith("cfg=1")}
     assert set(results) == want

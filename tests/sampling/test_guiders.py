@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from cogsample.reference.golden import ToyNetwork
+from cogsample.sampling.calls import current_call
 from cogsample.sampling.config import SamplingConfig, sample
 from cogsample.sampling.guidance import Conditioning, DynamicCFG, GuidanceInterval
 from cogsample.sampling.guiders import (
@@ -15,6 +16,8 @@ from cogsample.sampling.guiders import (
     FDG,
     GUIDERS,
     MAG,
+    PAG,
+    SLG,
     CFGZeroStar,
     Tangential,
     laplacian_pyramid,
@@ -115,6 +118,44 @@ def test_fdg_pyramid_rebuilds_and_equal_scales_are_cfg():
         FDG(levels=3).check((1, 3, 16, 8, 12))
 
 
+@pytest.mark.parametrize(
+    "ours, theirs",
+    [
+        (SLG, lambda **k: guiders.SkipLayerGuidance(skip_layer_guidance_layers=[0], **k)),
+        (PAG, lambda **k: guiders.PerturbedAttentionGuidance(perturbed_guidance_layers=[0], **k)),
+    ],
+)
+def test_perturbed_rules_equal_diffusers_where_cfg_runs(ours, theirs):
+    """``u + s (c - u) + w (c - p)``, bit for bit, on the steps in the range (diffusers: after
+    ``int(start n)``, before ``int(stop n)``; cogsample: ``begin <= i / n < end``: the same steps here)."""
+    g = torch.Generator().manual_seed(3)
+    triples = [tuple(torch.randn(2, 3, 16, 4, 6, generator=g) for _ in range(3)) for _ in range(10)]
+    rule = ours(weight=2.0, begin=0.15, end=0.5)
+    prefix = "skip_layer_guidance" if ours is SLG else "perturbed_guidance"
+    settings = {f"{prefix}_{k}": v for k, v in (("scale", 2.0), ("start", 0.15), ("stop", 0.5))}
+    guider = theirs(guidance_scale=5.0, **settings)
+    for step, (u, c, p) in enumerate(triples):
+        guider.set_state(step, len(triples), None)
+        want = guider.forward(c, u, p).pred
+        got = rule.combine(u, c, 5.0, u, step, None)
+        if rule.perturbs(step, len(triples)):
+            got = rule.add_perturbed(got, c, p)
+        assert rule.perturbs(step, len(triples)) == (2 <= step <= 4)
+        assert torch.equal(got, want), step
+    # without CFG (a conditional-only step) cogsample keeps the weight: c + w (c - p)
+    u, c, p = triples[0]
+    assert torch.equal(rule.add_perturbed(c, c, p), c + 2.0 * (c - p))
+
+
+def test_perturbed_rules_parse_layers_and_name_the_perturbation():
+    assert make_guider("pag", {"layers": "1-3+7"}).perturbation.layers == (1, 2, 3, 7)
+    assert make_guider("slg", {}).perturbation.kind == "blocks" and PAG().perturbation.kind == "attention"
+    assert SLG().perturbation.indices(30) == (15,) and SLG(layers=(0, 29)).perturbation.indices(30) == (0, 29)
+    with pytest.raises(ValueError, match=r"layers 30 are not blocks of this network: it has 30 \(indices 0 to 29\)"):
+        SLG(layers=(30,)).perturbation.indices(30)
+    assert not SLG(weight=0.0, begin=0.0, end=1.0).perturbs(3, 10)
+
+
 @pytest.mark.parametrize("rule", sorted(GUIDERS))
 def test_every_rule_is_the_conditional_branch_at_scale_one(rule):
     u, c = _pairs((2, 3, 16, 4, 6), 1)[0]
@@ -127,12 +168,29 @@ def _config(name, guider, steps=5):
     return sampler_config(name, steps, interval, guider=guider)
 
 
+class PerturbableToy(ToyNetwork):
+    """The toy network with 4 "blocks": a perturbed call (PAG, SLG) scales its output by 0.9."""
+
+    perturbable_blocks = 4
+
+    def __call__(self, x, t, context, ofs=None):
+        out = super().__call__(x, t, context, ofs)
+        self.perturbed.append(current_call().perturb)
+        return out if current_call().perturb is None else 0.9 * out
+
+
+def _toy():
+    net = PerturbableToy(0.001, 0.1, 0.05, 0.01)
+    net.perturbed = []
+    return net
+
+
 def _sample(cfg, net=None):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 2, 16, 6, 6, generator=g)
     cond = Conditioning(torch.randn(2, 5, 16, generator=g))
     extra = {"image": torch.zeros_like(x)} if "image" in cfg.spec.needs else {}
-    return sample(net or ToyNetwork(0.001, 0.1, 0.05, 0.01), x, cond, cfg, noise=SeededNoise([1, 2]), **extra)
+    return sample(net or _toy(), x, cond, cfg, noise=SeededNoise([1, 2]), **extra)
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
@@ -146,9 +204,24 @@ def test_every_sampler_runs_every_rule(name):
 def test_state_is_fresh_for_every_run_and_zero_init_skips_the_network():
     cfg = _config("vpsde_dpmpp_2m", APG(eta=0.0, momentum=-0.5))
     assert torch.equal(_sample(cfg), _sample(cfg))  # no momentum carried from one run to the next
-    net = ToyNetwork(0.001, 0.1, 0.05, 0.01)
+    net = _toy()
     _sample(_config("vpsde_dpmpp_2m", CFGZeroStar(zero_init=2)), net)
     assert len(net.calls) == 3  # 5 steps, 2 zeroed without a network call
+
+
+def test_perturbed_rules_make_one_more_call_on_their_steps_only():
+    """PAG over steps 2-3 of 5: 5 batched calls plus 2 perturbed ones, each carrying the
+    perturbation; the result differs from plain CFG; a network without blocks is refused."""
+    net = _toy()
+    rule = PAG(weight=1.5, begin=0.4, end=0.8, layers=(1, 2))
+    out = _sample(_config("vpsde_dpmpp_2m", rule), net)
+    assert len(net.calls) == 7
+    assert [p for p in net.perturbed if p is not None] == [rule.perturbation] * 2
+    assert not torch.equal(out, _sample(_config("vpsde_dpmpp_2m", None)))
+    with pytest.raises(ValueError, match="network ToyNetwork has no transformer blocks"):
+        _sample(_config("vpsde_dpmpp_2m", rule), ToyNetwork(0.001, 0.1, 0.05, 0.01))
+    with pytest.raises(ValueError, match=r"layers 4 are not blocks of this network: it has 4"):
+        _sample(_config("vpsde_dpmpp_2m", SLG(layers=(4,))), _toy())
 
 
 def test_no_rule_is_plain_cfg_bit_for_bit_and_a_rule_changes_the_result():
@@ -177,6 +250,10 @@ def test_config_with_a_rule_round_trips_through_json(rule):
         ("mag", {"alpha": "-1"}, "mag alpha must be a finite number"),
         ("cfg-zero-star", {"zero_init": "-1"}, "zero_init must be an integer"),
         ("tangential", {"eta": "1"}, "tangential takes: none"),
+        ("pag", {"layers": "2-1"}, "layers must be block indices joined by"),
+        ("slg", {"layers": "1+1"}, "slg layers must be distinct block indices"),
+        ("slg", {"begin": "0.5", "end": "0.5"}, "slg begin must be < end"),
+        ("pag", {"end": "2"}, r"pag end must be a finite number in \[0.0, 1.0\]"),
     ],
 )
 def test_bad_parameters_are_named(name, params, match):

@@ -202,14 +202,19 @@ def test_a_generate_run_on_the_same_out_folder_finishes_a_queued_job(tmp_path):
 def test_caches_and_guidance_rules_pass_through_the_api_and_change_the_name(tmp_path):
     with in_process(tmp_path, start_worker=False, model="builtin-trained") as (url, _app):
         names = set()
-        for extra in ({}, {"guidance": "apg"}, {"guidance": "cfg-zero-star"}, {"cache": "first-block:threshold=0.15"},
-                      {"cache": "taylorseer", "guidance": "mag"}):  # fmt: skip
+        extras = (
+            *({}, {"guidance": "apg"}, {"guidance": "cfg-zero-star"}, {"cache": "first-block:threshold=0.15"}),
+            *({"cache": "taylorseer", "guidance": "mag"}, {"guidance": "pag"}, {"guidance": "slg:layers=1"}),
+        )
+        for extra in extras:
             status, job = call(f"{url}/api/jobs", "POST", {"prompt": PROMPT, **extra})
             assert status == 202, job
             names.add(job["name"])
-        assert len(names) == 5
+        assert len(names) == 7
         status, err = call(f"{url}/api/jobs", "POST", {"prompt": PROMPT, "cache": "first-block:speed=9"})
         assert status == 400 and "speed" in err["error"]
+        status, err = call(f"{url}/api/jobs", "POST", {"prompt": PROMPT, "guidance": "slg:layers=9"})
+        assert status == 400 and "layers" in err["error"] and "0 to 3" in err["error"], err
 
 
 def test_a_refused_request_with_an_unread_body_closes_its_connection(server):

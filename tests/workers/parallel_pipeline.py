@@ -20,9 +20,12 @@ PROMPT = "a red car drives through the city at night"
 #: per-video options: guidance that skips the unconditional branch on some steps (--fast's interval
 #: and unit scale: the unconditional rank waits; the sampler on every step guided is the core's
 #: test), and a step cache whose decisions agree on every Ulysses rank (diffusers' pyramid attention
-#: broadcast: counters and timesteps alone; first-block is refused under Ulysses).
+#: broadcast: counters and timesteps alone; first-block is refused under Ulysses), and PAG's third,
+#: perturbed call (diffusers' layer-skip hooks on every rank: the identity attention map in the
+#: Ulysses processor; on the conditional rank under CFG parallel, broadcast).
 RUNS = {
     "fast": {"fast": True, "steps": 6},
+    "pag": {"steps": 4, "guidance": "pag:end=1,layers=0-1"},
     "pab-cache": {"steps": 8, "sampler": "vpode_dpmpp_2m", "cache": "pab:above=0,below=1000"},
 }
 

@@ -47,7 +47,8 @@ class ModelInfo:
     sequence parallel splits over ranks (None: the network has no attention to shard);
     ``attention_head_dim`` and ``patch_size`` (the transformer's spatial patch): with
     ``attention_heads`` and ``patch_size_t``, the transformer's tokens and width, what a memory
-    estimate reads (None: no transformer, the exact model).
+    estimate reads (None: no transformer, the exact model). ``blocks``: the transformer's blocks,
+    what PAG and SLG perturb (None: no blocks, the exact model).
     ``context_windows``: a latent longer than the native one is sampled in temporal context
     windows of the native length by default (the network was trained at ``frames``); False where
     the network is exact at any length (the built-in model).
@@ -74,6 +75,7 @@ class ModelInfo:
     attention_heads: int | None = None
     attention_head_dim: int | None = None
     patch_size: int | None = None
+    blocks: int | None = None
     context_windows: bool = True
 
     @property

@@ -23,16 +23,18 @@ import logging
 import warnings
 import weakref
 from collections.abc import Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..sampling.cache import CacheConfig
+from ..sampling.calls import current_call
 from .base import ModelInfo, VideoModel
 from .hook_caches import HookCachedNetwork
 from .images import i2v_size, image_to_tensor, resize_image_for_i2v  # model-agnostic; re-exported here
+from .layer_skip import perturbed
 from .offload import Offload, OffloadMode, check_offload, offload_parts
 from .quantize import check_quantize, quantize_transformer
 from .ulysses import SequenceParallel
@@ -302,6 +304,12 @@ class CogVideoXTransformerNetwork:
         :mod:`cogsample.models.hook_caches`); ``calls``: the most calls one video makes."""
         return HookCachedNetwork(self, config, calls)
 
+    @property
+    def perturbable_blocks(self) -> int:
+        """Transformer blocks a perturbed call (PAG, SLG: :mod:`cogsample.models.layer_skip`) can
+        drop: a call carrying a :class:`~cogsample.sampling.calls.Perturbation` runs with it."""
+        return len(self.transformer.transformer_blocks)
+
     def sequence_parallel(self, group: Any, rank: int, size: int) -> SequenceParallel:
         """Shard the transformer's video tokens over ``size`` ranks of ``group`` (Ulysses,
         :mod:`cogsample.models.ulysses`) from now on; the outputs stay whole on every rank."""
@@ -336,7 +344,8 @@ class CogVideoXTransformerNetwork:
             ofs = x.new_full((1,), DEFAULT_OFS)
         elif ofs is not None:
             ofs = torch.as_tensor(ofs, device=device).reshape(-1)
-        with torch.no_grad():
+        perturb = current_call().perturb
+        with torch.no_grad(), perturbed(self.transformer, perturb) if perturb is not None else nullcontext():
             out = self.transformer(
                 hidden_states=x,
                 encoder_hidden_states=context,
@@ -462,6 +471,7 @@ def _info(root: Path, configs: dict[str, dict[str, Any]]) -> ModelInfo:
         attention_heads=int(tc.get("num_attention_heads", 30)),
         attention_head_dim=int(tc.get("attention_head_dim", 64)),
         patch_size=int(tc.get("patch_size", 2)),
+        blocks=int(tc.get("num_layers", 30)),
     )
 
 

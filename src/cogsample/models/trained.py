@@ -152,6 +152,7 @@ def trained_info(i2v: bool = False) -> ModelInfo:
         attention_heads=int(TRANSFORMER_CONFIG["num_attention_heads"]),
         attention_head_dim=int(TRANSFORMER_CONFIG["attention_head_dim"]),
         patch_size=int(TRANSFORMER_CONFIG["patch_size"]),
+        blocks=int(TRANSFORMER_CONFIG["num_layers"]),
         fixed_size=f"the trained built-in model (trained at {FRAMES} frames of {HEIGHT}x{WIDTH} px only)",
     )
 

@@ -201,9 +201,13 @@ def forwards(p: Plan) -> tuple[int, bool]:
     s = p.sampling
     grid = s.grid()
     scales = guidance_scales(s.guidance, grid.timesteps, grid.num_steps, grid.requested_steps)
-    branches = sum(1 if v is None or (s.skip_unit_cfg and v == 1.0) else 2 for v in scales)
+    per_step = [1 if v is None or (s.skip_unit_cfg and v == 1.0) else 2 for v in scales]
+    if s.guider is not None:  # CFG-Zero*'s zeroed steps call nothing; PAG's and SLG's one more call
+        g = s.guider
+        steps = grid.requested_steps or grid.num_steps
+        per_step = [0 if i < g.zero_steps else n + g.perturbs(i, steps) for i, n in enumerate(per_step)]
     calls = s.spec.calls_per_step
-    return branches * calls * p.forwards_per_call, calls == 1
+    return sum(per_step) * calls * p.forwards_per_call, calls == 1
 
 
 def cond_only_calls(s: SamplingConfig) -> bool:

@@ -16,7 +16,7 @@ from ..models import ModelInfo
 from ..models.images import load_image, resize_image_for_i2v
 from ..models.lora import lora_pairs
 from ..models.quantize import check_quantize
-from ..sampling.config import SamplingConfig, check_combination
+from ..sampling.config import SamplingConfig, check_combination, check_perturbation
 from ..sampling.context_windows import ContextWindows
 from ..sampling.noise import latent_shape
 from .cost import check_memory, cond_only_calls
@@ -196,6 +196,7 @@ def _resolve_run(
     sampling = truncate_sampling(sampling, check_strength(opts.video, opts.strength), opts.profile)
     if windows is not None:
         sampling = dataclasses.replace(sampling, context=windows)
+    check_perturbation(sampling, info.blocks, f"model {opts.model!r}")  # PAG, SLG: before anything loads
     if sampling.cache is not None:  # what a cache cannot mix, refused before anything loads
         models.check_cache(sampling.cache, windows=windows is not None, cond_only_calls=cond_only_calls(sampling))
     check_choice("offload", opts.offload, OFFLOAD)

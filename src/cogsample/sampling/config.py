@@ -37,6 +37,7 @@ __all__ = [
     "SamplingConfig",
     "build_model",
     "check_combination",
+    "check_perturbation",
     "release",
     "sample",
     "validate_inputs",
@@ -213,6 +214,29 @@ def check_combination(config: SamplingConfig, grid: Grid) -> None:
     guidance_scales(config.guidance, grid.timesteps, grid.num_steps, grid.requested_steps)
 
 
+def check_perturbation(config: SamplingConfig, blocks: int | None, network: str) -> None:
+    """``ValueError`` where ``config``'s guidance rule makes perturbed calls (PAG, SLG) that
+    ``network`` (named in the message), with ``blocks`` transformer blocks (None: none), cannot make."""
+    g = config.guider
+    if g is None or g.perturbation is None:
+        return
+    what = "self-attention maps" if g.perturbation.kind == "attention" else "blocks"
+    if blocks is None:
+        raise ValueError(
+            f"--guidance {g.name} perturbs a transformer's {what}, and {network} has no transformer blocks: "
+            "use a CogVideoX folder or the trained built-in model (builtin-trained)"
+        )
+    if config.cache is not None:
+        raise ValueError(
+            f"--guidance {g.name} with --cache {config.cache.kind}: a step cache reuses earlier calls' work, and "
+            "the perturbed calls would reuse (and feed) the unperturbed ones'; drop one of them"
+        )
+    try:
+        g.perturbation.indices(blocks)
+    except ValueError as e:
+        raise ValueError(f"--guidance {g.name}: {e} ({network})") from None
+
+
 def _check_raw_prediction(config: SamplingConfig, grid: Grid) -> None:
     """A sampler that consumes the raw network output (v) needs the network to see x itself
     (c_in = 1) and the grid's own timesteps: VideoScaling, no table, a schedule with timesteps."""
@@ -327,6 +351,7 @@ def build_model(
     check_combination(config, grid)
     if config.guider is not None:
         config.guider.check(tuple(x.shape))
+        check_perturbation(config, getattr(network, "perturbable_blocks", None), f"network {type(network).__name__}")
     windows, cache = 1, None
     if config.cache is not None and config.cache.kind != "output":
         # a cache inside the transformer sits below the windows: one cache context per window

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import torch
 
+from .calls import network_call
 from .denoiser import Denoiser, Level
 from .schedules import ZeroSNRDDPM
 
@@ -307,7 +308,9 @@ class GuidedModel:
     ``windows``: network calls per branch per call (context windows: one per window), what
     :attr:`forwards` counts. ``guider``: the combine rule (:mod:`cogsample.sampling.guiders`) on
     whichever quantity this model guides (x0, or v with ``output="v"``/:meth:`prediction`), its
-    state made fresh here, once per model (one sampling run); None: ``u + scale (c - u)``.
+    state made fresh here, once per model (one sampling run); None: ``u + scale (c - u)``. A rule
+    with a perturbation (PAG, SLG) makes one more conditional call on its steps, inside
+    ``network_call(perturb=...)`` (:mod:`cogsample.sampling.calls`), through ``branches``.
     """
 
     def __init__(
@@ -333,6 +336,7 @@ class GuidedModel:
         self.guidance = guidance
         self.cond = cond
         self.num_steps = num_steps
+        self.requested_steps = requested_steps or num_steps
         self.prediction_dtype = prediction_dtype
         scales = guidance_scales(guidance, timesteps, num_steps, requested_steps)
         self.step_scales = [None if skip_unit_scale and s == 1.0 else s for s in scales]
@@ -340,7 +344,8 @@ class GuidedModel:
         self.windows = windows
         self.guider = guider
         self.guider_state = None if guider is None else guider.start()
-        #: network evaluations per sample so far: per window, 2 for a guided call, 1 for a conditional-only one
+        #: network evaluations per sample so far: per window, 2 for a guided call, 1 for a conditional-only
+        #: one, 1 more for a perturbed one (PAG, SLG)
         self.forwards = 0
 
     def __call__(self, x: Tensor, level: Level) -> Tensor:
@@ -355,18 +360,34 @@ class GuidedModel:
         return self._guided(self.denoiser.prediction, x, level)
 
     def _guided(self, fn: Callable[..., Tensor], x: Tensor, level: Level) -> Tensor:
-        scale = self.step_scales[level.step]
         dtype = self.prediction_dtype
         if self.guider is not None and level.step < self.guider.zero_steps:
             return torch.zeros_like(x, dtype=dtype)  # CFG-Zero*'s zero-init: no network call
+        out, c = self._branches(fn, x, level)
+        if self.guider is not None and self.guider.perturbs(level.step, self.requested_steps):
+            out = self.guider.add_perturbed(out, c, self._perturbed(fn, x, level))
+        return out
+
+    def _branches(self, fn: Callable[..., Tensor], x: Tensor, level: Level) -> tuple[Tensor, Tensor]:
+        """The guided prediction of the step's scale, and the conditional one."""
+        scale = self.step_scales[level.step]
+        dtype = self.prediction_dtype
         if scale is None:
             self.forwards += self.windows
             out = self.branches.conditional(fn, x, level)
-            return out if dtype is None else out.to(dtype)
+            out = out if dtype is None else out.to(dtype)
+            return out, out
         self.forwards += 2 * self.windows
         u, cnd = self.branches.both(fn, x, level)
         if dtype is not None:
             u, cnd = u.to(dtype), cnd.to(dtype)
         if self.guider is not None:
-            return self.guider.combine(u, cnd, scale, x, level.step, self.guider_state)
-        return u + scale * (cnd - u)
+            return self.guider.combine(u, cnd, scale, x, level.step, self.guider_state), cnd
+        return u + scale * (cnd - u), cnd
+
+    def _perturbed(self, fn: Callable[..., Tensor], x: Tensor, level: Level) -> Tensor:
+        """The conditional prediction with the guider's perturbation on the network (PAG, SLG)."""
+        self.forwards += self.windows
+        with network_call(perturb=self.guider.perturbation):
+            p = self.branches.conditional(fn, x, level)
+        return p if self.prediction_dtype is None else p.to(self.prediction_dtype)

@@ -9,6 +9,9 @@ raw network output v (``diffusers``, ``GuidedModel.prediction``). No rule (``Non
 ``u + s (c - u)``, bit for bit as before. As in diffusers, every rule returns ``c`` at ``s == 1``.
 A rule that keeps state over the steps (APG's momentum) gets it fresh from :meth:`Guider.start`
 for each sampling run (one per :class:`GuidedModel`): nothing is carried from one run to the next.
+PAG and SLG add a third, perturbed conditional prediction ``p`` (the network with some blocks'
+attention or the blocks themselves dropped: a :class:`~cogsample.sampling.calls.Perturbation` on
+the call) on the steps in their range: ``g + w (c - p)`` on top of the guided ``g``.
 Where diffusers' own module-level function fits (APG, tangential CFG, the CFG-Zero* scale), it is
 called; MAG and FDG are cogsample's own (diffusers' work on 4-D images only; FDG's needs kornia),
 tested equal to diffusers' guiders on images.
@@ -24,6 +27,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from .calls import Perturbation
+
 Tensor = torch.Tensor
 
 __all__ = [
@@ -31,6 +36,8 @@ __all__ = [
     "FDG",
     "GUIDERS",
     "MAG",
+    "PAG",
+    "SLG",
     "CFGZeroStar",
     "Guider",
     "Tangential",
@@ -55,6 +62,17 @@ class Guider:
 
     def check(self, shape: tuple[int, ...]) -> None:
         """``ValueError`` before the first network call if the rule cannot run on latents of ``shape``."""
+
+    #: what the third, perturbed conditional call changes in the network (None: no such call)
+    perturbation: Perturbation | None = None
+
+    def perturbs(self, step: int, num_steps: int) -> bool:
+        """Whether step ``step`` of ``num_steps`` makes the perturbed call."""
+        return False
+
+    def add_perturbed(self, guided: Tensor, c: Tensor, p: Tensor) -> Tensor:  # pragma: no cover
+        """The guided prediction with the perturbed one ``p`` folded in."""
+        raise NotImplementedError
 
     def combine(
         self, u: Tensor, c: Tensor, scale: float, x: Tensor, step: int, state: Any
@@ -212,6 +230,64 @@ class FDG(Guider):
         return fdg_combine(u, c, self.scales(scale), self.parallel)
 
 
+@dataclass(frozen=True)
+class _PerturbedGuider(Guider):
+    """CFG plus a perturbed conditional prediction ``p``: ``u + s (c - u) + weight (c - p)`` on the
+    steps with ``begin <= i / n < end`` (``c + weight (c - p)`` on a conditional-only step,
+    ``u + s (c - u)`` outside the range, ``c`` at ``s == 1`` as every rule). diffusers'
+    SkipLayerGuidance / PerturbedAttentionGuidance give the same where CFG runs (``s != 1``); without
+    CFG they give ``p + weight (c - p)``, one ``weight`` less: cogsample keeps one strength at every
+    step. ``layers``: block indices, ``()`` the middle block; ``begin``, ``end``: diffusers'
+    ``*_start``, ``*_stop``. Defaults: diffusers' (SD 3.5's)."""
+
+    kind: ClassVar[str] = ""
+    weight: float = 2.8
+    begin: float = 0.01
+    end: float = 0.2
+    layers: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        _number(f"{self.name} weight", self.weight)
+        _number(f"{self.name} begin", self.begin, 0.0, 1.0)
+        _number(f"{self.name} end", self.end, 0.0, 1.0)
+        if not self.begin < self.end:
+            raise ValueError(f"{self.name} begin must be < end, got begin={self.begin!r}, end={self.end!r}")
+        try:
+            object.__setattr__(self, "perturbation", Perturbation(self.kind, tuple(self.layers)))
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{self.name} layers must be distinct block indices >= 0 (e.g. layers=2+3), got {self.layers!r}"
+            ) from None
+        object.__setattr__(self, "layers", self.perturbation.layers)
+
+    def perturbs(self, step: int, num_steps: int) -> bool:
+        return self.weight != 0 and self.begin <= step / num_steps < self.end
+
+    def combine(self, u: Tensor, c: Tensor, scale: float, x: Tensor, step: int, state: Any) -> Tensor:
+        return c if scale == 1.0 else u + scale * (c - u)
+
+    def add_perturbed(self, guided: Tensor, c: Tensor, p: Tensor) -> Tensor:
+        return guided + self.weight * (c - p)
+
+
+@dataclass(frozen=True)
+class PAG(_PerturbedGuider):
+    """Perturbed-attention guidance (arXiv 2403.17377): ``p`` from the network with the
+    self-attention map of blocks ``layers`` replaced by the identity."""
+
+    name: ClassVar[str] = "pag"
+    kind: ClassVar[str] = "attention"
+
+
+@dataclass(frozen=True)
+class SLG(_PerturbedGuider):
+    """Skip-layer guidance (SD 3.5; STG-R, arXiv 2411.18664): ``p`` from the network with blocks
+    ``layers`` skipped."""
+
+    name: ClassVar[str] = "slg"
+    kind: ClassVar[str] = "blocks"
+
+
 def _blur(x: Tensor) -> Tensor:
     """The pyramid's separable 5-tap binomial blur ``[1, 4, 6, 4, 1] / 16``, reflect-padded (4-D)."""
     k1 = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], dtype=x.dtype, device=x.device) / 16
@@ -268,7 +344,7 @@ def fdg_combine(u: Tensor, c: Tensor, scales: list[float], parallel: float = 1.0
 
 
 #: ``--guidance`` rule names (besides none, cfg, dynamic) and their classes.
-GUIDERS: dict[str, type[Guider]] = {g.name: g for g in (CFGZeroStar, APG, Tangential, FDG, MAG)}
+GUIDERS: dict[str, type[Guider]] = {g.name: g for g in (CFGZeroStar, APG, Tangential, FDG, MAG, PAG, SLG)}
 
 
 def make_guider(name: str, params: dict[str, str], also: tuple[str, ...] = ()) -> Guider:
@@ -282,6 +358,9 @@ def make_guider(name: str, params: dict[str, str], also: tuple[str, ...] = ()) -
         if key not in fields:
             allowed = ", ".join([*fields, *also]) or "none"
             raise ValueError(f"--guidance {name}: unknown parameter {key!r}; {name} takes: {allowed}")
+        if isinstance(fields[key].default, tuple):
+            kwargs[key] = _indices(name, key, text)
+            continue
         integer = isinstance(fields[key].default, int)
         try:
             kwargs[key] = int(text) if integer else float(text)
@@ -289,6 +368,20 @@ def make_guider(name: str, params: dict[str, str], also: tuple[str, ...] = ()) -
             kind = "an integer" if integer else "a number"
             raise ValueError(f"--guidance {name}: {key} must be {kind}, got {text!r}") from None
     return cls(**kwargs)
+
+
+def _indices(rule: str, key: str, text: str) -> tuple[int, ...]:
+    """``"2+5+7"`` -> ``(2, 5, 7)``; ``"2-4"`` -> ``(2, 3, 4)``."""
+    out: list[int] = []
+    for part in text.split("+"):
+        lo, dash, hi = part.partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()) or (dash and int(hi) < int(lo)):
+            raise ValueError(
+                f"--guidance {rule}: {key} must be block indices joined by + or a range a-b (e.g. 2+3 or 1-3), "
+                f"got {text!r}"
+            )
+        out.extend(range(int(lo), int(hi) + 1) if dash else [int(lo)])
+    return tuple(out)
 
 
 def parse_guidance_text(text: str) -> tuple[str, dict[str, str]]:
