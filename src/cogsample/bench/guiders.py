@@ -1,7 +1,9 @@
 """Each guidance combine rule (:mod:`cogsample.sampling.guiders`) at scales 3, 6 and 9, on the
 exact built-in model and the trained one, with the bench's figures.
 
-Every rule runs on the same scale schedule, the reference's guidance definition
+PAG and SLG (a third, perturbed call: :data:`RULES` holds diffusers' defaults, steps 1% to 20% of
+the run, and a weaker perturbation over every step) run on the trained model only: the exact one
+has no blocks to perturb. Every rule runs on the same scale schedule, the reference's guidance definition
 (:class:`~cogsample.bench.solver.Definition` ``reference``: the shipped DynamicCFG scales carried by
 noise level), with ``--fast``'s solver (DPM-Solver++(2M) on the log-SNR grid) at :data:`STEPS`
 steps, from the same noise. Per model, rule and scale:
@@ -50,7 +52,10 @@ Tensor = torch.Tensor
 __all__ = ["RULES", "SCALES", "main", "measure_rule", "run_rule"]
 
 #: The rules compared (``cfg``: no rule, ``u + s (c - u)``), by their ``--guidance`` text.
-RULES = ("cfg", "cfg-zero-star", "apg", "tangential", "fdg", "mag")
+RULES = (
+    *("cfg", "cfg-zero-star", "apg", "tangential", "fdg", "mag"),
+    *("pag", "slg", "pag:weight=1,end=1", "slg:weight=1,end=1"),
+)
 #: Measured in this order (every rule at 6 first, so a partial run compares them all at one scale).
 SCALES = (6.0, 3.0, 9.0)
 #: Rules whose result depends on the step count by construction: no converged limit.
@@ -173,11 +178,18 @@ def bench(out: Path, quick: bool = False, say: Callable[[str], None] = print,
                 if key in data["rows"]:
                     say(f"[{key}] stored")
                     continue
+                if _perturbs(rule) and getattr(env.network, "perturbable_blocks", None) is None:
+                    continue  # PAG, SLG: a network without blocks has nothing to perturb
                 row = measure_rule(env, rule, scale, limit_steps, truth)
                 data["rows"][key] = row
                 _write(out, data)
                 say(f"[{key}] {_line(row)}")
     return data
+
+
+def _perturbs(rule: str) -> bool:
+    guider = parse_guidance(rule)[1] if rule != "cfg" else None
+    return guider is not None and guider.perturbation is not None
 
 
 def _ci(v: Sequence[float]) -> str:
