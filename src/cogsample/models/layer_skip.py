@@ -18,6 +18,7 @@ diffusers' own entries give).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -35,6 +36,7 @@ def _input_passthrough(_attn: Any, hidden_states: torch.Tensor, encoder_hidden_s
     return hidden_states, encoder_hidden_states
 
 
+@functools.cache  # once per process: the registry is global
 def register_processors() -> None:
     """Add CogVideoX's attention processor and cogsample's Ulysses one to diffusers' registry."""
     from diffusers.hooks._helpers import AttentionProcessorMetadata, AttentionProcessorRegistry

@@ -44,9 +44,8 @@ class Perturbation:
         if self.kind not in PERTURBATION_KINDS:
             raise ValueError(f"perturbation kind must be one of {', '.join(PERTURBATION_KINDS)}, got {self.kind!r}")
         layers = tuple(self.layers)
-        if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in layers) or len(set(layers)) != len(
-            layers
-        ):
+        indices = all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers)
+        if not indices or len(set(layers)) != len(layers):
             raise ValueError(f"perturbation layers must be distinct block indices >= 0, got {self.layers!r}")
         object.__setattr__(self, "layers", layers)
 

@@ -373,9 +373,7 @@ class GuidedModel:
         scale = self.step_scales[level.step]
         dtype = self.prediction_dtype
         if scale is None:
-            self.forwards += self.windows
-            out = self.branches.conditional(fn, x, level)
-            out = out if dtype is None else out.to(dtype)
+            out = self._conditional(fn, x, level)
             return out, out
         self.forwards += 2 * self.windows
         u, cnd = self.branches.both(fn, x, level)
@@ -385,9 +383,13 @@ class GuidedModel:
             return self.guider.combine(u, cnd, scale, x, level.step, self.guider_state), cnd
         return u + scale * (cnd - u), cnd
 
+    def _conditional(self, fn: Callable[..., Tensor], x: Tensor, level: Level) -> Tensor:
+        """The conditional prediction alone, in the prediction dtype."""
+        self.forwards += self.windows
+        out = self.branches.conditional(fn, x, level)
+        return out if self.prediction_dtype is None else out.to(self.prediction_dtype)
+
     def _perturbed(self, fn: Callable[..., Tensor], x: Tensor, level: Level) -> Tensor:
         """The conditional prediction with the guider's perturbation on the network (PAG, SLG)."""
-        self.forwards += self.windows
         with network_call(perturb=self.guider.perturbation):
-            p = self.branches.conditional(fn, x, level)
-        return p if self.prediction_dtype is None else p.to(self.prediction_dtype)
+            return self._conditional(fn, x, level)
